@@ -1,0 +1,1 @@
+//! unikerneld: the host daemon. Grows in the engine issue.

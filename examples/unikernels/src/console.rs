@@ -1,0 +1,54 @@
+//! A polled 16550 driver for COM1, initialised the way a real driver does it.
+use crate::port::{inb, outb};
+
+const COM1: u16 = 0x3f8;
+const THR: u16 = COM1; // transmit holding register (DLAB = 0)
+const DLL: u16 = COM1; // divisor latch low (DLAB = 1)
+const IER: u16 = COM1 + 1;
+const DLM: u16 = COM1 + 1;
+const FCR: u16 = COM1 + 2;
+const LCR: u16 = COM1 + 3;
+const MCR: u16 = COM1 + 4;
+const LSR: u16 = COM1 + 5;
+const LSR_THR_EMPTY: u8 = 1 << 5;
+
+/// 115200 8N1, FIFO on, interrupts off.
+pub fn init() {
+    outb(IER, 0x00);
+    outb(LCR, 0x80); // DLAB on
+    outb(DLL, 0x01);
+    outb(DLM, 0x00);
+    outb(LCR, 0x03); // DLAB off, 8N1
+    outb(FCR, 0xc7);
+    outb(MCR, 0x0b);
+}
+
+pub fn write_byte(b: u8) {
+    while inb(LSR) & LSR_THR_EMPTY == 0 {}
+    outb(THR, b);
+}
+
+pub fn write_bytes(bytes: &[u8]) {
+    for &b in bytes {
+        write_byte(b);
+    }
+}
+
+pub fn write_str(s: &str) {
+    write_bytes(s.as_bytes());
+}
+
+/// Decimal, without `core::fmt`.
+pub fn write_u64(mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    write_bytes(&buf[i..]);
+}

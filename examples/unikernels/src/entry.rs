@@ -1,0 +1,174 @@
+//! The ways in. A binary picks one with `entry_pvh!` or `entry_linux64!`, naming its main.
+//!
+//! The PVH path starts in 32-bit protected mode with paging off: it loads our GDT and
+//! the static identity page tables below (first GiB with 2 MiB pages, plus 3-4 GiB
+//! uncached for MMIO devices), enables long mode and jumps to 64-bit code. The Linux path
+//! starts in long mode already, on the VMM's page tables. Both switch to our stack.
+
+core::arch::global_asm!(
+    r#"
+    .section .text.boot, "ax"
+    .code32
+    .globl ukrt_pvh_start32
+ukrt_pvh_start32:
+    cli
+    movl %ebx, %esi
+    lgdt (ukrt_gdt_ptr)
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+    movl $ukrt_pml4, %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, $ukrt_pvh_start64
+
+    .code64
+ukrt_pvh_start64:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    movq $ukrt_stack_top, %rsp
+    movl %esi, %edi
+    xorl %ebp, %ebp
+    call ukrt_pvh_main
+    ud2
+
+    .globl ukrt_linux_start64
+ukrt_linux_start64:
+    cli
+    movq $ukrt_stack_top, %rsp
+    movq %rsi, %rdi
+    xorl %ebp, %ebp
+    call ukrt_linux_main
+    ud2
+
+    .section .rodata.ukrt_gdt, "a"
+    .balign 16
+ukrt_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff
+    .quad 0x00cf92000000ffff
+ukrt_gdt_ptr:
+    .word 23
+    .quad ukrt_gdt
+
+    .section .data.pagetables, "aw"
+    .balign 4096
+ukrt_pml4:
+    .quad ukrt_pdpt + 0x3
+    .fill 511, 8, 0
+ukrt_pdpt:
+    .quad ukrt_pd0 + 0x3
+    .quad 0
+    .quad 0
+    .quad ukrt_pd3 + 0x3
+    .fill 508, 8, 0
+ukrt_pd0:
+    .set ukrt_i, 0
+    .rept 512
+    .quad (ukrt_i << 21) | 0x83
+    .set ukrt_i, ukrt_i + 1
+    .endr
+ukrt_pd3:
+    .set ukrt_i, 0
+    .rept 512
+    .quad (0xc0000000 + (ukrt_i << 21)) | 0x9b
+    .set ukrt_i, ukrt_i + 1
+    .endr
+
+    .section .bss.ukrt_stack, "aw", @nobits
+    .balign 16
+ukrt_stack:
+    .skip 65536
+ukrt_stack_top:
+    .text
+"#,
+    options(att_syntax)
+);
+
+extern "Rust" {
+    fn ukrt_main(boot: &crate::BootInfo) -> !;
+}
+
+#[no_mangle]
+extern "C" fn ukrt_pvh_main(start_info: u64) -> ! {
+    // SAFETY: the PVH protocol put the start_info address in EBX; we passed it through.
+    let boot = unsafe { crate::boot::from_pvh(start_info) };
+    // SAFETY: defined by the binary through `entry_pvh!`.
+    unsafe { ukrt_main(&boot) }
+}
+
+#[no_mangle]
+extern "C" fn ukrt_linux_main(zero_page: u64) -> ! {
+    // SAFETY: the Linux boot protocol put the boot_params address in RSI.
+    let boot = unsafe { crate::boot::from_linux(zero_page) };
+    // SAFETY: defined by the binary through `entry_linux64!`.
+    unsafe { ukrt_main(&boot) }
+}
+
+/// Enter through PVH: emits `_start` (32-bit) and the `XEN_ELFNOTE_PHYS32_ENTRY` note.
+#[macro_export]
+macro_rules! entry_pvh {
+    ($main:path) => {
+        core::arch::global_asm!(
+            r#"
+            .section .text.boot, "ax"
+            .code32
+            .globl _start
+        _start:
+            jmp ukrt_pvh_start32
+            .code64
+
+            .section .note.Xen, "a"
+            .balign 4
+            .long 4
+            .long 4
+            .long 18
+            .asciz "Xen"
+            .balign 4
+            .long ukrt_pvh_start32
+            .text
+            "#,
+            options(att_syntax)
+        );
+        $crate::__define_main!($main);
+    };
+}
+
+/// Enter the 64-bit Linux way: `_start` is the ELF entry, RSI holds `boot_params`.
+#[macro_export]
+macro_rules! entry_linux64 {
+    ($main:path) => {
+        core::arch::global_asm!(
+            r#"
+            .section .text.boot, "ax"
+            .globl _start
+        _start:
+            jmp ukrt_linux_start64
+            .text
+            "#,
+            options(att_syntax)
+        );
+        $crate::__define_main!($main);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __define_main {
+    ($main:path) => {
+        #[no_mangle]
+        fn ukrt_main(boot: &$crate::BootInfo) -> ! {
+            $main(boot)
+        }
+    };
+}

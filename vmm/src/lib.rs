@@ -1,0 +1,20 @@
+//! unikernel-vmm: a small, suspicious per-VM monitor for unikernels on KVM.
+//!
+//! One process runs one VM. The layout follows Firecracker's `src/vmm`: KVM state in
+//! `vstate`, x86 setup in `arch`, devices in `devices`, and `builder` assembling a VM.
+//! It knows nothing about KDL, D-Bus, netlink or systemd.
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod devices;
+pub mod exit;
+pub mod loader;
+pub mod vstate;
+
+/// A warning on stderr, prefixed with the program name.
+#[macro_export]
+macro_rules! log_warn {
+    ($($arg:tt)*) => {
+        eprintln!("unikernel-vmm: warning: {}", format_args!($($arg)*))
+    };
+}

@@ -1,0 +1,4 @@
+//! KVM state wrappers: guest memory, the VM, its vCPUs.
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,172 @@
+//! A vCPU: its boot state, and the loop that runs it and routes its exits.
+use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::memory::GuestMemoryMmap;
+use super::vm::Vm;
+use crate::arch::x86_64::{cpuid, msr, regs};
+use crate::devices::Bus;
+use crate::exit::{internal_error_meaning, ExitRequest, GuestFault, StopReason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("vCPU {id}: {what} failed: {source}")]
+    Kvm {
+        id: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {id}: {source}")]
+    Regs { id: u8, source: regs::Error },
+}
+
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u8,
+}
+
+/// Where and how the boot vCPU enters the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub mode: regs::BootMode,
+    pub addr: u64,
+}
+
+impl Vcpu {
+    pub fn new(vm: &Vm, id: u8) -> Result<Vcpu, Error> {
+        let fd = vm.fd().create_vcpu(u64::from(id)).map_err(|source| Error::Kvm {
+            id,
+            what: "KVM_CREATE_VCPU",
+            source,
+        })?;
+        Ok(Vcpu { fd, id })
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    fn kvm_err(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+        let id = self.id;
+        move |source| Error::Kvm { id, what, source }
+    }
+
+    /// CPUID, MSRs, FPU, LAPIC for every vCPU; registers and segments for the boot vCPU
+    /// (the others wait in the kernel for INIT/SIPI from the guest).
+    pub fn configure(
+        &self,
+        mut cpuid: CpuId,
+        count: u8,
+        mem: &GuestMemoryMmap,
+        entry: Option<Entry>,
+    ) -> Result<(), Error> {
+        let tsc_khz = self.fd.get_tsc_khz().ok().filter(|&k| k > 0);
+        cpuid::filter(&mut cpuid, self.id, count, tsc_khz);
+        self.fd.set_cpuid2(&cpuid).map_err(self.kvm_err("KVM_SET_CPUID2"))?;
+        self.fd
+            .set_msrs(&msr::boot_msrs())
+            .map_err(self.kvm_err("KVM_SET_MSRS"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.kvm_err("KVM_SET_FPU"))?;
+        let mut lapic = self.fd.get_lapic().map_err(self.kvm_err("KVM_GET_LAPIC"))?;
+        regs::set_lint(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(self.kvm_err("KVM_SET_LAPIC"))?;
+        if let Some(entry) = entry {
+            let mut sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
+            regs::setup_sregs(mem, entry.mode, &mut sregs).map_err(|source| Error::Regs { id: self.id, source })?;
+            self.fd.set_sregs(&sregs).map_err(self.kvm_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_regs(&regs::boot_regs(entry.mode, entry.addr))
+                .map_err(self.kvm_err("KVM_SET_REGS"))?;
+        }
+        Ok(())
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    /// Runs until the guest stops cleanly (`Ok`) or dies (`Err`). Port and MMIO exits go
+    /// to the buses; a device may request the stop, which is checked after each write.
+    pub fn run(&mut self, pio: &Bus, mmio: &Bus, exit: &ExitRequest) -> Result<StopReason, GuestFault> {
+        enum Next {
+            Continue,
+            Stop(StopReason),
+            TripleFault,
+            Internal,
+            FailEntry(u64),
+            Crash,
+            Unexpected(String),
+        }
+        loop {
+            let next = match self.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    pio.write(u64::from(port), data);
+                    exit.get().map_or(Next::Continue, Next::Stop)
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    pio.read(u64::from(port), data);
+                    Next::Continue
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    mmio.write(addr, data);
+                    exit.get().map_or(Next::Continue, Next::Stop)
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    mmio.read(addr, data);
+                    Next::Continue
+                }
+                Ok(VcpuExit::Intr) => exit.get().map_or(Next::Continue, Next::Stop),
+                // Only seen without an in-kernel LAPIC: the guest has halted for good.
+                Ok(VcpuExit::Hlt) => Next::Stop(StopReason::PowerOff),
+                Ok(VcpuExit::Shutdown) => Next::TripleFault,
+                Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => Next::Stop(StopReason::PowerOff),
+                    KVM_SYSTEM_EVENT_RESET => Next::Stop(StopReason::Reset),
+                    KVM_SYSTEM_EVENT_CRASH => Next::Crash,
+                    other => Next::Unexpected(format!("system event {other}")),
+                },
+                Ok(VcpuExit::InternalError) => Next::Internal,
+                Ok(VcpuExit::FailEntry(reason, _cpu)) => Next::FailEntry(reason),
+                Ok(other) => Next::Unexpected(format!("{other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    exit.get().map_or(Next::Continue, Next::Stop)
+                }
+                Err(e) => Next::Unexpected(format!("KVM_RUN failed: {e}")),
+            };
+            match next {
+                Next::Continue => {}
+                Next::Stop(reason) => return Ok(reason),
+                Next::TripleFault => return Err(GuestFault::TripleFault { rip: self.rip() }),
+                Next::Internal => return Err(self.internal_error()),
+                Next::FailEntry(reason) => {
+                    return Err(GuestFault::FailEntry {
+                        reason,
+                        rip: self.rip(),
+                    })
+                }
+                Next::Crash => return Err(GuestFault::Crash),
+                Next::Unexpected(what) => return Err(GuestFault::Unexpected(what)),
+            }
+        }
+    }
+
+    fn internal_error(&mut self) -> GuestFault {
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the live member.
+        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let data = if n == 0 {
+            String::new()
+        } else {
+            let words: Vec<String> = internal.data[..n].iter().map(|w| format!("{w:#x}")).collect();
+            format!(", data [{}]", words.join(" "))
+        };
+        GuestFault::InternalError {
+            rip: self.rip(),
+            suberror: internal.suberror,
+            meaning: internal_error_meaning(internal.suberror),
+            data,
+        }
+    }
+}
