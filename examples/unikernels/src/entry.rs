@@ -121,7 +121,7 @@ macro_rules! entry_pvh {
     ($main:path) => {
         core::arch::global_asm!(
             r#"
-            .section .text.boot, "ax"
+            .section .text.entry, "ax"
             .code32
             .globl _start
         _start:
@@ -150,7 +150,30 @@ macro_rules! entry_linux64 {
     ($main:path) => {
         core::arch::global_asm!(
             r#"
-            .section .text.boot, "ax"
+            .section .text.entry, "ax"
+            .globl _start
+        _start:
+            jmp ukrt_linux_start64
+            .text
+            "#,
+            options(att_syntax)
+        );
+        $crate::__define_main!($main);
+    };
+}
+
+/// Enter the 64-bit Linux way, laid out as a bzImage's protected-mode kernel: the 64-bit
+/// entry (`startup_64`) sits 0x200 bytes in, after a 32-bit entry we do not support.
+/// `tools/mkbzimage` (or the tests) wrap the flat image with a setup header.
+#[macro_export]
+macro_rules! entry_bzimage64 {
+    ($main:path) => {
+        core::arch::global_asm!(
+            r#"
+            .section .text.entry, "ax"
+            .globl ukrt_startup_32
+        ukrt_startup_32:
+            .fill 0x100, 2, 0x0b0f
             .globl _start
         _start:
             jmp ukrt_linux_start64

@@ -38,7 +38,14 @@ pub fn inspect(head: &[u8], len: u64, low_end: u64) -> Result<(), Problem> {
             "truncated bzImage: {len} bytes, no protected-mode kernel after the setup code"
         )));
     }
-    let needed = HIMEM_START + u64::from(u32_at(0x260));
+    let code32_start = u64::from(u32_at(0x214));
+    if code32_start < HIMEM_START {
+        return Err(Problem::Invalid(format!(
+            "bzImage loads at {code32_start:#x}, below 1 MiB"
+        )));
+    }
+    let kernel_size = len - (setup_sects + 1) * 512;
+    let needed = code32_start + u64::from(u32_at(0x260)).max(kernel_size);
     if needed > low_end {
         return Err(Problem::NeedsMemory(needed));
     }

@@ -1,0 +1,170 @@
+//! Real guests under /dev/kvm: each boot protocol, the console, and how a dead guest ends.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn boot(image_name: &str, cmdline: &str) -> std::process::Output {
+    require_kvm();
+    let mut cmd = vmm();
+    cmd.arg("--kernel")
+        .arg(image(image_name))
+        .args(["--cmdline", cmdline, "--memory", "16M"]);
+    run_with_limit(cmd, Duration::from_secs(10)).0
+}
+
+#[test]
+fn pvh_hello_prints_its_exact_cmdline_and_exits_zero() {
+    let cmdline = "name=web ip=10.0.0.2/24 quoted=\"a b\" end";
+    let out = boot("hello", cmdline);
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), format!("hello from unikernel, cmdline: {cmdline}\n"));
+}
+
+#[test]
+fn linux64_hello_prints_its_exact_cmdline_and_exits_zero() {
+    let cmdline = "console=ttyS0 the 64-bit way";
+    let out = boot("hello-lx", cmdline);
+    assert!(
+        out.status.success(),
+        "status {:?}, stderr {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), format!("hello from unikernel, cmdline: {cmdline}\n"));
+}
+
+#[test]
+fn empty_and_long_command_lines_arrive_intact() {
+    assert_eq!(text(&boot("hello", "").stdout), "hello from unikernel, cmdline: \n");
+    let long = "x".repeat(3000);
+    assert_eq!(
+        text(&boot("hello-lx", &long).stdout),
+        format!("hello from unikernel, cmdline: {long}\n")
+    );
+}
+
+#[test]
+fn triple_fault_exits_nonzero_with_a_clear_message_within_a_second() {
+    require_kvm();
+    let mut cmd = vmm();
+    cmd.arg("--kernel").arg(image("triplefault"));
+    let (out, _) = run_with_limit(cmd, Duration::from_secs(1));
+    assert_eq!(out.status.code(), Some(1), "stderr {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "about to triple fault\n",
+        "console output before the fault is kept"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("triple-faulted") && err.contains("rip 0x"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn console_can_go_to_a_file() {
+    require_kvm();
+    let dir = std::env::temp_dir().join(format!("ukvmm-console-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("console.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = vmm();
+    cmd.arg("--kernel")
+        .arg(image("hello"))
+        .args(["--cmdline", "to a file", "--console"])
+        .arg(&log);
+    let (out, _) = run_with_limit(cmd, Duration::from_secs(10));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "hello from unikernel, cmdline: to a file\n"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn several_vcpus_boot_on_vcpu_zero() {
+    require_kvm();
+    let mut cmd = vmm();
+    cmd.arg("--kernel")
+        .arg(image("hello"))
+        .args(["--vcpus", "2", "--cmdline", "smp"]);
+    let (out, _) = run_with_limit(cmd, Duration::from_secs(10));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from unikernel, cmdline: smp\n");
+}
+
+#[test]
+fn help_explains_every_option() {
+    let out = vmm().arg("--help").output().unwrap();
+    let help = text(&out.stdout);
+    for opt in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--memory",
+        "--vcpus",
+        "--console",
+        "Exit status",
+    ] {
+        assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
+    }
+}
+
+#[test]
+fn bzimage_boots_through_the_64bit_entry() {
+    require_kvm();
+    let dir = std::env::temp_dir().join(format!("ukvmm-bz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bz = dir.join("bzImage");
+    std::fs::write(&bz, make_bzimage(&std::fs::read(image("hello-bz")).unwrap())).unwrap();
+    let mut cmd = vmm();
+    cmd.arg("--kernel").arg(&bz).args(["--cmdline", "from a bzImage"]);
+    let (out, _) = run_with_limit(cmd, Duration::from_secs(10));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from unikernel, cmdline: from a bzImage\n");
+}
+
+#[test]
+fn bzimage_without_64bit_entry_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ukvmm-bz32-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut img = make_bzimage(&std::fs::read(image("hello-bz")).unwrap());
+    img[0x236] = 0; // clear XLF_KERNEL_64
+    let bz = dir.join("bzImage32");
+    std::fs::write(&bz, img).unwrap();
+    let out = vmm().arg("--kernel").arg(&bz).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("no 64-bit entry point"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn example_images_contain_no_sse_instructions() {
+    // The nested KVM on our hosts cannot emulate SSE in guests; neither may our images use it.
+    for name in ["hello", "hello-lx", "hello-bz", "triplefault"] {
+        let out = std::process::Command::new("objdump")
+            .arg("-d")
+            .arg(image(name))
+            .output()
+            .expect("objdump (binutils)");
+        assert!(out.status.success());
+        let asm = text(&out.stdout);
+        assert!(asm.contains("<_start>:"), "{name}: disassembly looks empty");
+        for bad in ["%xmm", "%ymm", "%zmm", "ldmxcsr", "fxsave", "xsave", "xgetbv"] {
+            assert!(!asm.contains(bad), "{name} uses {bad}");
+        }
+    }
+}

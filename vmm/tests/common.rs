@@ -1,0 +1,125 @@
+//! Shared by the integration tests: the real `unikernel-vmm` binary, real /dev/kvm, and
+//! the example unikernels (built on first use).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds the example unikernels once per test binary and returns the path of `name`.
+pub fn image(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = repo_root();
+    BUILD.call_once(|| {
+        // From inside the examples' folder, so cargo reads their .cargo/config.toml
+        // (target, no-SSE codegen flags, freestanding link arguments).
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--quiet"])
+            .current_dir(root.join("examples/unikernels"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("running cargo to build the example unikernels");
+        assert!(
+            out.status.success(),
+            "building the example unikernels failed:\n{}",
+            text(&out.stderr)
+        );
+    });
+    let path = root
+        .join("examples/unikernels/target/x86_64-unknown-linux-gnu/release")
+        .join(name);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+/// Tests boot real guests: without KVM they fail, loudly, and never skip.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("these tests boot real VMs and need /dev/kvm: {e}");
+    }
+}
+
+pub fn vmm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_unikernel-vmm"))
+}
+
+/// Runs `cmd`, killing it if it outlives `limit` (a hang is a failure, never a wait).
+pub fn run_with_limit(mut cmd: Command, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}; stdout {:?}, stderr {:?}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = start.elapsed();
+    (child.wait_with_output().unwrap(), elapsed)
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn le_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Wraps a statically linked ELF (linked at 1 MiB, 64-bit entry 0x200 bytes in) as a
+/// bzImage: a boot sector and one setup sector holding the setup header, then the flat
+/// protected-mode kernel (the ELF's PT_LOAD file bytes laid out from 1 MiB).
+pub fn make_bzimage(elf: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    let phoff = le_u64(elf, 32) as usize;
+    let phnum = u16::from_le_bytes([elf[56], elf[57]]) as usize;
+    let mut flat = Vec::new();
+    let mut mem_end = LOAD;
+    for i in 0..phnum {
+        let ph = &elf[phoff + i * 56..phoff + (i + 1) * 56];
+        if ph[0] != 1 {
+            continue;
+        }
+        let (off, paddr, filesz, memsz) = (le_u64(ph, 8), le_u64(ph, 24), le_u64(ph, 32), le_u64(ph, 40));
+        let at = (paddr - LOAD) as usize;
+        if flat.len() < at + filesz as usize {
+            flat.resize(at + filesz as usize, 0);
+        }
+        flat[at..at + filesz as usize].copy_from_slice(&elf[off as usize..(off + filesz) as usize]);
+        mem_end = mem_end.max(paddr + memsz);
+    }
+    let setup_sects = 1u8;
+    let mut img = vec![0u8; 512 * (1 + usize::from(setup_sects))];
+    img[0x1f1] = setup_sects;
+    img[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    img[0x211] = 0x01; // LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&(LOAD as u32).to_le_bytes()); // code32_start
+    img[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+    img[0x236..0x238].copy_from_slice(&0x0001u16.to_le_bytes()); // XLF_KERNEL_64
+    img[0x238..0x23c].copy_from_slice(&0xffffu32.to_le_bytes()); // cmdline_size
+    img[0x260..0x264].copy_from_slice(&((mem_end - LOAD) as u32).to_le_bytes()); // init_size
+    img.extend_from_slice(&flat);
+    img
+}
