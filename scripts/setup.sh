@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building, testing and benchmarking unikerneld needs on a Debian 12 host.
+# Idempotent: installs only what is missing. Sourced by test.sh and demo.sh.
+set -euo pipefail
+
+apt_packages=(build-essential binutils pkg-config qemu-system-x86 iproute2 strace)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || {
+        echo "setup: installing the Rust toolchain with rustup"
+        apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    }
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        rustup component add "$component"
+    fi
+done
+
+if [ ! -c /dev/kvm ]; then
+    echo "FATAL: /dev/kvm is missing: unikerneld boots real VMs (enable KVM or nested virtualisation)" >&2
+    exit 1
+fi

@@ -1,0 +1,173 @@
+//! Boot benchmark: `unikernel-vmm` against QEMU microvm on the same `hello` image, run
+//! alternately (A B A B) so both see the same machine state.
+//!
+//! For each run: process spawn -> first console byte, spawn -> exit (status collected),
+//! and the process's peak RSS (from wait4). Prints p50/p90 and the ratios.
+//! `BENCH_RUNS` (default 200) sets the runs per side. QEMU (Debian's qemu-system-x86) is
+//! required: a benchmark without its peer is not a result.
+#[path = "../tests/common.rs"]
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+struct Sample {
+    first_byte_us: f64,
+    exit_us: f64,
+    peak_rss_kib: i64,
+}
+
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn measure(mut cmd: Command, expect: &str) -> Sample {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    assert_eq!(out.read(&mut first).expect("read console"), 1, "no console output");
+    let first_byte = t0.elapsed();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; the pid is our child's and is reaped exactly once here.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let exit = t0.elapsed();
+    assert_eq!(pid, child.id() as i32);
+    assert_eq!(
+        std::process::ExitStatus::from_raw(status).code(),
+        Some(0),
+        "guest did not exit cleanly"
+    );
+    let mut console = vec![first[0]];
+    console.extend_from_slice(&rest);
+    assert!(
+        String::from_utf8_lossy(&console).contains(expect),
+        "unexpected console {console:?}"
+    );
+    Sample {
+        first_byte_us: first_byte.as_secs_f64() * 1e6,
+        exit_us: exit.as_secs_f64() * 1e6,
+        peak_rss_kib: usage.ru_maxrss,
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Summary {
+    first_p50: f64,
+    first_p90: f64,
+    exit_p50: f64,
+    exit_p90: f64,
+    rss_p50_mib: f64,
+    rss_max_mib: f64,
+}
+
+fn summarize(samples: &[Sample]) -> Summary {
+    let mut first: Vec<f64> = samples.iter().map(|s| s.first_byte_us).collect();
+    let mut exit: Vec<f64> = samples.iter().map(|s| s.exit_us).collect();
+    let mut rss: Vec<f64> = samples.iter().map(|s| s.peak_rss_kib as f64 / 1024.0).collect();
+    Summary {
+        first_p50: percentile(&mut first, 0.5),
+        first_p90: percentile(&mut first, 0.9),
+        exit_p50: percentile(&mut exit, 0.5),
+        exit_p90: percentile(&mut exit, 0.9),
+        rss_p50_mib: percentile(&mut rss, 0.5),
+        rss_max_mib: percentile(&mut rss, 1.0),
+    }
+}
+
+fn print_row(name: &str, s: &Summary) {
+    println!(
+        "{name:<22} first byte p50 {:>8.2} ms p90 {:>8.2} ms | exit p50 {:>8.2} ms p90 {:>8.2} ms | peak RSS p50 {:>6.2} MiB max {:>6.2} MiB",
+        s.first_p50 / 1e3,
+        s.first_p90 / 1e3,
+        s.exit_p50 / 1e3,
+        s.exit_p90 / 1e3,
+        s.rss_p50_mib,
+        s.rss_max_mib
+    );
+}
+
+fn qemu(kernel: &Path, cmdline: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "microvm",
+        "-accel",
+        "kvm",
+        "-m",
+        "16M",
+        "-no-reboot",
+        "-nodefaults",
+        "-no-user-config",
+    ])
+    .args(["-display", "none", "-serial", "stdio", "-device", "i8042", "-kernel"])
+    .arg(kernel)
+    .args(["-append", cmdline]);
+    cmd
+}
+
+fn ours(kernel: &Path, cmdline: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unikernel-vmm"));
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .args(["--memory", "16M", "--cmdline", cmdline]);
+    cmd
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run anyway.
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    common::require_kvm();
+    let kernel = common::image("hello");
+    let cmdline = "name=bench";
+    let expect = "hello from unikernel, cmdline: name=bench";
+    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+        panic!("qemu-system-x86_64 not found: install Debian's qemu-system-x86 to measure the peer");
+    }
+
+    // Warm the page cache and KVM once for both.
+    measure(ours(&kernel, cmdline), expect);
+    measure(qemu(&kernel, cmdline), expect);
+
+    let mut a = Vec::with_capacity(runs);
+    let mut b = Vec::with_capacity(runs);
+    let mut echo = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        a.push(measure(ours(&kernel, cmdline), expect));
+        b.push(measure(qemu(&kernel, cmdline), expect));
+        let mut e = Command::new("/bin/echo");
+        e.arg(expect);
+        echo.push(measure(e, expect));
+    }
+    let (sa, sb, se) = (summarize(&a), summarize(&b), summarize(&echo));
+    println!(
+        "boot benchmark: {runs} runs per side, alternating, image {}",
+        kernel.display()
+    );
+    print_row("unikernel-vmm", &sa);
+    print_row("qemu microvm", &sb);
+    print_row("/bin/echo (spawn floor)", &se);
+    println!(
+        "ratio qemu/unikernel-vmm: first byte p50 {:.1}x, exit p50 {:.1}x, peak RSS p50 {:.1}x",
+        sb.first_p50 / sa.first_p50,
+        sb.exit_p50 / sa.exit_p50,
+        sb.rss_p50_mib / sa.rss_p50_mib
+    );
+}
