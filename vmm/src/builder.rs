@@ -209,6 +209,10 @@ impl Machine {
                 .spawn(move || on_ap_exit(vcpu.run(&pio, &mmio, &exit), &serial))
                 .expect("spawning a vCPU thread");
         }
+        // Only the boot vCPU is watched: the others may legitimately wait for INIT/SIPI.
+        crate::watchdog::install()
+            .and_then(|()| crate::watchdog::start_for_current_thread())
+            .unwrap_or_else(|e| crate::log_warn!("no watchdog for halted guests: {e}"));
         self.trace.mark("enter");
         let outcome = boot.run(&self.pio, &self.mmio, &self.exit);
         self.trace.mark("stopped");

@@ -52,6 +52,8 @@ pub enum GuestFault {
     },
     #[error("KVM could not enter the guest (hardware entry failure reason {reason:#x}) at rip {rip:#x}")]
     FailEntry { reason: u64, rip: u64 },
+    #[error("guest halted with interrupts disabled at rip {rip:#x}: it can never run again")]
+    HaltedForever { rip: u64 },
     #[error("guest reported a crash (KVM_SYSTEM_EVENT_CRASH)")]
     Crash,
     #[error("guest stopped on an unexpected exit: {0}")]

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod exit;
 pub mod loader;
 pub mod vstate;
+pub mod watchdog;
 
 /// A warning on stderr, prefixed with the program name.
 #[macro_export]

@@ -168,3 +168,19 @@ fn example_images_contain_no_sse_instructions() {
         }
     }
 }
+
+#[test]
+fn a_guest_halted_with_interrupts_off_is_reported_not_waited_for() {
+    require_kvm();
+    let mut cmd = vmm();
+    cmd.arg("--kernel").arg(image("deadhalt"));
+    let (out, elapsed) = run_with_limit(cmd, Duration::from_secs(5));
+    assert_eq!(out.status.code(), Some(1), "stderr {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "halting with interrupts off\n");
+    let err = text(&out.stderr);
+    assert!(err.contains("halted with interrupts disabled"), "{err}");
+    assert!(
+        elapsed >= Duration::from_secs(1),
+        "found dead only after watching it: {elapsed:?}"
+    );
+}

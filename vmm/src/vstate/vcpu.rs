@@ -1,5 +1,7 @@
 //! A vCPU: its boot state, and the loop that runs it and routes its exits.
-use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    CpuId, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::memory::GuestMemoryMmap;
@@ -83,6 +85,13 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Halted with RFLAGS.IF clear: only an NMI or INIT could wake it.
+    fn halted_with_interrupts_off(&self) -> bool {
+        const RFLAGS_IF: u64 = 1 << 9;
+        let halted = self.fd.get_mp_state().is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+        halted && self.fd.get_regs().is_ok_and(|r| r.rflags & RFLAGS_IF == 0)
+    }
+
     fn rip(&self) -> u64 {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
     }
@@ -98,7 +107,10 @@ impl Vcpu {
             FailEntry(u64),
             Crash,
             Unexpected(String),
+            Kicked,
         }
+        // Consecutive watchdog kicks that found the vCPU halted with interrupts off.
+        let mut dead_kicks = 0u32;
         loop {
             let next = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -117,7 +129,7 @@ impl Vcpu {
                     mmio.read(addr, data);
                     Next::Continue
                 }
-                Ok(VcpuExit::Intr) => exit.get().map_or(Next::Continue, Next::Stop),
+                Ok(VcpuExit::Intr) => exit.get().map_or(Next::Kicked, Next::Stop),
                 // Only seen without an in-kernel LAPIC: the guest has halted for good.
                 Ok(VcpuExit::Hlt) => Next::Stop(StopReason::PowerOff),
                 Ok(VcpuExit::Shutdown) => Next::TripleFault,
@@ -131,12 +143,20 @@ impl Vcpu {
                 Ok(VcpuExit::FailEntry(reason, _cpu)) => Next::FailEntry(reason),
                 Ok(other) => Next::Unexpected(format!("{other:?}")),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    exit.get().map_or(Next::Continue, Next::Stop)
+                    exit.get().map_or(Next::Kicked, Next::Stop)
                 }
                 Err(e) => Next::Unexpected(format!("KVM_RUN failed: {e}")),
             };
             match next {
                 Next::Continue => {}
+                Next::Kicked if self.halted_with_interrupts_off() => {
+                    // Twice in a row, a period apart: not a guest caught mid-way.
+                    dead_kicks += 1;
+                    if dead_kicks >= 2 {
+                        return Err(GuestFault::HaltedForever { rip: self.rip() });
+                    }
+                }
+                Next::Kicked => dead_kicks = 0,
                 Next::Stop(reason) => return Ok(reason),
                 Next::TripleFault => return Err(GuestFault::TripleFault { rip: self.rip() }),
                 Next::Internal => return Err(self.internal_error()),
