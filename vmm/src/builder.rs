@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::bootinfo;
 use crate::arch::x86_64::regs::BootMode;
+use crate::arch::x86_64::{bootinfo, mptable};
 use crate::config::{ConsoleTarget, VmConfig};
 use crate::devices::legacy::{self, cmos::Cmos, i8042::I8042, power::PowerPort, serial::Serial};
 use crate::devices::Bus;
@@ -29,6 +29,8 @@ pub enum Error {
     Loader(#[from] loader::Error),
     #[error(transparent)]
     BootInfo(#[from] bootinfo::Error),
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     #[error(transparent)]
     Vm(#[from] vm::Error),
     #[error(transparent)]
@@ -123,6 +125,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         None => None,
     };
     let cmdline_len = bootinfo::write_cmdline(&mem, &config.cmdline)?;
+    mptable::write(&mem, config.vcpus)?;
     match kernel.mode {
         BootMode::Pvh => bootinfo::write_pvh_start_info(&mem, config.memory.bytes(), initrd)?,
         BootMode::Linux64 => {

@@ -3,5 +3,6 @@ pub mod bootinfo;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod regs;
