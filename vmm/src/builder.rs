@@ -4,15 +4,21 @@
 //! initrd) is checked and loaded into guest memory before KVM is asked for a VM.
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
 use crate::arch::x86_64::{bootinfo, mptable};
-use crate::config::{ConsoleTarget, VmConfig};
+use crate::config::{ConsoleTarget, NetBackend, NetConfig, VmConfig};
 use crate::devices::legacy::{self, cmos::Cmos, i8042::I8042, power::PowerPort, serial::Serial};
+use crate::devices::virtio::net::{event_handler, Net, Tap};
+use crate::devices::virtio::transport::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use crate::devices::virtio::Interrupt;
 use crate::devices::Bus;
 use crate::exit::{ExitRequest, GuestFault, StopReason};
 use crate::loader;
@@ -44,6 +50,8 @@ pub enum Error {
     Vcpus { given: u8, max: u8 },
     #[error("device setup failed: {0}")]
     Device(String),
+    #[error("network device: {0}")]
+    Net(String),
 }
 
 /// Most vCPUs a VM may have (APIC IDs fit in 8 bits; keep well clear of the broadcast ID).
@@ -124,7 +132,17 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         Some(path) => Some(loader::load_initrd(&mem, path, config.memory, kernel.end)?),
         None => None,
     };
-    let cmdline_len = bootinfo::write_cmdline(&mem, &config.cmdline)?;
+    // Guests find virtio-mmio devices on their command line, as with Firecracker.
+    let mut cmdline = config.cmdline.clone();
+    if config.net.is_some() {
+        let device = format!("virtio_mmio.device=4K@{VIRTIO_MMIO_BASE:#x}:{VIRTIO_IRQ_BASE}");
+        cmdline = if cmdline.is_empty() {
+            device
+        } else {
+            format!("{cmdline} {device}")
+        };
+    }
+    let cmdline_len = bootinfo::write_cmdline(&mem, &cmdline)?;
     mptable::write(&mem, config.vcpus)?;
     match kernel.mode {
         BootMode::Pvh => bootinfo::write_pvh_start_info(&mem, config.memory.bytes(), initrd)?,
@@ -163,7 +181,10 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         Arc::new(Mutex::new(PowerPort::new(exit.clone()))),
     )
     .map_err(|e| device_err(&e))?;
-    let mmio = Bus::new("MMIO");
+    let mut mmio = Bus::new("MMIO");
+    if let Some(net) = &config.net {
+        attach_net(&vm, &mem, &mut mmio, net)?;
+    }
     trace.mark("devices");
 
     let cpuid = vm.supported_cpuid()?;
@@ -190,6 +211,40 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         _mem: mem,
         trace,
     })
+}
+
+/// Creates a virtio-net device on `net`'s tap at the first virtio-mmio slot: its
+/// interrupt on an irqfd, its queue notifications on ioeventfds, its I/O on its own thread.
+fn attach_net(vm: &Vm, mem: &GuestMemoryMmap, mmio: &mut Bus, net: &NetConfig) -> Result<(), Error> {
+    let err = |e: &dyn std::fmt::Display| Error::Net(e.to_string());
+    let tap = match &net.backend {
+        NetBackend::Tap(name) => Tap::open(name),
+        // SAFETY: the caller promised, with --net-fd, that this fd is open and ours.
+        NetBackend::Fd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
+    }
+    .map_err(|e| err(&e))?;
+    let device = Arc::new(Mutex::new(Net::new(tap, net.mac).map_err(|e| err(&e))?));
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
+    vm.fd().register_irqfd(&irqfd, VIRTIO_IRQ_BASE).map_err(|e| err(&e))?;
+    let mut queue_evts = Vec::new();
+    for queue in 0..2u32 {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
+        let addr = IoEventAddress::Mmio(VIRTIO_MMIO_BASE + NOTIFY_OFFSET);
+        vm.fd().register_ioevent(&evt, &addr, queue).map_err(|e| err(&e))?;
+        queue_evts.push(evt);
+    }
+    let clones: Vec<EventFd> = queue_evts
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(&e))?;
+    let transport = MmioTransport::new(device.clone(), mem.clone(), Interrupt::new(irqfd), clones);
+    mmio.insert(VIRTIO_MMIO_BASE, MMIO_LEN, Arc::new(Mutex::new(transport)))
+        .map_err(|e| err(&e))?;
+    let tx_evt = queue_evts.pop().expect("two queue eventfds");
+    let rx_evt = queue_evts.pop().expect("two queue eventfds");
+    event_handler::spawn(device, rx_evt, tx_evt).map_err(|e| err(&e))?;
+    Ok(())
 }
 
 /// How a run ended.

@@ -79,6 +79,22 @@ impl FromStr for ConsoleTarget {
     }
 }
 
+/// Where a guest NIC's frames go on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackend {
+    /// An open tap fd inherited from the parent (how the engine hands one over).
+    Fd(i32),
+    /// A tap opened (or created) by name; needs CAP_NET_ADMIN.
+    Tap(String),
+}
+
+/// One virtio-net device.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub backend: NetBackend,
+    pub mac: crate::devices::virtio::net::MacAddr,
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -88,6 +104,7 @@ pub struct VmConfig {
     pub memory: MemSize,
     pub vcpus: u8,
     pub console: ConsoleTarget,
+    pub net: Option<NetConfig>,
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use vmm::builder::{self, Outcome};
-use vmm::config::{ConsoleTarget, MemSize, VmConfig};
+use vmm::config::{ConsoleTarget, MemSize, NetBackend, NetConfig, VmConfig};
 use vmm::devices::legacy::serial::Serial;
+use vmm::devices::virtio::net::MacAddr;
 
 /// Exit statuses, for scripts and the engine.
 const EXIT_GUEST_FAULT: u8 = 1;
@@ -18,7 +19,9 @@ const EXIT_SETUP_FAILED: u8 = 3;
     name = "unikernel-vmm",
     version,
     about = "Boot one unikernel in one KVM VM and run it until it stops.",
-    after_help = "Kernel formats: ELF64 with a PVH note (32-bit PVH entry), ELF64 without one \
+    after_help = "With --tap or --net-fd the guest gets a virtio-net device (virtio-mmio, announced on its \
+command line as virtio_mmio.device=4K@0xd0000000:5).\n\n\
+Kernel formats: ELF64 with a PVH note (32-bit PVH entry), ELF64 without one \
 (64-bit Linux boot protocol, as Firecracker boots a vmlinux), and bzImage.\n\n\
 Exit status: 0 the guest shut down or reset (i8042 0xFE, port 0x604); 1 the guest died \
 (triple fault, KVM internal error); 2 bad command line; 3 refused before start (bad image, \
@@ -49,6 +52,18 @@ struct Cli {
     #[arg(long, value_name = "stdout|PATH", default_value = "stdout")]
     console: ConsoleTarget,
 
+    /// Give the guest a virtio-net NIC on this already-open tap fd (inherited; IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)
+    #[arg(long, value_name = "N", conflicts_with = "tap", requires = "mac")]
+    net_fd: Option<i32>,
+
+    /// Give the guest a virtio-net NIC on the tap of this name, opening or creating it (needs CAP_NET_ADMIN)
+    #[arg(long, value_name = "NAME", requires = "mac")]
+    tap: Option<String>,
+
+    /// The NIC's MAC address, like 52:54:00:12:34:56
+    #[arg(long, value_name = "MAC")]
+    mac: Option<MacAddr>,
+
     /// Print the time spent in each boot phase to stderr when the VM stops
     #[arg(long, hide = true)]
     trace_boot: bool,
@@ -77,6 +92,15 @@ fn ap_exit(outcome: Outcome, serial: &Mutex<Serial>) -> ! {
     std::process::exit(code)
 }
 
+fn net_config(fd: Option<i32>, tap: Option<String>, mac: Option<MacAddr>) -> Option<NetConfig> {
+    let backend = match (fd, tap) {
+        (Some(fd), _) => NetBackend::Fd(fd),
+        (None, Some(name)) => NetBackend::Tap(name),
+        (None, None) => return None,
+    };
+    Some(NetConfig { backend, mac: mac? })
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
@@ -87,6 +111,7 @@ fn main() -> ExitCode {
         memory: cli.memory,
         vcpus: cli.vcpus,
         console: cli.console,
+        net: net_config(cli.net_fd, cli.tap, cli.mac),
     };
     let machine = match builder::build(&config, start) {
         Ok(m) => m,

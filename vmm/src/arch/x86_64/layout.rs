@@ -25,6 +25,10 @@ pub const HIMEM_START: u64 = 0x100000;
 /// The 32-bit MMIO hole: RAM above this is placed at 4 GiB instead.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
+/// virtio-mmio devices: 4 KiB windows from here, one per device, inside the MMIO gap.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Their interrupts: GSI 5, 6, ... (ISA IRQs the PIC and IOAPIC both route).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Where KVM on Intel keeps its real-mode TSS (three pages, inside the MMIO gap).
 pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
