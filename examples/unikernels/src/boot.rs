@@ -60,3 +60,13 @@ pub unsafe fn from_linux(zero_page: u64) -> BootInfo {
         protocol: Protocol::Linux64,
     }
 }
+
+impl BootInfo {
+    /// The value of `key=value` on the command line, if present.
+    pub fn param(&self, key: &str) -> Option<&'static str> {
+        let cmdline = core::str::from_utf8(self.cmdline).ok()?;
+        cmdline
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+}

@@ -4,6 +4,7 @@
 //! the static identity page tables below (first GiB with 2 MiB pages, plus 3-4 GiB
 //! uncached for MMIO devices), enables long mode and jumps to 64-bit code. The Linux path
 //! starts in long mode already, on the VMM's page tables. Both switch to our stack.
+//! The tables grant user access everywhere, for programs that drop to CPL3 (`usermode`).
 
 core::arch::global_asm!(
     r#"
@@ -63,32 +64,33 @@ ukrt_gdt_ptr:
 
     .section .data.pagetables, "aw"
     .balign 4096
+    .globl ukrt_pml4
 ukrt_pml4:
-    .quad ukrt_pdpt + 0x3
+    .quad ukrt_pdpt + 0x7
     .fill 511, 8, 0
 ukrt_pdpt:
-    .quad ukrt_pd0 + 0x3
+    .quad ukrt_pd0 + 0x7
     .quad 0
     .quad 0
-    .quad ukrt_pd3 + 0x3
+    .quad ukrt_pd3 + 0x7
     .fill 508, 8, 0
 ukrt_pd0:
     .set ukrt_i, 0
     .rept 512
-    .quad (ukrt_i << 21) | 0x83
+    .quad (ukrt_i << 21) | 0x87
     .set ukrt_i, ukrt_i + 1
     .endr
 ukrt_pd3:
     .set ukrt_i, 0
     .rept 512
-    .quad (0xc0000000 + (ukrt_i << 21)) | 0x9b
+    .quad (0xc0000000 + (ukrt_i << 21)) | 0x9f
     .set ukrt_i, ukrt_i + 1
     .endr
 
     .section .bss.ukrt_stack, "aw", @nobits
     .balign 16
 ukrt_stack:
-    .skip 65536
+    .skip 131072
 ukrt_stack_top:
     .text
 "#,

@@ -8,8 +8,13 @@
 pub mod boot;
 pub mod console;
 pub mod entry;
+pub mod interrupts;
+mod mem;
 pub mod platform;
 pub mod port;
+pub mod time;
+pub mod usermode;
+pub mod virtio_hal;
 
 pub use boot::BootInfo;
 
