@@ -123,3 +123,113 @@ pub fn make_bzimage(elf: &[u8]) -> Vec<u8> {
     img.extend_from_slice(&flat);
     img
 }
+
+/// A network namespace of the test's own (DESIGN: never configure the host's namespace),
+/// removed when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("ukt-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]).unwrap_or_else(|e| panic!("{e}"));
+        ns
+    }
+
+    /// `ip -n <ns> ARGS`; the error says what failed.
+    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+        if !Path::new("/var/run/netns").join(&self.name).exists() {
+            let out = Command::new("ip")
+                .args(["netns", "add", &self.name])
+                .output()
+                .expect("ip (iproute2)");
+            if !out.status.success() {
+                return Err(format!("ip netns add {}: {}", self.name, text(&out.stderr)));
+            }
+        }
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("ip (iproute2)");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip -n {} {}: {}", self.name, args.join(" "), text(&out.stderr)))
+        }
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has joined the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = Path::new("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("namespace file");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection; returns (status, body). The client closes.
+pub fn http_get(addr: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: guest\r\n\r\n")?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, text(&body)))
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Kills and reaps a child when dropped, so a failing test leaves no VM behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -334,6 +334,10 @@ fn main(boot: &BootInfo) -> ! {
     let handles = handles.map(|h| h.unwrap());
     let mut conns = [Conn::default(); SOCKETS];
     let mut served: u64 = 0;
+    // Listen before announcing readiness, so the first SYN finds a listener.
+    for &h in &handles {
+        let _ = sockets.get_mut::<tcp::Socket>(h).listen(port);
+    }
 
     console::write_str("http: ");
     console::write_str(name);
