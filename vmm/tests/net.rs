@@ -48,7 +48,7 @@ fn counter(body: &str, name: &str) -> u64 {
 #[test]
 fn http_guest_serves_sequential_and_concurrent_requests_and_idles_for_free() {
     let ns = Netns::new("http");
-    let mut vm = boot_http(&ns, "web");
+    let vm = boot_http(&ns, "web");
 
     let (first, sequential) = ns.run(|| {
         let first = http_get("10.0.0.2:80").expect("first request");
