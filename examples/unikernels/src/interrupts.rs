@@ -14,6 +14,23 @@ const PIC_EOI: u8 = 0x20;
 pub const IRQ_BASE: u8 = 32;
 const VECTORS: usize = 48;
 
+const LAPIC_BASE: usize = 0xfee0_0000;
+const LAPIC_SVR: usize = 0xf0;
+const LAPIC_LVT0: usize = 0x350;
+const LAPIC_LVT1: usize = 0x360;
+/// Low nibble all ones, as older CPUs require; shares IRQ 15's (harmless) handler.
+const SPURIOUS_VECTOR: u8 = 0x2f;
+
+fn lapic_read(reg: usize) -> u32 {
+    // SAFETY: the local APIC page is identity mapped (3-4 GiB in our page tables).
+    unsafe { ((LAPIC_BASE + reg) as *const u32).read_volatile() }
+}
+
+fn lapic_write(reg: usize, value: u32) {
+    // SAFETY: as above.
+    unsafe { ((LAPIC_BASE + reg) as *mut u32).write_volatile(value) }
+}
+
 /// A bit per IRQ line that fired since the main loop last looked.
 static PENDING: AtomicU32 = AtomicU32::new(0);
 
@@ -152,6 +169,11 @@ pub fn init() {
         };
         core::arch::asm!("lidt [{}]", in(reg) &idtr, options(nostack));
     }
+    // Virtual wire mode, as firmware leaves it: the PIC's output reaches the CPU through
+    // local APIC LINT0 (ExtINT), NMIs through LINT1. Not every VMM sets this up for us.
+    lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x100 | u32::from(SPURIOUS_VECTOR));
+    lapic_write(LAPIC_LVT0, 0x700);
+    lapic_write(LAPIC_LVT1, 0x400);
     // ICW1..4: edge triggered, cascade, vectors 32 and 40, 8086 mode.
     outb(PIC1_CMD, 0x11);
     outb(PIC2_CMD, 0x11);

@@ -266,8 +266,8 @@ static mut SOCK_BUFS: [[[u8; SOCKET_BUF]; 2]; SOCKETS] = [[[0; SOCKET_BUF]; 2]; 
 fn main(boot: &BootInfo) -> ! {
     console::init();
     interrupts::init();
-    ukrt::usermode::drop_to_user();
     time::init();
+    ukrt::usermode::drop_to_user();
     let name = boot.param("name").unwrap_or("http");
     let port: u16 = boot.param("port").and_then(|p| p.parse().ok()).unwrap_or(80);
     let (ip, prefix) = boot
