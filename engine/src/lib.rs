@@ -1,1 +1,3 @@
-//! unikerneld: the host daemon. Grows in the engine issue.
+//! unikerneld: the host daemon. Today: host networking for VMs (`net`); the declarations,
+//! reconcile loop, D-Bus API and CLI come with the next issues.
+pub mod net;

@@ -1,0 +1,144 @@
+//! Host networking for unikernels: a tap per service, wired to the host either through a
+//! bridge (`ukbr0`, gateway address on the bridge) or routed (a /32 route per guest and
+//! proxy ARP on its tap, which scales past a bridge's 1024 ports), addresses from a pool
+//! that are stable per service name, and the sysctls this needs. All through netlink
+//! (rtnetlink) and /proc/sys; the VMM only ever receives an open tap fd.
+pub mod mac;
+pub mod netlink;
+pub mod pool;
+pub mod sysctl;
+pub mod tap;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+pub use pool::AddressPool;
+
+/// How taps reach the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every tap is a port of one bridge holding the gateway address (at most 1024 ports).
+    Bridged { bridge: String },
+    /// Every tap is its own point-to-point link: the gateway address on the tap, a /32
+    /// route to the guest, proxy ARP. No port limit.
+    Routed,
+}
+
+/// A Linux bridge holds at most this many ports (BR_MAX_PORTS).
+pub const BRIDGE_MAX_PORTS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Netlink(#[from] netlink::Error),
+    #[error(transparent)]
+    Tap(#[from] tap::Error),
+    #[error(transparent)]
+    Pool(#[from] pool::Error),
+    #[error(
+        "bridge {bridge} already has {max} ports, the most a Linux bridge takes: use routed networking for more VMs"
+    )]
+    BridgeFull { bridge: String, max: usize },
+}
+
+/// What a VM needs to be on the network.
+#[derive(Debug)]
+pub struct Attachment {
+    pub tap_name: String,
+    /// Open tap (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), for `unikernel-vmm --net-fd`.
+    pub tap_fd: OwnedFd,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+impl Attachment {
+    /// The guest's network settings, as the example unikernels read them.
+    pub fn guest_cmdline(&self) -> String {
+        format!("ip={}/{} gw={}", self.address, self.prefix, self.gateway)
+    }
+}
+
+/// The host side of every VM's network.
+pub struct HostNetwork {
+    nl: netlink::Netlink,
+    mode: Mode,
+    pool: AddressPool,
+    attached: HashMap<String, String>,
+}
+
+impl HostNetwork {
+    /// Connects to netlink in the caller's network namespace; in bridged mode creates the
+    /// bridge (idempotent) and gives it the gateway address.
+    pub async fn new(mode: Mode, pool: AddressPool) -> Result<Self, Error> {
+        let nl = netlink::Netlink::connect()?;
+        if let Mode::Bridged { bridge } = &mode {
+            let index = nl.ensure_bridge(bridge).await?;
+            nl.ensure_address(index, pool.gateway(), pool.prefix()).await?;
+            nl.set_up(index).await?;
+        }
+        Ok(HostNetwork {
+            nl,
+            mode,
+            pool,
+            attached: HashMap::new(),
+        })
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    pub fn pool_mut(&mut self) -> &mut AddressPool {
+        &mut self.pool
+    }
+
+    /// Creates (or takes over) the tap of `service`, gives it an address and wires it.
+    pub async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, Error> {
+        let address = self.pool.assign(service, explicit)?;
+        let tap_name = tap::name_for(service);
+        let tap_fd = tap::create(&tap_name)?;
+        let index = self.nl.link_index(&tap_name).await?;
+        match &self.mode {
+            Mode::Bridged { bridge } => {
+                let bridge_index = self.nl.link_index(bridge).await?;
+                let ports = self.attached.len();
+                if ports >= BRIDGE_MAX_PORTS {
+                    return Err(Error::BridgeFull {
+                        bridge: bridge.clone(),
+                        max: BRIDGE_MAX_PORTS,
+                    });
+                }
+                self.nl.set_master(index, bridge_index).await?;
+                self.nl.set_up(index).await?;
+            }
+            Mode::Routed => {
+                self.nl.ensure_address(index, self.pool.gateway(), 32).await?;
+                sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
+                self.nl.set_up(index).await?;
+                self.nl.replace_route_v4(address, 32, index).await?;
+            }
+        }
+        self.attached.insert(service.to_string(), tap_name.clone());
+        Ok(Attachment {
+            tap_name,
+            tap_fd,
+            mac: mac::for_service(service),
+            address,
+            prefix: self.pool.prefix(),
+            gateway: self.pool.gateway(),
+        })
+    }
+
+    /// Deletes the tap of `service` (its route goes with it) and releases its address.
+    pub async fn detach(&mut self, service: &str) -> Result<(), Error> {
+        let name = self.attached.remove(service).unwrap_or_else(|| tap::name_for(service));
+        if let Some(index) = self.nl.find_link(&name).await? {
+            self.nl.delete_link(index).await?;
+        }
+        self.pool.release(service);
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The sysctls a host of many VMs needs, applied at daemon start. Only what the
+//! configuration needs, only upwards, and every change logged as `key: old -> new`.
+use std::path::PathBuf;
+
+use super::Mode;
+
+fn path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+pub fn read(key: &str) -> Option<String> {
+    std::fs::read_to_string(path(key)).ok().map(|s| s.trim().to_string())
+}
+
+/// One change made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// What should be set for `vms` VMs in `mode`; `egress` when guests reach beyond the host.
+/// Values are minimums: a host already tuned higher is left alone.
+pub fn wanted(vms: usize, mode: &Mode, egress: bool) -> Vec<(&'static str, u64)> {
+    let n = vms as u64;
+    // One neighbour entry per guest (and per tap in routed mode): keep the table from
+    // garbage-collecting live entries or refusing new ones.
+    let mut out = vec![
+        ("net.ipv4.neigh.default.gc_thresh1", n.max(128)),
+        ("net.ipv4.neigh.default.gc_thresh2", (2 * n).max(512)),
+        ("net.ipv4.neigh.default.gc_thresh3", (4 * n).max(1024)),
+        // The daemon's listening sockets for exposed ports take bursts of connections.
+        ("net.core.somaxconn", 4096),
+    ];
+    if *mode == Mode::Routed {
+        // Many /32 routes: room in the route cache.
+        out.push(("net.ipv4.route.max_size", (4 * n).max(16384)));
+    }
+    if egress {
+        out.push(("net.ipv4.ip_forward", 1));
+    }
+    out
+}
+
+/// Raises each key to its wanted value; returns (and logs) what changed.
+pub fn apply(wanted: &[(&str, u64)]) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (key, value) in wanted {
+        let Some(old) = read(key) else {
+            tracing::warn!("sysctl {key} does not exist on this kernel; skipped");
+            continue;
+        };
+        if old.parse::<u64>().is_ok_and(|v| v >= *value) {
+            continue;
+        }
+        match std::fs::write(path(key), value.to_string()) {
+            Ok(()) => {
+                tracing::info!("{key}: {old} -> {value}");
+                changes.push(Change {
+                    key: key.to_string(),
+                    old,
+                    new: value.to_string(),
+                });
+            }
+            Err(e) => tracing::warn!("cannot set {key} to {value}: {e}"),
+        }
+    }
+    changes
+}
+
+/// Sets a per-interface key without logging (one per tap would flood the journal).
+pub fn set_quiet(key: &str, value: &str) {
+    if let Err(e) = std::fs::write(path(key), value) {
+        tracing::warn!("cannot set {key} to {value}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_scales_with_vms_and_mode() {
+        let small = wanted(10, &Mode::Bridged { bridge: "ukbr0".into() }, false);
+        assert!(small.contains(&("net.ipv4.neigh.default.gc_thresh3", 1024)));
+        assert!(
+            !small.iter().any(|(k, _)| *k == "net.ipv4.ip_forward"),
+            "no forwarding without egress"
+        );
+        let big = wanted(5000, &Mode::Routed, true);
+        assert!(big.contains(&("net.ipv4.neigh.default.gc_thresh3", 20000)));
+        assert!(big.contains(&("net.ipv4.ip_forward", 1)));
+        assert!(big.iter().any(|(k, _)| *k == "net.ipv4.route.max_size"));
+    }
+
+    #[test]
+    fn keys_map_to_proc_paths() {
+        assert_eq!(
+            path("net.core.somaxconn"),
+            PathBuf::from("/proc/sys/net/core/somaxconn")
+        );
+        assert_eq!(
+            path("net/ipv4/conf/uk-web/proxy_arp"),
+            PathBuf::from("/proc/sys/net/ipv4/conf/uk-web/proxy_arp")
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Host networking through real netlink, in a network namespace of the test's own.
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use unikerneld::net::{AddressPool, HostNetwork, Mode};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("ukn-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip (iproute2)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Netns(name)
+    }
+
+    /// Runs `f` on a thread inside the namespace, with a Tokio runtime of its own.
+    fn run<T: Send + 'static, F: std::future::Future<Output = T>>(&self, f: impl FnOnce() -> F + Send + 'static) -> T {
+        let path = Path::new("/var/run/netns").join(&self.0);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).unwrap();
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread, with a valid namespace fd.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(f())
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip").arg("-n").arg(&self.0).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// `ip -n <ns> ARGS`, its output.
+fn ip_in(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip").arg("-n").arg(ns).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn count_lines(s: &str, needle: &str) -> usize {
+    s.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn eleven_hundred_routed_taps_are_created_attached_and_deleted() {
+    const N: usize = 1100;
+    let ns = Netns::new("taps");
+    let name = ns.0.clone();
+    let (created, deleted) = ns.run(move || async move {
+        let ip = |args: &[&str]| ip_in(&name, args);
+        let mut net = HostNetwork::new(Mode::Routed, AddressPool::default()).await.unwrap();
+        let t = Instant::now();
+        let mut addresses = Vec::new();
+        for i in 0..N {
+            let a = net.attach(&format!("svc{i}"), None).await.unwrap();
+            addresses.push(a.address);
+            drop(a.tap_fd); // persistent: the tap stays until detach
+        }
+        let created = t.elapsed();
+        assert_eq!(
+            count_lines(&ip(&["-o", "link", "show"]), ": uk-"),
+            N,
+            "one tap per service"
+        );
+        let routes = ip(&["-4", "route", "show"]);
+        assert_eq!(count_lines(&routes, "dev uk-"), N, "one /32 route per guest");
+        let seven = format!("{} dev uk-svc7 ", addresses[7]);
+        assert!(routes.contains(&seven), "route {seven:?} missing");
+        assert!(ip(&["-o", "link", "show", "uk-svc7"]).contains(",UP"), "tap is up");
+        assert!(
+            ip(&["-4", "-o", "addr", "show", "dev", "uk-svc7"]).contains("10.200.0.1/32"),
+            "gateway on the tap"
+        );
+        let t = Instant::now();
+        for i in 0..N {
+            net.detach(&format!("svc{i}")).await.unwrap();
+        }
+        let deleted = t.elapsed();
+        assert_eq!(
+            count_lines(&ip(&["-o", "link", "show"]), ": uk-"),
+            0,
+            "every tap deleted"
+        );
+        assert_eq!(
+            count_lines(&ip(&["-4", "route", "show"]), "dev uk-"),
+            0,
+            "routes went with them"
+        );
+        (created, deleted)
+    });
+    println!("{N} taps: created and routed in {created:?}, deleted in {deleted:?}");
+}
+
+#[test]
+fn bridged_taps_join_the_bridge_which_holds_the_gateway() {
+    let ns = Netns::new("bridge");
+    let name = ns.0.clone();
+    ns.run(move || async move {
+        let mut net = HostNetwork::new(Mode::Bridged { bridge: "ukbr0".into() }, AddressPool::default())
+            .await
+            .unwrap();
+        let mut taps = Vec::new();
+        for s in ["web", "api", "db"] {
+            taps.push(net.attach(s, None).await.unwrap());
+        }
+        // Idempotent: a second daemon start finds bridge and address in place.
+        let again = HostNetwork::new(Mode::Bridged { bridge: "ukbr0".into() }, AddressPool::default()).await;
+        assert!(again.is_ok());
+        let ip = |args: &[&str]| ip_in(&name, args);
+        assert_eq!(count_lines(&ip(&["-o", "link", "show", "master", "ukbr0"]), ": uk-"), 3);
+        assert!(ip(&["-4", "-o", "addr", "show", "dev", "ukbr0"]).contains("10.200.0.1/16"));
+        assert_eq!(
+            taps[0].guest_cmdline(),
+            format!("ip={}/16 gw=10.200.0.1", taps[0].address)
+        );
+        assert_ne!(taps[0].address, taps[1].address);
+        net.detach("api").await.unwrap();
+        assert_eq!(count_lines(&ip(&["-o", "link", "show", "master", "ukbr0"]), ": uk-"), 2);
+        // Detaching what is already gone is not an error (deletion always works).
+        net.detach("api").await.unwrap();
+    });
+}
+
+#[test]
+fn explicit_addresses_that_collide_are_refused() {
+    let ns = Netns::new("collide");
+    ns.run(|| async {
+        let mut net = HostNetwork::new(Mode::Routed, AddressPool::default()).await.unwrap();
+        let addr = Ipv4Addr::new(10, 200, 3, 4);
+        let a = net.attach("one", Some(addr)).await.unwrap();
+        assert_eq!(a.address, addr);
+        let err = net.attach("two", Some(addr)).await.unwrap_err();
+        assert_eq!(err.to_string(), "address 10.200.3.4 is declared by both one and two");
+    });
+}
