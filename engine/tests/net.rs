@@ -37,16 +37,6 @@ impl Netns {
         .join()
         .unwrap()
     }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip").arg("-n").arg(&self.0).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
 }
 
 impl Drop for Netns {
