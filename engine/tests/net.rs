@@ -152,3 +152,33 @@ fn explicit_addresses_that_collide_are_refused() {
         assert_eq!(err.to_string(), "address 10.200.3.4 is declared by both one and two");
     });
 }
+
+#[test]
+fn sysctls_are_raised_once_and_logged_as_changes() {
+    use unikerneld::net::sysctl;
+    let ns = Netns::new("sysctl");
+    let host_before = sysctl::read("net.core.somaxconn");
+    let (first, second, now) = ns.run(|| async {
+        // Only keys this namespace has; the neighbour-table keys exist in the host's
+        // initial namespace only, which proves /proc/sys is the namespace's here.
+        assert_eq!(
+            sysctl::read("net.ipv4.neigh.default.gc_thresh3"),
+            None,
+            "not inside the test namespace"
+        );
+        let current: u64 = sysctl::read("net.core.somaxconn").unwrap().parse().unwrap();
+        let wanted = [("net.core.somaxconn", current + 1000)];
+        let first = sysctl::apply(&wanted);
+        let second = sysctl::apply(&wanted);
+        (first, second, sysctl::read("net.core.somaxconn").unwrap())
+    });
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].key, "net.core.somaxconn");
+    assert_eq!(first[0].new, now);
+    assert!(second.is_empty(), "already tuned: nothing to change");
+    assert_eq!(
+        sysctl::read("net.core.somaxconn"),
+        host_before,
+        "the host's own value is untouched"
+    );
+}

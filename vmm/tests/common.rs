@@ -46,8 +46,24 @@ pub fn require_kvm() {
     }
 }
 
+/// The `unikernel-vmm` binary: cargo names it for this package's tests; other packages'
+/// tests (which include this file) find it beside their own target directory.
+pub fn vmm_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_unikernel-vmm") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join("unikernel-vmm");
+    assert!(
+        path.exists(),
+        "{} not built: run the workspace's tests (cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
 pub fn vmm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_unikernel-vmm"))
+    Command::new(vmm_binary())
 }
 
 /// Runs `cmd`, killing it if it outlives `limit` (a hang is a failure, never a wait).
