@@ -1,5 +1,12 @@
 //! A polled 16550 driver for COM1, initialised the way a real driver does it.
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use crate::port::{inb, outb};
+
+/// Bytes the transmitter takes without asking again: THRE set with the 16550A's FIFO on
+/// means the 16-byte FIFO is empty. Before `init` (FIFO state unknown), one.
+static FIFO_DEPTH: AtomicU8 = AtomicU8::new(1);
+static ROOM: AtomicU8 = AtomicU8::new(0);
 
 const COM1: u16 = 0x3f8;
 const THR: u16 = COM1; // transmit holding register (DLAB = 0)
@@ -21,11 +28,17 @@ pub fn init() {
     outb(LCR, 0x03); // DLAB off, 8N1
     outb(FCR, 0xc7);
     outb(MCR, 0x0b);
+    FIFO_DEPTH.store(16, Ordering::Relaxed);
 }
 
+/// Each port access is a VM exit: poll LSR once per FIFO-full, not once per byte.
 pub fn write_byte(b: u8) {
-    while inb(LSR) & LSR_THR_EMPTY == 0 {}
+    if ROOM.load(Ordering::Relaxed) == 0 {
+        while inb(LSR) & LSR_THR_EMPTY == 0 {}
+        ROOM.store(FIFO_DEPTH.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
     outb(THR, b);
+    ROOM.fetch_sub(1, Ordering::Relaxed);
 }
 
 pub fn write_bytes(bytes: &[u8]) {
