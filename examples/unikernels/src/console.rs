@@ -51,9 +51,8 @@ pub fn write_str(s: &str) {
     write_bytes(s.as_bytes());
 }
 
-/// Decimal, without `core::fmt`.
-pub fn write_u64(mut v: u64) {
-    let mut buf = [0u8; 20];
+/// `v` in decimal, in `buf`, without `core::fmt`.
+pub fn format_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -63,5 +62,9 @@ pub fn write_u64(mut v: u64) {
             break;
         }
     }
-    write_bytes(&buf[i..]);
+    &buf[i..]
+}
+
+pub fn write_u64(v: u64) {
+    write_bytes(format_u64(v, &mut [0; 20]));
 }

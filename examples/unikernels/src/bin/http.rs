@@ -213,18 +213,8 @@ fn push(out: &mut [u8], at: &mut usize, bytes: &[u8]) {
     *at += bytes.len();
 }
 
-fn push_u64(out: &mut [u8], at: &mut usize, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    push(out, at, &digits[i..]);
+fn push_u64(out: &mut [u8], at: &mut usize, v: u64) {
+    push(out, at, console::format_u64(v, &mut [0; 20]));
 }
 
 /// `HTTP/1.1 200 OK` with body `<name> <count>\n`.
