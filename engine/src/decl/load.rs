@@ -1,0 +1,176 @@
+//! A directory of declarations -> the desired state. Per file: a file that fails to
+//! parse or validate keeps its last good specs, and nothing else is affected. Across
+//! files: a service name, an explicit address or a host port declared twice is reported
+//! at both places, and the declaration that was already in force stays in force.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use miette::SourceSpan;
+
+use super::diagnostic::{DeclError, Reporter};
+use super::parse::parse_file;
+use super::spec::Spec;
+
+/// The outcome of one load.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Desired state: service name -> spec.
+    pub specs: BTreeMap<String, Spec>,
+    /// Everything worth telling (errors and warnings), in file order.
+    pub diagnostics: Vec<DeclError>,
+    /// Files whose new content was refused (their last good specs are in `specs`).
+    pub failed_files: Vec<PathBuf>,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> impl Iterator<Item = &DeclError> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
+
+/// Keeps the last good specs of every file between loads.
+#[derive(Default)]
+pub struct Loader {
+    last_good: BTreeMap<PathBuf, (Vec<Spec>, Arc<String>)>,
+    /// Which file each service came from last time: that one wins a duplicate.
+    owner: HashMap<String, PathBuf>,
+}
+
+/// Declaration files: `*.kdl`, not hidden (editors' temporary files start with a dot).
+pub fn declaration_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.ends_with(".kdl") && !name.starts_with('.') && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+impl Loader {
+    pub fn load_dir(&mut self, dir: &Path) -> Loaded {
+        let mut loaded = Loaded::default();
+        let files = match declaration_files(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                // An unreadable directory changes nothing: keep everything as it was.
+                let r = Reporter::new(dir, Arc::new(String::new()));
+                loaded.diagnostics.push(r.error(
+                    SourceSpan::from(0..0),
+                    format!("cannot read {}: {e}", dir.display()),
+                    "here",
+                    None,
+                ));
+                loaded.failed_files.push(dir.to_path_buf());
+                self.merge(&mut loaded);
+                return loaded;
+            }
+        };
+        self.last_good.retain(|path, _| files.contains(path));
+        for path in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    let r = Reporter::new(&path, Arc::new(String::new()));
+                    loaded.diagnostics.push(r.error(
+                        SourceSpan::from(0..0),
+                        format!("cannot read the file: {e}"),
+                        "here",
+                        None,
+                    ));
+                    loaded.failed_files.push(path);
+                    continue;
+                }
+            };
+            let (specs, diags) = parse_file(&path, &text);
+            let failed = diags.iter().any(DeclError::is_error);
+            loaded.diagnostics.extend(diags);
+            if failed {
+                loaded.failed_files.push(path);
+            } else {
+                self.last_good.insert(path, (specs, Arc::new(text)));
+            }
+        }
+        self.merge(&mut loaded);
+        loaded
+    }
+
+    /// Combines the files' specs, refusing cross-file duplicates.
+    fn merge(&mut self, loaded: &mut Loaded) {
+        // Files that declared a service last time go first, so they keep it.
+        let mut candidates: Vec<(&Spec, &Arc<String>)> = self
+            .last_good
+            .values()
+            .flat_map(|(specs, text)| specs.iter().map(move |s| (s, text)))
+            .collect();
+        candidates.sort_by_key(|(s, _)| {
+            (
+                self.owner.get(&s.name) != Some(&s.source.file),
+                s.source.file.clone(),
+                s.source.offset,
+            )
+        });
+        let mut by_name: BTreeMap<String, (&Spec, &Arc<String>)> = BTreeMap::new();
+        let mut by_address = HashMap::new();
+        let mut by_port = HashMap::new();
+        let mut errors = Vec::new();
+        'next: for (spec, text) in candidates {
+            let mut clash = |what: String, first: (&Spec, &Arc<String>)| {
+                errors.push(report(
+                    spec,
+                    text,
+                    format!("{what} is also declared at {}", first.0.source),
+                    "declared again here",
+                ));
+                errors.push(report(
+                    first.0,
+                    first.1,
+                    format!("{what} is also declared at {}", spec.source),
+                    "first declared here (kept)",
+                ));
+            };
+            if let Some(first) = by_name.get(&spec.name) {
+                clash(format!("service {:?}", spec.name), *first);
+                continue 'next;
+            }
+            if let Some(net) = &spec.net {
+                if let Some(first) = net.address.and_then(|a| by_address.get(&a)) {
+                    clash(format!("address {}", net.address.unwrap()), *first);
+                    continue 'next;
+                }
+                for e in &net.expose {
+                    if let Some(first) = by_port.get(&e.host) {
+                        clash(format!("host port {}", e.host), *first);
+                        continue 'next;
+                    }
+                }
+            }
+            if let Some(a) = spec.net.as_ref().and_then(|n| n.address) {
+                by_address.insert(a, (spec, text));
+            }
+            for e in spec.net.iter().flat_map(|n| &n.expose) {
+                by_port.insert(e.host, (spec, text));
+            }
+            by_name.insert(spec.name.clone(), (spec, text));
+        }
+        loaded.diagnostics.extend(errors);
+        loaded.specs = by_name.into_iter().map(|(k, (s, _))| (k, s.clone())).collect();
+        self.owner = loaded
+            .specs
+            .iter()
+            .map(|(k, s)| (k.clone(), s.source.file.clone()))
+            .collect();
+    }
+}
+
+fn report(spec: &Spec, text: &Arc<String>, message: String, label: &str) -> DeclError {
+    Reporter::new(&spec.source.file, text.clone()).error(
+        SourceSpan::from(spec.source.offset..spec.source.offset + 9),
+        message,
+        label,
+        Some("keep one of the two declarations".into()),
+    )
+}

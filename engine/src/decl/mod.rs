@@ -1,0 +1,11 @@
+//! Declarations: `*.kdl` files -> typed [`Spec`]s, with diagnostics that say where
+//! (file:line:col), what, and how to fix it. Loading is per file: a file that fails keeps
+//! its last good specs (see [`load::Loader`]).
+pub mod diagnostic;
+pub mod load;
+pub mod parse;
+pub mod spec;
+
+pub use diagnostic::DeclError;
+pub use load::{Loaded, Loader};
+pub use spec::{Expose, NetSpec, RestartPolicy, Source, Spec};

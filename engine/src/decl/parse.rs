@@ -1,0 +1,452 @@
+//! The KDL schema of a declaration file:
+//!
+//! ```kdl
+//! unikernel "web" {
+//!     image "/usr/share/unikerneld/images/http"   // required
+//!     cmdline "name=web"                          // optional
+//!     env LOG="info" MODE="prod"                  // optional, appended as KEY=VALUE
+//!     memory "16M"                                // default 16M
+//!     vcpus 1                                     // default 1
+//!     initrd "/path/to/initrd"                    // optional
+//!     net {                                       // optional: a NIC
+//!         address "10.200.0.5"                    // optional: else from the pool
+//!         expose 8080 guest=80                    // host port -> guest port, repeatable
+//!     }
+//!     restart "always"                            // always | on-failure | never
+//! }
+//! ```
+//! Unknown nodes and properties are errors, with a suggestion when one is close.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use miette::SourceSpan;
+
+use super::diagnostic::{did_you_mean, line_col, DeclError, Reporter};
+use super::spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
+
+const SERVICE_FIELDS: [&str; 8] = ["image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart"];
+const NET_FIELDS: [&str; 2] = ["address", "expose"];
+const DEFAULT_MEMORY: u64 = 16 << 20;
+const MAX_VCPUS: i128 = 64;
+
+/// Parses one file. Returns the specs it declares and every diagnostic (warnings too);
+/// the file counts as failed when any diagnostic is an error.
+pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
+    let text = Arc::new(text.to_string());
+    let r = Reporter::new(path, text.clone());
+    let mut diags = Vec::new();
+    let doc = match KdlDocument::parse_v2(&text) {
+        Ok(doc) => doc,
+        Err(v2_err) => match KdlDocument::parse_v1(&text) {
+            Ok(doc) => {
+                diags.push(r.warning(
+                    SourceSpan::from(0..0),
+                    "this file is KDL v1; v1 is accepted for now",
+                    Some("convert it to KDL v2 (`kdl` crate's v1_to_v2, or by hand: bare strings need quotes, `true` becomes `#true`)".into()),
+                ));
+                doc
+            }
+            Err(_) => {
+                for d in &v2_err.diagnostics {
+                    let message = d.message.clone().unwrap_or_else(|| "invalid KDL".into());
+                    let label = d.label.clone().unwrap_or_else(|| "here".into());
+                    diags.push(r.error(d.span, format!("syntax error: {message}"), label, d.help.clone()));
+                }
+                if diags.is_empty() {
+                    diags.push(r.error(SourceSpan::from(0..0), "syntax error", "here", None));
+                }
+                return (Vec::new(), diags);
+            }
+        },
+    };
+    let mut specs = Vec::new();
+    for node in doc.nodes() {
+        if node.name().value() != "unikernel" {
+            diags.push(
+                r.error(
+                    node.name().span(),
+                    format!("unknown top-level node `{}`", node.name().value()),
+                    "not a declaration",
+                    Some(
+                        did_you_mean(node.name().value(), &["unikernel"])
+                            .unwrap_or_else(|| "declare services with `unikernel \"name\" { ... }`".into()),
+                    ),
+                ),
+            );
+            continue;
+        }
+        if let Some(spec) = service(&r, node, &mut diags) {
+            specs.push(spec);
+        }
+    }
+    (specs, diags)
+}
+
+fn string<'a>(r: &Reporter, e: &'a KdlEntry, what: &str, diags: &mut Vec<DeclError>) -> Option<&'a str> {
+    match e.value() {
+        KdlValue::String(s) => Some(s),
+        other => {
+            diags.push(r.error(
+                e.span(),
+                format!("{what} must be a string, not {other}"),
+                "expected a string",
+                Some(format!("write it in quotes: \"{other}\"")),
+            ));
+            None
+        }
+    }
+}
+
+fn integer(
+    r: &Reporter,
+    e: &KdlEntry,
+    what: &str,
+    range: std::ops::RangeInclusive<i128>,
+    diags: &mut Vec<DeclError>,
+) -> Option<i128> {
+    match e.value() {
+        KdlValue::Integer(i) if range.contains(i) => Some(*i),
+        KdlValue::Integer(i) => {
+            diags.push(r.error(
+                e.span(),
+                format!("{what} {i} is out of range"),
+                "out of range",
+                Some(format!("use a value from {} to {}", range.start(), range.end())),
+            ));
+            None
+        }
+        other => {
+            diags.push(r.error(
+                e.span(),
+                format!("{what} must be a number, not {other}"),
+                "expected a number",
+                None,
+            ));
+            None
+        }
+    }
+}
+
+/// The single positional argument of `node`, and no properties.
+fn one_arg<'a>(r: &Reporter, node: &'a KdlNode, diags: &mut Vec<DeclError>) -> Option<&'a KdlEntry> {
+    let args: Vec<&KdlEntry> = node.entries().iter().filter(|e| e.name().is_none()).collect();
+    for e in node.entries().iter().filter(|e| e.name().is_some()) {
+        let name = e.name().unwrap().value();
+        diags.push(r.error(
+            e.span(),
+            format!("`{}` takes no property `{name}`", node.name().value()),
+            "unexpected property",
+            None,
+        ));
+    }
+    match args.as_slice() {
+        [one] => Some(*one),
+        [] => {
+            diags.push(r.error(
+                node.span(),
+                format!("`{}` needs a value", node.name().value()),
+                "value missing",
+                None,
+            ));
+            None
+        }
+        [_, extra, ..] => {
+            diags.push(r.error(
+                extra.span(),
+                format!("`{}` takes one value", node.name().value()),
+                "extra value",
+                None,
+            ));
+            None
+        }
+    }
+}
+
+fn no_children(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) {
+    if let Some(children) = node.children() {
+        diags.push(r.error(
+            children.span(),
+            format!("`{}` takes no block", node.name().value()),
+            "unexpected block",
+            None,
+        ));
+    }
+}
+
+/// `16M`, `512K`, `1G` or plain bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let (digits, shift) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 10),
+        'M' | 'm' => (&t[..t.len() - 1], 20),
+        'G' | 'g' => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+}
+
+fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<Spec> {
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
+    let name = one_arg(r, node, diags)
+        .and_then(|e| string(r, e, "the service name", diags))
+        .map(str::to_string);
+    if let Some(n) = &name {
+        if !valid_name(n) {
+            diags.push(
+                r.error(
+                    node.entries()[0].span(),
+                    format!("invalid service name {n:?}"),
+                    "invalid name",
+                    Some(
+                        "use letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63 characters"
+                            .into(),
+                    ),
+                ),
+            );
+        }
+    }
+    let (line, column) = line_col(r.text(), node.span().offset());
+    let mut image: Option<PathBuf> = None;
+    let mut initrd = None;
+    let mut cmdline = String::new();
+    let mut env = BTreeMap::new();
+    let mut memory_bytes = DEFAULT_MEMORY;
+    let mut vcpus = 1u8;
+    let mut net = None;
+    let mut restart = RestartPolicy::Always;
+    let mut seen: Vec<&str> = Vec::new();
+
+    for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
+        let field = child.name().value();
+        if !SERVICE_FIELDS.contains(&field) {
+            diags.push(
+                r.error(
+                    child.name().span(),
+                    format!("unknown setting `{field}`"),
+                    "unknown",
+                    Some(
+                        did_you_mean(field, &SERVICE_FIELDS)
+                            .unwrap_or_else(|| format!("settings are {}", SERVICE_FIELDS.join(", "))),
+                    ),
+                ),
+            );
+            continue;
+        }
+        if field != "env" && seen.contains(&field) {
+            diags.push(r.error(
+                child.name().span(),
+                format!("`{field}` is set twice"),
+                "second time",
+                Some("keep one".into()),
+            ));
+            continue;
+        }
+        seen.push(field);
+        if field != "net" {
+            no_children(r, child, diags);
+        }
+        match field {
+            "image" | "initrd" | "cmdline" | "memory" | "restart" => {
+                let Some(entry) = one_arg(r, child, diags) else {
+                    continue;
+                };
+                let Some(value) = string(r, entry, field, diags) else {
+                    continue;
+                };
+                match field {
+                    "image" | "initrd" => {
+                        let path = PathBuf::from(value);
+                        if !path.is_absolute() {
+                            diags.push(r.error(
+                                entry.span(),
+                                format!("{field} path {value:?} is relative"),
+                                "relative path",
+                                Some("write an absolute path, like /usr/share/unikerneld/images/http".into()),
+                            ));
+                        } else if field == "image" {
+                            image = Some(path);
+                        } else {
+                            initrd = Some(path);
+                        }
+                    }
+                    "cmdline" => cmdline = value.to_string(),
+                    "memory" => match parse_size(value) {
+                        Some(b) if b >= 2 << 20 && b % 4096 == 0 => memory_bytes = b,
+                        _ => diags.push(r.error(
+                            entry.span(),
+                            format!("invalid memory size {value:?}"),
+                            "invalid size",
+                            Some("sizes look like 16M or 1G (at least 2M, a multiple of 4K)".into()),
+                        )),
+                    },
+                    _ => match RestartPolicy::parse(value) {
+                        Some(p) => restart = p,
+                        None => diags.push(
+                            r.error(
+                                entry.span(),
+                                format!("unknown restart policy {value:?}"),
+                                "unknown policy",
+                                Some(
+                                    did_you_mean(value, &RestartPolicy::NAMES)
+                                        .unwrap_or_else(|| "use always, on-failure or never".into()),
+                                ),
+                            ),
+                        ),
+                    },
+                }
+            }
+            "vcpus" => {
+                if let Some(v) = one_arg(r, child, diags).and_then(|e| integer(r, e, "vcpus", 1..=MAX_VCPUS, diags)) {
+                    vcpus = v as u8;
+                }
+            }
+            "env" => {
+                for e in child.entries() {
+                    match e.name() {
+                        None => diags.push(r.error(
+                            e.span(),
+                            "env takes KEY=\"value\" pairs",
+                            "not a pair",
+                            Some("write env LOG=\"info\"".into()),
+                        )),
+                        Some(key) => {
+                            if let Some(v) = string(r, e, "an env value", diags) {
+                                if v.contains(char::is_whitespace) {
+                                    diags.push(r.error(
+                                        e.span(),
+                                        "env values end up on the kernel command line and cannot contain spaces",
+                                        "contains a space",
+                                        None,
+                                    ));
+                                } else {
+                                    env.insert(key.value().to_string(), v.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => net = net_block(r, child, diags),
+        }
+    }
+    let errors_after = diags.iter().filter(|d| d.is_error()).count();
+    if image.is_none() && !seen.contains(&"image") {
+        diags.push(r.error(
+            node.name().span(),
+            format!("unikernel {:?} has no image", name.as_deref().unwrap_or("?")),
+            "image missing",
+            Some("add: image \"/path/to/unikernel\"".into()),
+        ));
+        return None;
+    }
+    if errors_after > errors_before {
+        return None;
+    }
+    Some(Spec {
+        name: name?,
+        image: image?,
+        initrd,
+        cmdline,
+        env,
+        memory_bytes,
+        vcpus,
+        net,
+        restart,
+        source: Source {
+            file: r.file().to_path_buf(),
+            line,
+            column,
+            offset: node.span().offset(),
+        },
+    })
+}
+
+fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<NetSpec> {
+    if let Some(e) = node.entries().first() {
+        diags.push(r.error(
+            e.span(),
+            "`net` takes a block, not values",
+            "unexpected value",
+            Some("write net { expose 8080 guest=80 }".into()),
+        ));
+    }
+    let mut spec = NetSpec {
+        address: None,
+        expose: Vec::new(),
+    };
+    for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
+        let field = child.name().value();
+        no_children(r, child, diags);
+        match field {
+            "address" => {
+                let Some(e) = one_arg(r, child, diags) else { continue };
+                let Some(v) = string(r, e, "address", diags) else {
+                    continue;
+                };
+                match v.parse::<Ipv4Addr>() {
+                    Ok(a) => spec.address = Some(a),
+                    Err(_) => diags.push(r.error(
+                        e.span(),
+                        format!("invalid IPv4 address {v:?}"),
+                        "invalid address",
+                        Some("write it like \"10.200.0.5\"".into()),
+                    )),
+                }
+            }
+            "expose" => {
+                let mut host = None;
+                let mut guest = None;
+                for e in child.entries() {
+                    match e.name().map(|n| n.value()) {
+                        None if host.is_none() => host = integer(r, e, "the host port", 1..=65535, diags),
+                        Some("guest") => guest = integer(r, e, "the guest port", 1..=65535, diags),
+                        None => diags.push(r.error(
+                            e.span(),
+                            "expose takes one host port",
+                            "extra value",
+                            Some("write expose 8080 guest=80".into()),
+                        )),
+                        Some(other) => diags.push(r.error(
+                            e.span(),
+                            format!("unknown property `{other}`"),
+                            "unknown",
+                            Some(
+                                did_you_mean(other, &["guest"]).unwrap_or_else(|| "write expose 8080 guest=80".into()),
+                            ),
+                        )),
+                    }
+                }
+                match host {
+                    Some(h) => spec.expose.push(Expose {
+                        host: h as u16,
+                        guest: guest.unwrap_or(h) as u16,
+                    }),
+                    None => diags.push(r.error(
+                        child.span(),
+                        "expose needs a host port",
+                        "port missing",
+                        Some("write expose 8080 guest=80".into()),
+                    )),
+                }
+            }
+            other => diags.push(r.error(
+                child.name().span(),
+                format!("unknown net setting `{other}`"),
+                "unknown",
+                Some(did_you_mean(other, &NET_FIELDS).unwrap_or_else(|| "net settings are address, expose".into())),
+            )),
+        }
+    }
+    Some(spec)
+}
