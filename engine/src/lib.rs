@@ -2,3 +2,4 @@
 //! reconcile loop, D-Bus API and CLI come with the next issues.
 pub mod decl;
 pub mod net;
+pub mod plan;

@@ -1,0 +1,69 @@
+//! `unikernelctl check` and `plan --offline`, as a user runs them.
+use std::process::Command;
+
+fn ctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_unikernelctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn dir(tag: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ukctl-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    for (name, text) in files {
+        std::fs::write(d.join(name), text).unwrap();
+    }
+    d
+}
+
+#[test]
+fn check_exits_zero_on_valid_and_one_on_invalid_with_the_place() {
+    let good = dir("good", &[("web.kdl", "unikernel \"web\" { image \"/x\" }\n")]);
+    let (code, out, _) = ctl(&["check", good.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 unikernel(s) declared, configuration OK"), "{out}");
+
+    let bad = dir(
+        "bad",
+        &[("web.kdl", "unikernel \"web\" {\n  image \"/x\"\n  vcpus \"two\"\n}\n")],
+    );
+    let (code, out, err) = ctl(&["check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("1 error(s)"), "{out}");
+    assert!(
+        err.contains("vcpus must be a number") && err.contains("web.kdl:3:"),
+        "{err}"
+    );
+    for d in [good, bad] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[test]
+fn plan_offline_lists_what_would_be_created() {
+    let d = dir(
+        "plan",
+        &[(
+            "a.kdl",
+            "unikernel \"a\" { image \"/a\" }\nunikernel \"b\" { image \"/b\" }\n",
+        )],
+    );
+    let (code, out, _) = ctl(&["plan", "--offline", d.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("+ a (create") && out.contains("+ b (create"), "{out}");
+    assert!(
+        out.contains("Plan: 2 to create, 0 to replace, 0 to stop, 0 unchanged."),
+        "{out}"
+    );
+    let (code, _, err) = ctl(&["plan", d.to_str().unwrap(), "--state-dir", "/nonexistent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("use --offline"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
