@@ -29,10 +29,31 @@ impl Loaded {
     }
 }
 
+/// What identifies a file's content without reading it: a reload skips files whose
+/// stamp is unchanged (parsing is the expensive part: ~0.1 ms per declaration).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        inode: m.ino(),
+    })
+}
+
 /// Keeps the last good specs of every file between loads.
 #[derive(Default)]
 pub struct Loader {
     last_good: BTreeMap<PathBuf, (Vec<Spec>, Arc<String>)>,
+    /// Stamp of each file when it was last parsed, and that parse's diagnostics.
+    seen: HashMap<PathBuf, (Stamp, Vec<DeclError>, bool)>,
     /// Which file each service came from last time: that one wins a duplicate.
     owner: HashMap<String, PathBuf>,
 }
@@ -69,8 +90,20 @@ impl Loader {
                 return loaded;
             }
         };
-        self.last_good.retain(|path, _| files.contains(path));
+        let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+        self.last_good.retain(|path, _| present.contains(path));
+        self.seen.retain(|path, _| present.contains(path));
         for path in files {
+            let now = stamp(&path);
+            if let (Some(now), Some((then, diags, failed))) = (now, self.seen.get(&path)) {
+                if now == *then {
+                    loaded.diagnostics.extend(diags.iter().cloned());
+                    if *failed {
+                        loaded.failed_files.push(path);
+                    }
+                    continue;
+                }
+            }
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
@@ -87,6 +120,9 @@ impl Loader {
             };
             let (specs, diags) = parse_file(&path, &text);
             let failed = diags.iter().any(DeclError::is_error);
+            if let Some(now) = now {
+                self.seen.insert(path.clone(), (now, diags.clone(), failed));
+            }
             loaded.diagnostics.extend(diags);
             if failed {
                 loaded.failed_files.push(path);
