@@ -24,7 +24,11 @@ pub struct DeclError {
 
 /// Where an offset falls: 1-based line and column (in characters).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
@@ -128,7 +132,9 @@ mod tests {
         assert_eq!(line_col(t, 0), (1, 1));
         assert_eq!(line_col(t, 3), (2, 1));
         assert_eq!(line_col(t, 7), (2, 4)); // after 'é' (2 bytes)
-        assert_eq!(line_col(t, 9), (3, 1));
+        assert_eq!(line_col(t, 8), (3, 1));
+        assert_eq!(line_col(t, 6), (2, 3), "inside a character: where it starts");
+        assert_eq!(line_col(t, 99), (3, 2), "past the end: the end");
     }
 
     #[test]
