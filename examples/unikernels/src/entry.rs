@@ -121,7 +121,7 @@ extern "C" fn ukrt_linux_main(zero_page: u64) -> ! {
 #[macro_export]
 macro_rules! entry_pvh {
     ($main:path) => {
-        core::arch::global_asm!(
+        $crate::__entry!(
             r#"
             .section .text.entry, "ax"
             .code32
@@ -140,9 +140,8 @@ macro_rules! entry_pvh {
             .long ukrt_pvh_start32
             .text
             "#,
-            options(att_syntax)
+            $main
         );
-        $crate::__define_main!($main);
     };
 }
 
@@ -150,7 +149,7 @@ macro_rules! entry_pvh {
 #[macro_export]
 macro_rules! entry_linux64 {
     ($main:path) => {
-        core::arch::global_asm!(
+        $crate::__entry!(
             r#"
             .section .text.entry, "ax"
             .globl _start
@@ -158,19 +157,18 @@ macro_rules! entry_linux64 {
             jmp ukrt_linux_start64
             .text
             "#,
-            options(att_syntax)
+            $main
         );
-        $crate::__define_main!($main);
     };
 }
 
 /// Enter the 64-bit Linux way, laid out as a bzImage's protected-mode kernel: the 64-bit
 /// entry (`startup_64`) sits 0x200 bytes in, after a 32-bit entry we do not support.
-/// `tools/mkbzimage` (or the tests) wrap the flat image with a setup header.
+/// The tests (`make_bzimage` in vmm/tests/common.rs) wrap the flat image with a setup header.
 #[macro_export]
 macro_rules! entry_bzimage64 {
     ($main:path) => {
-        core::arch::global_asm!(
+        $crate::__entry!(
             r#"
             .section .text.entry, "ax"
             .globl ukrt_startup_32
@@ -181,16 +179,17 @@ macro_rules! entry_bzimage64 {
             jmp ukrt_linux_start64
             .text
             "#,
-            options(att_syntax)
+            $main
         );
-        $crate::__define_main!($main);
     };
 }
 
+/// The part every entry shares: its assembly, and `main` behind the symbol the runtime calls.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __define_main {
-    ($main:path) => {
+macro_rules! __entry {
+    ($asm:literal, $main:path) => {
+        core::arch::global_asm!($asm, options(att_syntax));
         #[no_mangle]
         fn ukrt_main(boot: &$crate::BootInfo) -> ! {
             $main(boot)
