@@ -1,48 +1,26 @@
 //! Host networking through real netlink, in a network namespace of the test's own.
+#[path = "../../vmm/tests/common.rs"]
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use common::Netns;
 use unikerneld::net::{AddressPool, HostNetwork, Mode};
 
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("ukn-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("ip (iproute2)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Netns(name)
-    }
-
-    /// Runs `f` on a thread inside the namespace, with a Tokio runtime of its own.
-    fn run<T: Send + 'static, F: std::future::Future<Output = T>>(&self, f: impl FnOnce() -> F + Send + 'static) -> T {
-        let path = Path::new("/var/run/netns").join(&self.0);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(path).unwrap();
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread, with a valid namespace fd.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(f())
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// Runs `f` on a thread inside `ns`, with a Tokio runtime of its own.
+fn run_async<T: Send + 'static, F: std::future::Future<Output = T>>(
+    ns: &Netns,
+    f: impl FnOnce() -> F + Send + 'static,
+) -> T {
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(f())
+    })
 }
 
 /// `ip -n <ns> ARGS`, its output.
@@ -64,8 +42,8 @@ fn count_lines(s: &str, needle: &str) -> usize {
 fn eleven_hundred_routed_taps_are_created_attached_and_deleted() {
     const N: usize = 1100;
     let ns = Netns::new("taps");
-    let name = ns.0.clone();
-    let (created, deleted) = ns.run(move || async move {
+    let name = ns.name.clone();
+    let (created, deleted) = run_async(&ns, move || async move {
         let ip = |args: &[&str]| ip_in(&name, args);
         let mut net = HostNetwork::new(Mode::Routed, AddressPool::default()).await.unwrap();
         let t = Instant::now();
@@ -113,8 +91,8 @@ fn eleven_hundred_routed_taps_are_created_attached_and_deleted() {
 #[test]
 fn bridged_taps_join_the_bridge_which_holds_the_gateway() {
     let ns = Netns::new("bridge");
-    let name = ns.0.clone();
-    ns.run(move || async move {
+    let name = ns.name.clone();
+    run_async(&ns, move || async move {
         let mut net = HostNetwork::new(Mode::Bridged { bridge: "ukbr0".into() }, AddressPool::default())
             .await
             .unwrap();
@@ -143,7 +121,7 @@ fn bridged_taps_join_the_bridge_which_holds_the_gateway() {
 #[test]
 fn explicit_addresses_that_collide_are_refused() {
     let ns = Netns::new("collide");
-    ns.run(|| async {
+    run_async(&ns, || async {
         let mut net = HostNetwork::new(Mode::Routed, AddressPool::default()).await.unwrap();
         let addr = Ipv4Addr::new(10, 200, 3, 4);
         let a = net.attach("one", Some(addr)).await.unwrap();
@@ -158,7 +136,7 @@ fn sysctls_are_raised_once_and_logged_as_changes() {
     use unikerneld::net::sysctl;
     let ns = Netns::new("sysctl");
     let host_before = sysctl::read("net.core.somaxconn");
-    let (first, second, now) = ns.run(|| async {
+    let (first, second, now) = run_async(&ns, || async {
         // Only keys this namespace has; the neighbour-table keys exist in the host's
         // initial namespace only, which proves /proc/sys is the namespace's here.
         assert_eq!(
