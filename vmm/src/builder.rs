@@ -41,7 +41,7 @@ pub enum Error {
     Vm(#[from] vm::Error),
     #[error(transparent)]
     Vcpu(#[from] vcpu::Error),
-    #[error("cannot open console file {path}: {source}")]
+    #[error("cannot open console {path}: {source}")]
     Console {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -106,6 +106,13 @@ pub struct Machine {
 fn console_out(target: &ConsoleTarget) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match target {
         ConsoleTarget::Stdout => Box::new(std::io::stdout()),
+        ConsoleTarget::Off => Box::new(std::io::sink()),
+        ConsoleTarget::Socket(path) => Box::new(
+            crate::devices::legacy::console_socket::ConsoleSocket::bind(path).map_err(|source| Error::Console {
+                path: path.clone(),
+                source,
+            })?,
+        ),
         ConsoleTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(
             |source| Error::Console {
                 path: path.clone(),

@@ -66,6 +66,10 @@ impl FromStr for MemSize {
 pub enum ConsoleTarget {
     Stdout,
     File(PathBuf),
+    /// A unix socket the VMM listens on (`unix:PATH`): replay of recent output, then live.
+    Socket(PathBuf),
+    /// Discarded.
+    Off,
 }
 
 impl FromStr for ConsoleTarget {
@@ -74,6 +78,8 @@ impl FromStr for ConsoleTarget {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "stdout" | "-" => ConsoleTarget::Stdout,
+            "off" => ConsoleTarget::Off,
+            s if s.starts_with("unix:") => ConsoleTarget::Socket(PathBuf::from(&s[5..])),
             path => ConsoleTarget::File(PathBuf::from(path)),
         })
     }

@@ -48,8 +48,10 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1)]
     vcpus: u8,
 
-    /// Where the serial console (COM1) goes: `stdout`, or a file path (appended to)
-    #[arg(long, value_name = "stdout|PATH", default_value = "stdout")]
+    /// Where the serial console (COM1) goes: `stdout`, `off`, a file path (appended to), or
+    /// `unix:PATH`, a socket the VMM listens on: a client first gets "<n>\n" and the last n
+    /// bytes of output (at most 64 KiB), then the live output; a new client replaces the old
+    #[arg(long, value_name = "stdout|off|PATH|unix:PATH", default_value = "stdout")]
     console: ConsoleTarget,
 
     /// Give the guest a virtio-net NIC on this already-open tap fd (inherited; IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)

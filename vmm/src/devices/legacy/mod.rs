@@ -1,6 +1,7 @@
 //! The PC legacy devices unikernels poke at: COM1, the i8042 reset line, CMOS/RTC, and
 //! the ACPI-style power-off port.
 pub mod cmos;
+pub mod console_socket;
 pub mod i8042;
 pub mod power;
 pub mod serial;
