@@ -91,6 +91,14 @@ impl HostNetwork {
         &self.mode
     }
 
+    pub fn pool_prefix(&self) -> u8 {
+        self.pool.prefix()
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.pool.gateway()
+    }
+
     pub fn pool_mut(&mut self) -> &mut AddressPool {
         &mut self.pool
     }
@@ -101,6 +109,7 @@ impl HostNetwork {
         let tap_name = tap::name_for(service);
         let tap_fd = tap::create(&tap_name)?;
         let index = self.nl.link_index(&tap_name).await?;
+        let mac = mac::for_service(service);
         match &self.mode {
             Mode::Bridged { bridge } => {
                 let bridge_index = self.nl.link_index(bridge).await?;
@@ -113,23 +122,33 @@ impl HostNetwork {
                 }
                 self.nl.set_master(index, bridge_index).await?;
                 self.nl.set_up(index).await?;
+                self.nl.replace_neighbour(bridge_index, address, mac).await?;
             }
             Mode::Routed => {
                 self.nl.ensure_address(index, self.pool.gateway(), 32).await?;
                 sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
                 self.nl.set_up(index).await?;
                 self.nl.replace_route_v4(address, 32, index).await?;
+                self.nl.replace_neighbour(index, address, mac).await?;
             }
         }
         self.attached.insert(service.to_string(), tap_name.clone());
         Ok(Attachment {
             tap_name,
             tap_fd,
-            mac: mac::for_service(service),
+            mac,
             address,
             prefix: self.pool.prefix(),
             gateway: self.pool.gateway(),
         })
+    }
+
+    /// Takes over the tap and address of a VM that an earlier daemon started (and which
+    /// still holds its tap open), without touching the link.
+    pub fn adopt(&mut self, service: &str, tap_name: &str, address: Ipv4Addr) -> Result<(), Error> {
+        self.pool.reserve(service, address)?;
+        self.attached.insert(service.to_string(), tap_name.to_string());
+        Ok(())
     }
 
     /// Deletes the tap of `service` (its route goes with it) and releases its address.

@@ -132,6 +132,19 @@ impl Netlink {
             .map_err(request(format!("route {dest}/{prefix}")))
     }
 
+    /// A permanent neighbour entry `address -> mac` on link `index`, so the first packet to
+    /// a booting guest leaves at once instead of waiting on ARP (whose retries are 1 s apart).
+    pub async fn replace_neighbour(&self, index: u32, address: Ipv4Addr, mac: [u8; 6]) -> Result<(), Error> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(address))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(request(format!("neighbour {address} on link {index}")))
+    }
+
     /// Names of the links whose names start with `prefix` (for cleanup and adoption).
     pub async fn links_named(&self, prefix: &str) -> Result<Vec<(u32, String)>, Error> {
         let mut out = Vec::new();

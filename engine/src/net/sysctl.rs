@@ -48,7 +48,9 @@ pub fn apply(wanted: &[(&str, u64)]) -> Vec<Change> {
     let mut changes = Vec::new();
     for (key, value) in wanted {
         let Some(old) = read(key) else {
-            tracing::warn!("sysctl {key} does not exist on this kernel; skipped");
+            tracing::info!(
+                "sysctl {key} is not available here (another network namespace, or an older kernel); skipped"
+            );
             continue;
         };
         if old.parse::<u64>().is_ok_and(|v| v >= *value) {

@@ -79,17 +79,15 @@ impl ConsoleSocket {
         let listener = UnixListener::bind(path)?;
         let hub = Arc::new(Mutex::new(Hub::default()));
         let accept_hub = hub.clone();
-        std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let mut hub = accept_hub.lock().unwrap_or_else(|p| p.into_inner());
-                    let replay: Vec<u8> = hub.ring.iter().copied().collect();
-                    hub.client = Some(stream);
-                    hub.send(format!("{}\n", replay.len()).as_bytes());
-                    hub.send(&replay);
-                }
-            })?;
+        std::thread::Builder::new().name("console".into()).spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut hub = accept_hub.lock().unwrap_or_else(|p| p.into_inner());
+                let replay: Vec<u8> = hub.ring.iter().copied().collect();
+                hub.client = Some(stream);
+                hub.send(format!("{}\n", replay.len()).as_bytes());
+                hub.send(&replay);
+            }
+        })?;
         Ok(ConsoleSocket { hub })
     }
 }

@@ -1,0 +1,164 @@
+//! The daemon's runtime state (`/run/unikerneld` by default): one folder per service
+//! with the record of its VM, so a new daemon can adopt what an earlier one started.
+//!
+//! ```text
+//! <state>/services/<name>/vm.json       pid, start time, spec hash, address, tap
+//! <state>/services/<name>/spec-hash     the spec hash alone (for `unikernelctl plan`)
+//! <state>/services/<name>/console.sock  the VMM's console socket
+//! <state>/services/<name>/vmm.log       the VMM's stderr (its error line when it stops)
+//! <state>/status.json                   every service's status, rewritten on change
+//! ```
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a new daemon needs to adopt a VM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub spec_hash: String,
+    pub address: Option<Ipv4Addr>,
+    pub tap: Option<String>,
+    /// Wall clock at spawn, ms since the epoch.
+    pub started_unix_ms: u64,
+    /// Spawn -> running, once it was.
+    pub boot_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Writes `data` to `path` atomically (temporary file + rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+impl StateDir {
+    pub fn new(root: &Path) -> io::Result<StateDir> {
+        std::fs::create_dir_all(root.join("services"))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn service_dir(&self, name: &str) -> PathBuf {
+        self.root.join("services").join(name)
+    }
+
+    pub fn console_socket(&self, name: &str) -> PathBuf {
+        self.service_dir(name).join("console.sock")
+    }
+
+    pub fn vmm_log(&self, name: &str) -> PathBuf {
+        self.service_dir(name).join("vmm.log")
+    }
+
+    pub fn status_file(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    pub fn prepare(&self, name: &str) -> io::Result<()> {
+        std::fs::create_dir_all(self.service_dir(name))
+    }
+
+    pub fn write_record(&self, name: &str, record: &VmRecord) -> io::Result<()> {
+        let dir = self.service_dir(name);
+        let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        write_atomic(&dir.join("vm.json"), &json)?;
+        write_atomic(&dir.join("spec-hash"), record.spec_hash.as_bytes())
+    }
+
+    /// Forgets the VM of `name` (it ended) but keeps the folder (its log stays readable).
+    pub fn clear_record(&self, name: &str) {
+        let dir = self.service_dir(name);
+        let _ = std::fs::remove_file(dir.join("vm.json"));
+        let _ = std::fs::remove_file(dir.join("console.sock"));
+    }
+
+    /// Every recorded VM, by service name; unreadable records are skipped with a warning.
+    pub fn records(&self) -> Vec<(String, VmRecord)> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.root.join("services")) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            let path = entry.path().join("vm.json");
+            match std::fs::read(&path) {
+                Ok(data) => match serde_json::from_slice(&data) {
+                    Ok(record) => out.push((name, record)),
+                    Err(e) => tracing::warn!("ignoring {}: {e}", path.display()),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("ignoring {}: {e}", path.display()),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Removes everything about `name` (the service is gone).
+    pub fn remove(&self, name: &str) {
+        let _ = std::fs::remove_dir_all(self.service_dir(name));
+    }
+
+    /// Folders of services that have no record (left by removed services).
+    pub fn service_names(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("services"))
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_are_removed() {
+        let root = std::env::temp_dir().join(format!("uk-state-{}", std::process::id()));
+        let dir = StateDir::new(&root).unwrap();
+        let rec = VmRecord {
+            pid: 42,
+            start_ticks: 7,
+            spec_hash: "abc".into(),
+            address: Some("10.200.0.9".parse().unwrap()),
+            tap: Some("uk-web".into()),
+            started_unix_ms: 1,
+            boot_ms: Some(3.5),
+        };
+        dir.prepare("web").unwrap();
+        dir.write_record("web", &rec).unwrap();
+        std::fs::create_dir_all(dir.service_dir("junk")).unwrap();
+        std::fs::write(dir.service_dir("junk").join("vm.json"), "{").unwrap();
+        assert_eq!(dir.records(), vec![("web".to_string(), rec)]);
+        assert_eq!(
+            std::fs::read_to_string(dir.service_dir("web").join("spec-hash")).unwrap(),
+            "abc"
+        );
+        dir.clear_record("web");
+        assert!(dir.records().is_empty());
+        dir.remove("web");
+        assert!(!dir.service_dir("web").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

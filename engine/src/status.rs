@@ -1,0 +1,144 @@
+//! What the daemon reports about each service: only what it observed.
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The life cycle of a service, as `unikernelctl status` and D-Bus show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Declared, not started yet.
+    Pending,
+    /// The VMM runs; the guest has not answered yet.
+    Booting,
+    /// The guest accepted a TCP connection on its exposed port (or, without one, printed
+    /// its first console line).
+    Running,
+    /// Asked to stop; waiting for the VMM to end.
+    Stopping,
+    /// Not running, on purpose (a clean exit the policy does not restart).
+    Stopped,
+    /// Ended on its own; restarting after a delay.
+    Backoff,
+    /// Gave up: a crash loop, or a failure with restart "never".
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 7] = [
+        State::Pending,
+        State::Booting,
+        State::Running,
+        State::Stopping,
+        State::Stopped,
+        State::Backoff,
+        State::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Booting => "booting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Backoff => "backoff",
+            State::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One service's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub state: State,
+    pub pid: Option<u32>,
+    pub address: Option<Ipv4Addr>,
+    /// Spawn -> running of the current VM, in milliseconds.
+    pub boot_ms: Option<f64>,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub source_file: PathBuf,
+    pub source_line: usize,
+    pub spec_hash: String,
+    /// (host port, guest port).
+    pub exposed: Vec<(u16, u16)>,
+    pub memory_bytes: u64,
+}
+
+/// The daemon's whole status, as written to `<state>/status.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub services: Vec<Status>,
+    /// `file:line:col: message` of every declaration error in force.
+    pub declaration_errors: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn count(&self, state: State) -> usize {
+        self.services.iter().filter(|s| s.state == state).count()
+    }
+
+    /// For sd_notify STATUS=: "12 running, 1 failed, 1 declaration error".
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("{} running", self.count(State::Running))];
+        for state in State::ALL.into_iter().filter(|s| *s != State::Running) {
+            let n = self.count(state);
+            if n > 0 {
+                parts.push(format!("{n} {state}"));
+            }
+        }
+        match self.declaration_errors.len() {
+            0 => {}
+            1 => parts.push("1 declaration error".into()),
+            n => parts.push(format!("{n} declaration errors")),
+        }
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, state: State) -> Status {
+        Status {
+            name: name.into(),
+            state,
+            pid: None,
+            address: None,
+            boot_ms: None,
+            restarts: 0,
+            last_error: None,
+            source_file: "/x.kdl".into(),
+            source_line: 1,
+            spec_hash: "0".into(),
+            exposed: vec![],
+            memory_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn summary_names_what_is_not_running() {
+        let mut s = Snapshot::default();
+        assert_eq!(s.summary(), "0 running");
+        s.services = vec![
+            status("a", State::Running),
+            status("b", State::Running),
+            status("c", State::Failed),
+        ];
+        s.declaration_errors = vec!["x".into()];
+        assert_eq!(s.summary(), "2 running, 1 failed, 1 declaration error");
+        let json = serde_json::to_string(&s.services[2]).unwrap();
+        assert!(json.contains("\"state\":\"failed\""), "{json}");
+    }
+}

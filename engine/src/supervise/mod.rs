@@ -1,0 +1,5 @@
+//! Running VMs: the VMM process, its console, its readiness, and what to do when it ends.
+pub mod backoff;
+pub mod console;
+pub mod probe;
+pub mod process;

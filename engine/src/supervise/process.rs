@@ -1,0 +1,252 @@
+//! One `unikernel-vmm` process: spawned in its own session (so neither the daemon's exit
+//! nor a Ctrl-C on its terminal reaches it), watched through a pidfd (no pid reuse races,
+//! works for VMs an earlier daemon started), stopped with a signal.
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use tokio::io::unix::AsyncFd;
+
+/// The fd number the tap has in the VMM (`--net-fd 3`).
+pub const TAP_FD: RawFd = 3;
+
+/// What to run: the VMM command line, and the fd to hand over as [`TAP_FD`].
+pub struct Launch {
+    pub vmm: PathBuf,
+    pub args: Vec<String>,
+    pub tap: Option<OwnedFd>,
+    /// Receives the VMM's stderr (its one-line error when it stops).
+    pub stderr: std::fs::File,
+}
+
+/// A live VMM process.
+#[derive(Debug)]
+pub struct Process {
+    pub pid: u32,
+    /// Kernel start time of the process (clock ticks since boot, /proc/PID/stat field 22):
+    /// with the pid, it names this process and no later one.
+    pub start_ticks: u64,
+    pidfd: OwnedFd,
+    /// Whether this daemon is the parent (then it reaps it and learns its exit status).
+    pub child: bool,
+}
+
+/// How a VMM ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Exit status (0 clean stop, 1 guest died, 3 refused before start).
+    Exited(i32),
+    Signaled(i32),
+    /// Not our child (adopted): the status went to its real parent.
+    Unknown,
+}
+
+impl Ended {
+    pub fn is_clean(self) -> bool {
+        self == Ended::Exited(0)
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(c) => write!(f, "exit status {c}"),
+            Ended::Signaled(s) => write!(f, "killed by signal {s}"),
+            Ended::Unknown => write!(f, "ended (status unknown: started by an earlier daemon)"),
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Field 22 of /proc/PID/stat (after the parenthesised command, which may hold spaces).
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 2..])
+        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    after
+        .split(' ')
+        .nth(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed stat"))
+}
+
+impl Process {
+    pub fn spawn(launch: Launch) -> io::Result<Process> {
+        let mut cmd = Command::new(&launch.vmm);
+        cmd.args(&launch.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(launch.stderr);
+        let tap = launch.tap.as_ref().map(|f| f.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(fd) = tap {
+                    if fd == TAP_FD {
+                        // dup2 onto itself keeps FD_CLOEXEC: clear it by hand.
+                        if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, TAP_FD) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        // The pidfd keeps the process identifiable; `child` is dropped without waiting
+        // (we reap through the pidfd).
+        let pidfd = pidfd_open(pid)?;
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        Ok(Process {
+            pid,
+            start_ticks,
+            pidfd,
+            child: true,
+        })
+    }
+
+    /// Takes over a VMM an earlier daemon started, if `pid` is still that process.
+    pub fn adopt(pid: u32, expected_start_ticks: u64) -> Option<Process> {
+        let pidfd = pidfd_open(pid).ok()?;
+        // Checked after opening the pidfd: if the start time still matches now, the fd
+        // refers to the recorded process, not to a later one that reused the pid.
+        if start_ticks(pid).ok()? != expected_start_ticks {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let exe = cmdline.split(|b| *b == 0).next()?;
+        if !exe.ends_with(b"unikernel-vmm") {
+            return None;
+        }
+        Some(Process {
+            pid,
+            start_ticks: expected_start_ticks,
+            pidfd,
+            child: false,
+        })
+    }
+
+    /// Sends `signal` through the pidfd (never to a recycled pid).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, no info, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // Already gone: that is what we wanted.
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits for the process to end (the pidfd turns readable), then reaps it if it is
+    /// ours. Cancel-safe; needs a tokio reactor.
+    pub fn wait(&self) -> impl std::future::Future<Output = io::Result<Ended>> + Send + 'static {
+        let fd = self.pidfd.try_clone();
+        let child = self.child;
+        async move {
+            // SAFETY: an OwnedFd is valid and stays open while the AsyncFd owns it.
+            let fd = unsafe { AsyncFd::register_with_interest(fd?, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+            let _ready = fd.readable().await?;
+            if !child {
+                return Ok(Ended::Unknown);
+            }
+            // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: P_PIDFD with our pidfd; `info` is a valid siginfo_t.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    fd.get_ref().as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: waitid filled in a SIGCHLD siginfo.
+            let (code, status) = unsafe { (info.si_code, info.si_status()) };
+            Ok(if code == libc::CLD_EXITED {
+                Ended::Exited(status)
+            } else {
+                Ended::Signaled(status)
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(program: &str, args: &[&str]) -> Launch {
+        Launch {
+            vmm: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            tap: None,
+            stderr: std::fs::File::create("/dev/null").unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn exit_status_and_signals_are_reported() {
+        let p = Process::spawn(launch("/bin/sh", &["-c", "exit 7"])).unwrap();
+        assert_eq!(p.wait().await.unwrap(), Ended::Exited(7));
+        let p = Process::spawn(launch("/bin/sleep", &["60"])).unwrap();
+        assert!(p.start_ticks > 0);
+        p.signal(libc::SIGTERM).unwrap();
+        assert_eq!(p.wait().await.unwrap(), Ended::Signaled(libc::SIGTERM));
+        // Signalling a reaped process is not an error.
+        p.signal(libc::SIGTERM).unwrap();
+    }
+
+    #[tokio::test]
+    async fn adoption_checks_start_time_and_program() {
+        let p = Process::spawn(launch("/bin/sleep", &["60"])).unwrap();
+        assert!(Process::adopt(p.pid, p.start_ticks + 1).is_none(), "another start time");
+        assert!(Process::adopt(p.pid, p.start_ticks).is_none(), "not unikernel-vmm");
+        p.signal(libc::SIGKILL).unwrap();
+        p.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_child_runs_in_its_own_session() {
+        let p = Process::spawn(launch("/bin/sleep", &["60"])).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        assert_eq!(fields[3], p.pid.to_string(), "session id = its own pid");
+        p.signal(libc::SIGKILL).unwrap();
+        p.wait().await.unwrap();
+    }
+}

@@ -1,0 +1,276 @@
+//! `unikerneld` end to end: real VMs under /dev/kvm, real taps in a namespace the test
+//! creates, declarations edited the way users edit them.
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use unikerneld::status::State;
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[test]
+fn add_edit_remove_converge_and_untouched_services_keep_their_vm() {
+    let mut d = Daemon::new("edit");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    d.declare("api.kdl", &http_decl("api", 8081, ""));
+    let web = d.running("web");
+    let api = d.running("api");
+    assert!(web.boot_ms.unwrap() > 0.0);
+    let (code, body) = d.get(8080).unwrap();
+    assert_eq!((code, body.split(' ').next().unwrap()), (200, "web"));
+    assert!(d.get(8081).unwrap().1.starts_with("api "));
+    assert_eq!(web.source_line, 1);
+    assert!(web.source_file.ends_with("web.kdl"));
+
+    // Edit memory: web is replaced (new pid), api keeps its VM.
+    d.declare("web.kdl", &http_decl("web", 8080, "    memory \"32M\"\n"));
+    let s = d.wait_for("web replaced", LONG, |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.state == State::Running && x.pid != web.pid)
+    });
+    let web2 = s.services.iter().find(|x| x.name == "web").unwrap();
+    assert_eq!(web2.memory_bytes, 32 << 20);
+    assert!(!alive(web.pid.unwrap()), "the old VM ended");
+    assert_eq!(d.service("api").unwrap().pid, api.pid, "untouched service kept its VM");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1", "same host port, new VM");
+    assert!(d.log_text().contains("replace: memory changed"), "{}", d.log_text());
+
+    // Remove the file: stopped, tap gone, address released.
+    d.undeclare("web.kdl");
+    d.wait_for("web gone", LONG, |s| s.services.iter().all(|x| x.name != "web"));
+    assert!(!alive(web2.pid.unwrap()));
+    assert_eq!(d.taps(), vec!["uk-api".to_string()]);
+    assert!(d.get(8080).is_err(), "host port closed");
+    assert!(!d.state.join("services/web").exists());
+    assert!(d.get(8081).unwrap().1.starts_with("api "));
+}
+
+#[test]
+fn a_broken_file_keeps_the_last_good_spec_running_until_fixed() {
+    let mut d = Daemon::new("broken");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    d.declare(
+        "web.kdl",
+        "unikernel \"web\" {\n    image \"/x\"\n    memroy \"32M\"\n}\n",
+    );
+    let s = d.wait_for("a declaration error", LONG, |s| !s.declaration_errors.is_empty());
+    let err = &s.declaration_errors[0];
+    assert!(err.contains("web.kdl:3:5"), "{err}");
+    assert!(err.contains("memory"), "did-you-mean help: {err}");
+    assert!(d.log_text().contains("web.kdl:3:5"));
+    let now = d.service("web").unwrap();
+    assert_eq!(
+        (now.state, now.pid),
+        (State::Running, web.pid),
+        "still on its last good spec"
+    );
+    assert!(d.get(8080).unwrap().1.starts_with("web "));
+
+    // Fixed (to what it was): the error clears, nothing restarts.
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    d.wait_for("errors cleared", LONG, |s| s.declaration_errors.is_empty());
+    assert_eq!(d.service("web").unwrap().pid, web.pid);
+    // Fixed to something new: converges to it.
+    d.declare("web.kdl", &http_decl("web", 8080, "    vcpus 2\n"));
+    d.wait_for("web replaced", LONG, |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.state == State::Running && x.pid != web.pid)
+    });
+}
+
+#[test]
+fn a_killed_vmm_is_restarted_and_a_crash_loop_ends_in_failed() {
+    let mut d = Daemon::new("crash");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    d.declare(
+        "bad.kdl",
+        &format!(
+            "unikernel \"bad\" {{\n    image \"{}\"\n    restart \"always\"\n}}\n",
+            image("triplefault").display()
+        ),
+    );
+    let web = d.running("web");
+    // SAFETY: kill(2) of the VM's pid.
+    unsafe { libc::kill(web.pid.unwrap() as i32, libc::SIGKILL) };
+    let s = d.wait_for("web restarted", LONG, |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.state == State::Running && x.pid != web.pid)
+    });
+    let web2 = s.services.iter().find(|x| x.name == "web").unwrap();
+    assert_eq!(web2.restarts, 1);
+    assert!(web2.last_error.as_deref().unwrap().contains("signal 9"), "{web2:?}");
+    assert!(d.get(8080).unwrap().1.starts_with("web "));
+
+    let s = d.wait_for("bad failed", LONG, |s| {
+        s.services.iter().any(|x| x.name == "bad" && x.state == State::Failed)
+    });
+    let bad = s.services.iter().find(|x| x.name == "bad").unwrap();
+    let err = bad.last_error.as_deref().unwrap();
+    assert!(err.contains("exit status 1"), "{err}");
+    assert!(err.contains("triple fault"), "the VMM's reason: {err}");
+    assert!(err.contains("6 times in a row"), "{err}");
+    assert!(err.contains("about to triple fault"), "last console lines: {err}");
+    assert_eq!(bad.restarts, 5);
+    assert_eq!(bad.pid, None);
+    // The back-off grew: 100, 200, 400, 800, 1600 ms, in that order.
+    let log = d.log_text();
+    let mut at = 0;
+    for ms in [100, 200, 400, 800, 1600] {
+        let needle = format!("restarting in {ms} ms");
+        let found = log[at..]
+            .lines()
+            .position(|l| l.contains(&needle) && l.contains("UNIKERNEL=bad"));
+        assert!(found.is_some(), "{needle} after offset {at}:\n{log}");
+        at += log[at..].find(&needle).unwrap();
+    }
+}
+
+#[test]
+fn restarting_the_daemon_restarts_no_vm() {
+    let mut d = Daemon::new("adopt");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    d.declare("api.kdl", &http_decl("api", 8081, ""));
+    let web = d.running("web");
+    let api = d.running("api");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+    d.kill_daemon();
+    assert!(
+        alive(web.pid.unwrap()) && alive(api.pid.unwrap()),
+        "VMs outlive the daemon"
+    );
+    d.start();
+    let web2 = d.running("web");
+    let api2 = d.running("api");
+    assert_eq!((web2.pid, api2.pid), (web.pid, api.pid), "adopted, not restarted");
+    assert_eq!(web2.restarts, 0);
+    // The same guest answers (its counter goes on) through the new daemon's host port.
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 2");
+    assert!(d.log_text().contains("adopted VM pid"));
+
+    // Changed while the daemon was down: replaced on adoption. Removed: stopped.
+    d.kill_daemon();
+    d.declare("web.kdl", &http_decl("web", 8080, "    memory \"24M\"\n"));
+    d.undeclare("api.kdl");
+    d.start();
+    d.wait_for("web replaced, api gone", LONG, |s| {
+        s.services.len() == 1
+            && s.services[0].name == "web"
+            && s.services[0].state == State::Running
+            && s.services[0].pid != web.pid
+    });
+    assert!(!alive(api.pid.unwrap()));
+    assert!(!alive(web.pid.unwrap()));
+    assert_eq!(d.taps(), vec!["uk-web".to_string()]);
+}
+
+#[test]
+fn a_burst_of_100_files_converges_to_exactly_the_final_state() {
+    let mut d = Daemon::new("burst");
+    d.start();
+    let decl = |i: usize, mem: &str| {
+        format!(
+            "unikernel \"s{i}\" {{\n    image \"{}\"\n    cmdline \"name=s{i}\"\n    memory \"{mem}\"\n    net {{}}\n}}\n",
+            image("http").display()
+        )
+    };
+    for i in 0..100 {
+        d.declare(&format!("s{i}.kdl"), &decl(i, "16M"));
+    }
+    // Still in the burst: half of them go away again, a quarter change.
+    for i in 0..50 {
+        d.undeclare(&format!("s{i}.kdl"));
+    }
+    for i in 50..75 {
+        d.declare(&format!("s{i}.kdl"), &decl(i, "20M"));
+    }
+    let s = d.wait_for("50 running", Duration::from_secs(120), |s| {
+        s.services.len() == 50 && s.services.iter().all(|x| x.state == State::Running)
+    });
+    for x in &s.services {
+        let i: usize = x.name[1..].parse().unwrap();
+        assert!(i >= 50, "{} should be gone", x.name);
+        let want = if i < 75 { 20 << 20 } else { 16 << 20 };
+        assert_eq!(x.memory_bytes, want, "{}", x.name);
+    }
+    assert_eq!(d.taps().len(), 50);
+    // And all of it goes away.
+    for i in 50..100 {
+        d.undeclare(&format!("s{i}.kdl"));
+    }
+    d.wait_for("nothing left", Duration::from_secs(60), |s| s.services.is_empty());
+    assert!(d.taps().is_empty(), "{:?}", d.taps());
+    for pid in s.services.iter().filter_map(|x| x.pid) {
+        assert!(!alive(pid));
+    }
+}
+
+#[test]
+fn the_same_name_in_two_files_is_reported_at_both_and_disturbs_nothing() {
+    let mut d = Daemon::new("dup");
+    d.start();
+    d.declare("a.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    d.declare("b.kdl", &format!("// copy\n{}", http_decl("web", 9090, "")));
+    let s = d.wait_for("a duplicate error", LONG, |s| s.declaration_errors.len() >= 2);
+    let all = s.declaration_errors.join("\n");
+    assert!(all.contains("a.kdl:1:1") && all.contains("b.kdl:2:1"), "{all}");
+    assert!(all.contains("service \"web\" is also declared at"), "{all}");
+    let now = d.service("web").unwrap();
+    assert_eq!((now.state, now.pid), (State::Running, web.pid));
+    assert!(
+        now.source_file.ends_with("a.kdl"),
+        "the first declaration stays in force"
+    );
+    assert!(d.get(9090).is_err());
+}
+
+#[test]
+fn deletion_works_mid_boot_in_backoff_and_for_clean_exits() {
+    let mut d = Daemon::new("delete");
+    d.start();
+    // Declared and removed again at once: whatever state it reached, it goes away.
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    std::thread::sleep(Duration::from_millis(120));
+    d.undeclare("web.kdl");
+    // In back-off.
+    d.declare(
+        "bad.kdl",
+        &format!(
+            "unikernel \"bad\" {{\n    image \"{}\"\n}}\n",
+            image("triplefault").display()
+        ),
+    );
+    d.wait_for("bad in backoff", LONG, |s| {
+        s.services.iter().any(|x| x.name == "bad" && x.state == State::Backoff)
+    });
+    d.undeclare("bad.kdl");
+    d.wait_for("nothing left", LONG, |s| s.services.is_empty());
+    assert!(d.taps().is_empty());
+    // A guest that ends cleanly with restart "never" is stopped, not failed; a guest
+    // without a port is running once it printed its first line.
+    d.declare(
+        "once.kdl",
+        &format!(
+            "unikernel \"once\" {{\n    image \"{}\"\n    cmdline \"hi\"\n    restart \"never\"\n}}\n",
+            image("hello").display()
+        ),
+    );
+    let s = d.wait_for("once stopped", LONG, |s| {
+        s.services.iter().any(|x| x.name == "once" && x.state == State::Stopped)
+    });
+    assert_eq!(s.services[0].restarts, 0);
+    assert!(s.services[0].last_error.as_deref().unwrap().contains("exit status 0"));
+    assert!(
+        d.log_text().contains("UNIKERNEL=once"),
+        "console lines logged with the field"
+    );
+}

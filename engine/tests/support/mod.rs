@@ -1,0 +1,194 @@
+//! A real `unikerneld` in a network namespace of the test's own, with a temporary
+//! declaration directory and state directory. Dropping it kills the daemon and every VM
+//! it recorded (VMs outlive the daemon on purpose, so the test must clean them up).
+#![allow(dead_code)]
+#[path = "../../../vmm/tests/common.rs"]
+pub mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub use common::*;
+use unikerneld::status::{Snapshot, State, Status};
+
+pub struct Daemon {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// An empty setup; call [`Daemon::start`] to run the daemon.
+    pub fn new(tag: &str) -> Daemon {
+        require_kvm();
+        let dir = std::env::temp_dir().join(format!("ukd-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let conf = dir.join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        Daemon {
+            ns: Netns::new(tag),
+            state: dir.join("state"),
+            log: dir.join("daemon.log"),
+            conf,
+            dir,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = self.ns.command(Path::new(env!("CARGO_BIN_EXE_unikerneld")));
+        cmd.arg("--config-dir")
+            .arg(&self.conf)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--vmm")
+            .arg(vmm_binary())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("unikerneld"));
+        self.wait_for("the daemon's first status", Duration::from_secs(10), |_| true);
+    }
+
+    /// Kills the daemon the hard way (kill -9); its VMs must survive.
+    pub fn kill_daemon(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // `ip netns exec` execs the daemon, so this pid is the daemon itself.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = std::fs::remove_file(self.state.join("status.json"));
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let data = std::fs::read(self.state.join("status.json")).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Polls the status until `cond` holds; a timeout fails with the status and the log.
+    pub fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.snapshot() {
+                if cond(&s) {
+                    return s;
+                }
+            }
+            if t0.elapsed() > limit {
+                panic!(
+                    "timed out after {limit:?} waiting for {what}\nstatus: {:#?}\ndaemon log:\n{}",
+                    self.snapshot(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<Status> {
+        self.snapshot()?.services.into_iter().find(|s| s.name == name)
+    }
+
+    /// Waits until `name` is running and returns its status.
+    pub fn running(&self, name: &str) -> Status {
+        let s = self.wait_for(&format!("{name} running"), Duration::from_secs(20), |s| {
+            s.services.iter().any(|x| x.name == name && x.state == State::Running)
+        });
+        s.services.into_iter().find(|x| x.name == name).unwrap()
+    }
+
+    /// Writes a declaration file atomically, as an editor would (temp file + rename).
+    pub fn declare(&self, file: &str, text: &str) {
+        let tmp = self.conf.join(format!(".{file}.swp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.conf.join(file)).unwrap();
+    }
+
+    pub fn undeclare(&self, file: &str) {
+        std::fs::remove_file(self.conf.join(file)).unwrap();
+    }
+
+    /// HTTP GET to a host port, from inside the namespace.
+    pub fn get(&self, port: u16) -> std::io::Result<(u16, String)> {
+        self.ns.run(move || http_get(&format!("127.0.0.1:{port}")))
+    }
+
+    /// Names of the links in the namespace that start with `uk-` (service taps).
+    pub fn taps(&self) -> Vec<String> {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &self.ns.name, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .filter(|n| n.starts_with("uk-"))
+            .collect()
+    }
+
+    /// Pids of every VM the state directory records.
+    pub fn recorded_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir(self.state.join("services"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(data) = std::fs::read(e.path().join("vm.json")) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) {
+                    pids.push(v["pid"].as_u64().unwrap() as u32);
+                }
+            }
+        }
+        pids
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie is not alive; /proc/PID/stat's state field says.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in self.recorded_pids() {
+            // SAFETY: kill(2) on a pid we recorded.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A declaration of the http example serving `name` on host port `port`.
+pub fn http_decl(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "unikernel \"{name}\" {{\n    image \"{}\"\n    cmdline \"name={name} port=80\"\n    net {{ expose {port} guest=80 }}\n{extra}}}\n",
+        image("http").display()
+    )
+}
