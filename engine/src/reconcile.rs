@@ -20,7 +20,7 @@ use crate::status::{Snapshot, State, Status};
 use crate::supervise::backoff::{self, Decision};
 use crate::supervise::console::{self, ConsoleRing};
 use crate::supervise::probe;
-use crate::supervise::process::{Ended, Launch, Process, TAP_FD};
+use crate::supervise::process::{Ended, Launch, Process};
 
 /// A VMM asked to stop gets this long before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -86,6 +86,8 @@ impl Vm {
 struct Service {
     /// The spec this service converges to (the running VM may still run an older one).
     spec: Spec,
+    /// `spec.hash()`, kept because status and plans ask for it often.
+    hash: String,
     /// Still declared; when false the service goes away as soon as its VM has ended.
     declared: bool,
     state: State,
@@ -105,6 +107,7 @@ struct Service {
 impl Service {
     fn new(spec: Spec) -> Service {
         Service {
+            hash: spec.hash(),
             spec,
             declared: true,
             state: State::Pending,
@@ -122,12 +125,12 @@ impl Service {
     /// What the plan compares against: the spec of the VM that runs, else the declared one.
     fn observed(&self) -> Observed {
         match &self.vm {
-            Some(vm) if vm.spec_hash != self.spec.hash() => Observed {
+            Some(vm) if vm.spec_hash != self.hash => Observed {
                 spec_hash: vm.spec_hash.clone(),
                 spec: None,
             },
             _ => Observed {
-                spec_hash: self.spec.hash(),
+                spec_hash: self.hash.clone(),
                 spec: Some(self.spec.clone()),
             },
         }
@@ -139,12 +142,13 @@ impl Service {
             state: self.state,
             pid: self.vm.as_ref().map(|v| v.process.pid),
             address: self.vm.as_ref().and_then(|v| v.address),
+            started_unix_ms: self.vm.as_ref().map(|v| v.started_unix_ms),
             boot_ms: self.vm.as_ref().and_then(|v| v.boot_ms),
             restarts: self.restarts,
             last_error: self.last_error.clone(),
             source_file: self.spec.source.file.clone(),
             source_line: self.spec.source.line,
-            spec_hash: self.spec.hash(),
+            spec_hash: self.hash.clone(),
             exposed: self
                 .spec
                 .net
@@ -288,7 +292,9 @@ impl Engine {
 
     /// Loads the declarations and applies the plan. Returns the plan it applied.
     pub async fn reload(&mut self) -> Plan {
+        let t0 = Instant::now();
         let loaded = self.loader.load_dir(&self.opts.config_dir);
+        let t_load = t0.elapsed();
         let lines: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
         if lines != self.last_reported {
             for d in &loaded.diagnostics {
@@ -304,11 +310,18 @@ impl Engine {
         let observed: BTreeMap<String, Observed> =
             self.services.iter().map(|(k, s)| (k.clone(), s.observed())).collect();
         let plan = plan(&loaded.specs, &observed);
-        if !plan.is_noop() {
-            info!("{}", plan.to_string().lines().last().unwrap_or_default());
-        }
+        let t_plan = t0.elapsed();
         for action in plan.actions.clone() {
             self.apply(action, &loaded.specs).await;
+        }
+        if !plan.is_noop() {
+            info!(
+                "{} (load {:.1} ms, plan {:.1} ms, apply {:.1} ms)",
+                plan.to_string().lines().last().unwrap_or_default(),
+                t_load.as_secs_f64() * 1e3,
+                (t_plan - t_load).as_secs_f64() * 1e3,
+                (t0.elapsed() - t_plan).as_secs_f64() * 1e3
+            );
         }
         self.status_dirty = true;
         plan
@@ -330,6 +343,7 @@ impl Engine {
                     return;
                 };
                 info!(UNIKERNEL = %name, "replace: {} changed", changed.join(", "));
+                svc.hash = spec.hash();
                 svc.spec = spec;
                 svc.declared = true;
                 svc.quick_failures = 0;
@@ -410,6 +424,7 @@ impl Engine {
     /// Boots a new VM for `name`.
     async fn start(&mut self, name: &str) {
         let Some(svc) = self.services.get_mut(name) else { return };
+        let t0 = Instant::now();
         svc.retry += 1;
         svc.state = State::Booting;
         let spec = svc.spec.clone();
@@ -420,6 +435,7 @@ impl Engine {
             },
             None => None,
         };
+        let t_net = t0.elapsed();
         if let Err(e) = self.state.prepare(name) {
             return self.start_failed(name, format!("state directory: {e}"));
         }
@@ -455,7 +471,7 @@ impl Engine {
             args.extend(["--initrd".into(), initrd.display().to_string()]);
         }
         if let Some((_, _, mac)) = &net {
-            args.extend(["--net-fd".into(), TAP_FD.to_string(), "--mac".into(), mac_text(*mac)]);
+            args.extend(["--mac".into(), mac_text(*mac)]);
         }
         let launch = Launch {
             vmm: self.opts.vmm.clone(),
@@ -484,7 +500,13 @@ impl Engine {
         if let Err(e) = self.state.write_record(name, &vm.record()) {
             warn!(UNIKERNEL = %name, "cannot record the VM (a daemon restart would not adopt it): {e}");
         }
-        info!(UNIKERNEL = %name, "booting VM pid {}", vm.process.pid);
+        info!(
+            UNIKERNEL = %name,
+            "booting VM pid {} (network {:.1} ms, spawn {:.1} ms)",
+            vm.process.pid,
+            t_net.as_secs_f64() * 1e3,
+            (t0.elapsed() - t_net).as_secs_f64() * 1e3
+        );
         let mut svc = self.services.remove(name).expect("present");
         svc.console.clear();
         self.watch_vm(name, &mut svc, &mut vm, true);
@@ -530,7 +552,13 @@ impl Engine {
         let probe_at = vm.address.zip(port).map(|(a, p)| SocketAddrV4::new(a, p));
         vm.tasks.push(tokio::spawn(async move {
             match probe_at {
-                Some(addr) => probe::until_accepts(addr).await,
+                Some(addr) => {
+                    // Probing before the guest is up only queues SYNs it must answer
+                    // later: start at its first console line (a hint, not the proof), or
+                    // after a moment for guests that print nothing.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), first_line_rx).await;
+                    probe::until_accepts(addr).await
+                }
                 None => {
                     // No port to try: the guest's first console line is its readiness line.
                     if first_line_rx.await.is_err() {
@@ -689,6 +717,15 @@ impl Engine {
             services: self.services.iter().map(|(k, s)| s.status(k)).collect(),
             declaration_errors: self.decl_errors.clone(),
         }
+    }
+
+    /// Whether the status changed since it was last published.
+    pub fn is_dirty(&self) -> bool {
+        self.status_dirty
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
     }
 
     /// Writes `status.json` and the sd_notify status line, if anything changed.

@@ -63,6 +63,8 @@ pub struct Status {
     pub state: State,
     pub pid: Option<u32>,
     pub address: Option<Ipv4Addr>,
+    /// When the current VM was spawned, ms since the epoch.
+    pub started_unix_ms: Option<u64>,
     /// Spawn -> running of the current VM, in milliseconds.
     pub boot_ms: Option<f64>,
     pub restarts: u32,
@@ -116,6 +118,7 @@ mod tests {
             state,
             pid: None,
             address: None,
+            started_unix_ms: None,
             boot_ms: None,
             restarts: 0,
             last_error: None,

@@ -9,7 +9,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Quiet time after the last change before reloading.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Longest a steady stream of changes can delay a reload.
 pub const MAX_DELAY: Duration = Duration::from_millis(500);
 

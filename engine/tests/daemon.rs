@@ -274,3 +274,46 @@ fn deletion_works_mid_boot_in_backoff_and_for_clean_exits() {
         "console lines logged with the field"
     );
 }
+
+#[test]
+fn systemd_hears_ready_status_and_watchdog() {
+    let mut d = Daemon::new("notify");
+    let socket_path = d.dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    d.start_with(&[
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "200000"),
+    ]);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let n = socket.recv(&mut buf).unwrap();
+        seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        let has = |m: &str| seen.iter().any(|s| s.contains(m));
+        if has("READY=1") && has("STATUS=1 running") && seen.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 2 {
+            break;
+        }
+    }
+    let ready = seen.iter().position(|s| s.contains("READY=1"));
+    let running = seen.iter().position(|s| s.contains("STATUS=1 running"));
+    assert!(ready.is_some() && running.is_some(), "{seen:?}");
+    assert!(
+        seen.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 2,
+        "watchdog pings at half of WATCHDOG_USEC: {seen:?}"
+    );
+    // READY=1 comes after the first reconcile was applied: the status published just
+    // before it already counts the VM (booting or running), not an empty host.
+    let before: Vec<&String> = seen[..ready.unwrap()]
+        .iter()
+        .filter(|s| s.contains("STATUS="))
+        .collect();
+    assert!(
+        before
+            .last()
+            .is_some_and(|s| s.contains("1 booting") || s.contains("1 running")),
+        "{seen:?}"
+    );
+}

@@ -136,12 +136,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut resync = tokio::time::interval(opts.resync_every);
     resync.tick().await;
-    let mut publish = tokio::time::interval(Duration::from_millis(100));
+    // Status is published at most every PUBLISH_EVERY, and only after a change: an idle
+    // daemon wakes for nothing but the resync (and the watchdog, when systemd asks).
+    const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+    let mut publish_at: Option<tokio::time::Instant> = None;
     let watchdog_every = unikerneld::systemd::watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     // Debounce: reload once the directory has been quiet for DEBOUNCE (or MAX_DELAY passed).
     let mut due: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     loop {
+        if engine.is_dirty() && publish_at.is_none() {
+            publish_at = Some(tokio::time::Instant::now() + PUBLISH_EVERY);
+        }
         let deadline = due.map(|(quiet, cap)| quiet.min(cap));
         tokio::select! {
             Some(()) = changed.recv() => {
@@ -162,8 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 info!("reload requested (SIGHUP)");
                 engine.reload().await;
             }
-            _ = publish.tick() => {
-                let n = engine.snapshot().services.len();
+            _ = async { tokio::time::sleep_until(publish_at.unwrap()).await }, if publish_at.is_some() => {
+                publish_at = None;
+                let n = engine.service_count();
                 if n > declared {
                     declared = n;
                     sysctl::apply(&sysctl::wanted(n.max(1024), &mode, false));

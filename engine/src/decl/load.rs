@@ -61,11 +61,20 @@ pub struct Loader {
 /// Declaration files: `*.kdl`, not hidden (editors' temporary files start with a dot).
 pub fn declaration_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.ends_with(".kdl") && !name.starts_with('.') && p.is_file()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_str().unwrap_or("");
+            // The entry's type comes with the listing; only symlinks (a GitOps checkout
+            // linked in) cost a stat to see what they point at.
+            let is_file = match e.file_type() {
+                Ok(t) if t.is_symlink() => e.path().is_file(),
+                Ok(t) => t.is_file(),
+                Err(_) => false,
+            };
+            name.ends_with(".kdl") && !name.starts_with('.') && is_file
         })
+        .map(|e| e.path())
         .collect();
     files.sort();
     Ok(files)

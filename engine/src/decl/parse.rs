@@ -369,6 +369,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
             column,
             offset: node.span().offset(),
         },
+        hash_cache: Default::default(),
     })
 }
 

@@ -73,7 +73,21 @@ pub struct Spec {
     pub net: Option<NetSpec>,
     pub restart: RestartPolicy,
     pub source: Source,
+    /// [`Spec::hash`], computed once (plans ask for it for every service on every reload).
+    pub hash_cache: HashCache,
 }
+
+/// A memo of [`Spec::hash`] that takes no part in comparing specs.
+#[derive(Clone, Debug, Default)]
+pub struct HashCache(std::sync::OnceLock<String>);
+
+impl PartialEq for HashCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HashCache {}
 
 impl Spec {
     /// The fields that make two specs "the same VM", each with its name; `source` is not one.
@@ -106,8 +120,13 @@ impl Spec {
             .collect()
     }
 
-    /// A stable hash of [`Spec::fields`] (FNV-1a, hex): equal specs, equal hashes, across runs.
+    /// A stable hash of [`Spec::fields`] (FNV-1a, hex): equal specs, equal hashes, across
+    /// runs. Memoized: change a field of a spec only on a fresh clone of it, never in place.
     pub fn hash(&self) -> String {
+        self.hash_cache.0.get_or_init(|| self.compute_hash()).clone()
+    }
+
+    fn compute_hash(&self) -> String {
         let mut text = String::new();
         for (k, v) in self.fields() {
             text.push_str(k);

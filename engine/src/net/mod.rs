@@ -125,7 +125,7 @@ impl HostNetwork {
                 self.nl.replace_neighbour(bridge_index, address, mac).await?;
             }
             Mode::Routed => {
-                self.nl.ensure_address(index, self.pool.gateway(), 32).await?;
+                self.nl.add_address(index, self.pool.gateway(), 32).await?;
                 sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
                 self.nl.set_up(index).await?;
                 self.nl.replace_route_v4(address, 32, index).await?;

@@ -40,6 +40,11 @@ impl Daemon {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -54,6 +59,7 @@ impl Daemon {
             .arg("--vmm")
             .arg(vmm_binary())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -1,0 +1,170 @@
+//! The daemon at scale, with real VMs in a namespace of its own:
+//! (b) N new services from empty (default 200): wall time, and p50/p99 of file write -> running;
+//! (c) with M VMs running (default 1000), the next VM's start vs the first's (median of 5 each);
+//! (d) daemon CPU over 30 s idle with M VMs, daemon RSS, VM RSS.
+//! Needs the release VMM: `cargo build --release -p unikernel-vmm` first.
+//! UK_BENCH_BURST, UK_BENCH_VMS and UK_BENCH_IDLE_SECS change the sizes.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::*;
+use unikerneld::status::{State, Status};
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3
+}
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Host ports: bursts and fills from 10000, single starts from 30000.
+fn decl(name: &str) -> String {
+    let n: u32 = name[1..].parse().unwrap();
+    let port = if name.starts_with(['p', 'q']) {
+        30_000 + n
+    } else {
+        10_000 + n
+    };
+    // A port to probe makes "running" mean "answers TCP", as for any served service.
+    format!(
+        "unikernel \"{name}\" {{\n    image \"{}\"\n    cmdline \"name={name} port=80\"\n    net {{ expose {port} guest=80 }}\n}}\n",
+        image("http").display()
+    )
+}
+
+/// Write -> running for `name`, from the status the daemon wrote.
+fn write_to_running(s: &Status, written_ms: f64) -> f64 {
+    s.started_unix_ms.unwrap() as f64 + s.boot_ms.unwrap() - written_ms
+}
+
+fn running(d: &Daemon, n: usize, limit: Duration) -> Vec<Status> {
+    d.wait_for(&format!("{n} running"), limit, |s| {
+        s.services.len() == n && s.services.iter().all(|x| x.state == State::Running)
+    })
+    .services
+}
+
+/// Declares one service, waits until it runs, undeclares it: (write->running, spawn->running).
+fn one_start(d: &Daemon, name: &str, n_before: usize) -> (f64, f64) {
+    let t = now_ms();
+    d.declare(&format!("{name}.kdl"), &decl(name));
+    let all = running(d, n_before + 1, Duration::from_secs(60));
+    let s = all.iter().find(|x| x.name == name).unwrap();
+    let r = (write_to_running(s, t), s.boot_ms.unwrap());
+    d.undeclare(&format!("{name}.kdl"));
+    d.wait_for("probe gone", Duration::from_secs(60), |s| s.services.len() == n_before);
+    r
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let burst = env_or("UK_BENCH_BURST", 200);
+    let vms = env_or("UK_BENCH_VMS", 1000);
+    let idle = env_or("UK_BENCH_IDLE_SECS", 30) as u64;
+    let mut d = Daemon::new("dbench");
+    d.start();
+
+    // (b) a burst of new services.
+    let mut written = Vec::new();
+    for i in 0..burst {
+        written.push(now_ms());
+        d.declare(&format!("b{i}.kdl"), &decl(&format!("b{i}")));
+    }
+    let all = running(&d, burst, Duration::from_secs(600));
+    let lat: Vec<f64> = all
+        .iter()
+        .map(|s| write_to_running(s, written[s.name[1..].parse::<usize>().unwrap()]))
+        .collect();
+    let boot: Vec<f64> = all.iter().map(|s| s.boot_ms.unwrap()).collect();
+    let wall = all
+        .iter()
+        .map(|s| s.started_unix_ms.unwrap() as f64 + s.boot_ms.unwrap())
+        .fold(0.0, f64::max)
+        - written[0];
+    println!("daemon benchmark: image {}", image("http").display());
+    println!(
+        "(b) {burst} new services from empty: wall {wall:.0} ms; write->running p50 {:.1} ms p99 {:.1} ms; spawn->running p50 {:.1} ms p99 {:.1} ms",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&boot, 0.5),
+        pct(&boot, 0.99)
+    );
+    for i in 0..burst {
+        d.undeclare(&format!("b{i}.kdl"));
+    }
+    d.wait_for("empty", Duration::from_secs(600), |s| s.services.is_empty());
+
+    // (c) the first VM vs the next after `vms` running.
+    let first: Vec<(f64, f64)> = (0..5).map(|i| one_start(&d, &format!("p{i}"), 0)).collect();
+    let t0 = std::time::Instant::now();
+    for batch in (0..vms).collect::<Vec<_>>().chunks(100) {
+        for i in batch {
+            d.declare(&format!("v{i}.kdl"), &decl(&format!("v{i}")));
+        }
+        running(&d, batch.last().unwrap() + 1, Duration::from_secs(600));
+    }
+    println!("filled to {vms} running VMs in {:.1} s", t0.elapsed().as_secs_f64());
+    let next: Vec<(f64, f64)> = (0..5).map(|i| one_start(&d, &format!("q{i}"), vms)).collect();
+    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| pct(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
+    let (fw, fb) = (med(&first, |x| x.0), med(&first, |x| x.1));
+    let (nw, nb) = (med(&next, |x| x.0), med(&next, |x| x.1));
+    println!("(c) first VM:           write->running p50 {fw:.1} ms, spawn->running p50 {fb:.1} ms");
+    println!("    next with {vms} running: write->running p50 {nw:.1} ms, spawn->running p50 {nb:.1} ms");
+    println!(
+        "    ratio next/first: write->running {:.2}x, spawn->running {:.2}x",
+        nw / fw,
+        nb / fb
+    );
+
+    // Where the single starts spent their time, from the daemon's own log.
+    for line in d.log_text().lines() {
+        let ours = ["UNIKERNEL=p0", "UNIKERNEL=q0", "UNIKERNEL=q1"]
+            .iter()
+            .any(|t| line.ends_with(t));
+        if (ours && line.contains("booting VM")) || line.contains("1 to create, 0 to replace") {
+            println!("    log: {}", line.split_once(' ').map(|x| x.1).unwrap_or(line));
+        }
+    }
+
+    // (d) idle cost.
+    let pid = d.daemon_pid();
+    let snap = d.snapshot().unwrap();
+    let vm_pids: Vec<u32> = snap.services.iter().filter_map(|s| s.pid).collect();
+    let vm_ticks = |p: &[u32]| p.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    let (d0, v0) = (cpu_ticks(pid), vm_ticks(&vm_pids));
+    std::thread::sleep(Duration::from_secs(idle));
+    let (d1, v1) = (cpu_ticks(pid), vm_ticks(&vm_pids));
+    let hz = 100.0; // USER_HZ
+    let mut vm_rss: Vec<f64> = vm_pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect();
+    vm_rss.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "(d) {idle} s idle with {} VMs: daemon CPU {:.2} s ({:.3}% of a core), all VMs together {:.2} s; daemon RSS {:.1} MiB; VMM RSS p50 {:.2} MiB",
+        vm_pids.len(),
+        (d1 - d0) as f64 / hz,
+        (d1 - d0) as f64 / hz / idle as f64 * 100.0,
+        (v1 - v0) as f64 / hz,
+        rss_kib(pid) as f64 / 1024.0,
+        pct(&vm_rss, 0.5)
+    );
+}
