@@ -85,6 +85,9 @@ fn main() {
     let mut d = Daemon::new("dbench");
     d.start();
 
+    // (c) the first VM, on an empty, quiet host.
+    let first: Vec<(f64, f64)> = (0..5).map(|i| one_start(&d, &format!("p{i}"), 0)).collect();
+
     // (b) a burst of new services.
     let mut written = Vec::new();
     for i in 0..burst {
@@ -115,8 +118,7 @@ fn main() {
     }
     d.wait_for("empty", Duration::from_secs(600), |s| s.services.is_empty());
 
-    // (c) the first VM vs the next after `vms` running.
-    let first: Vec<(f64, f64)> = (0..5).map(|i| one_start(&d, &format!("p{i}"), 0)).collect();
+    // (c) continued: fill up, then the next VM.
     let t0 = std::time::Instant::now();
     for batch in (0..vms).collect::<Vec<_>>().chunks(100) {
         for i in batch {
