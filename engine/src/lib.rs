@@ -3,6 +3,7 @@
 //! `unikernel-vmm` process per service (`supervise`) on host networking it sets up
 //! through netlink (`net`), exposes host ports (`proxy`), keeps runtime state for
 //! adoption (`state_dir`) and reports honest status (`status`, `systemd`).
+pub mod dbus;
 pub mod decl;
 pub mod net;
 pub mod plan;

@@ -16,7 +16,7 @@ use crate::decl::{Loader, Spec};
 use crate::net::HostNetwork;
 use crate::plan::{plan, Action, Observed, Plan};
 use crate::state_dir::{write_atomic, StateDir, VmRecord};
-use crate::status::{Snapshot, State, Status};
+use crate::status::{DeclarationError, Snapshot, State, Status};
 use crate::supervise::backoff::{self, Decision};
 use crate::supervise::console::{self, ConsoleRing};
 use crate::supervise::probe;
@@ -24,6 +24,15 @@ use crate::supervise::process::{Ended, Launch, Process};
 
 /// A VMM asked to stop gets this long before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why an operator's request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    #[error("no such unikernel")]
+    NoSuchUnikernel,
+    #[error("it is being removed (no longer declared)")]
+    NotDeclared,
+}
 
 /// Settings of one daemon.
 #[derive(Clone, Debug)]
@@ -91,6 +100,9 @@ struct Service {
     /// Still declared; when false the service goes away as soon as its VM has ended.
     declared: bool,
     state: State,
+    /// Every state entered since the last publish, in order (D-Bus replays them, so a
+    /// subscriber sees booting -> running even when both fall between two publishes).
+    transitions: Vec<State>,
     vm: Option<Vm>,
     restarts: u32,
     quick_failures: u32,
@@ -98,6 +110,9 @@ struct Service {
     console: ConsoleRing,
     /// Bumped to cancel a pending restart timer.
     retry: u64,
+    /// Stopped by an operator (D-Bus `Stop`): stays stopped until `Start`, `Restart`, a
+    /// change of its declaration, or a daemon restart (the flag is not persisted).
+    held: bool,
     /// The guest address while running: what the host-port proxies connect to.
     target: watch::Sender<Option<Ipv4Addr>>,
     /// Host port -> (guest port, listener task).
@@ -111,14 +126,23 @@ impl Service {
             spec,
             declared: true,
             state: State::Pending,
+            transitions: Vec::new(),
             vm: None,
             restarts: 0,
             quick_failures: 0,
             last_error: None,
             console: ConsoleRing::default(),
             retry: 0,
+            held: false,
             target: watch::channel(None).0,
             proxies: BTreeMap::new(),
+        }
+    }
+
+    fn set_state(&mut self, state: State) {
+        if state != self.state {
+            self.state = state;
+            self.transitions.push(state);
         }
     }
 
@@ -157,6 +181,7 @@ impl Service {
                 .map(|e| (e.host, e.guest))
                 .collect(),
             memory_bytes: self.spec.memory_bytes,
+            held: self.held,
         }
     }
 }
@@ -197,8 +222,8 @@ pub struct Engine {
     services: BTreeMap<String, Service>,
     events: mpsc::UnboundedSender<Event>,
     next_vm: u64,
-    /// Declaration errors in force (one line each).
-    decl_errors: Vec<String>,
+    /// Declaration errors in force.
+    decl_errors: Vec<DeclarationError>,
     /// What was last logged about the declarations, so a resync does not repeat it.
     last_reported: Vec<String>,
     status_dirty: bool,
@@ -264,7 +289,7 @@ impl Engine {
             let id = self.next_vm;
             self.next_vm += 1;
             let mut svc = Service::new(spec);
-            svc.state = State::Booting;
+            svc.set_state(State::Booting);
             let mut vm = Vm {
                 id,
                 process,
@@ -306,7 +331,16 @@ impl Engine {
             }
             self.last_reported = lines;
         }
-        self.decl_errors = loaded.errors().map(|d| d.one_line()).collect();
+        self.decl_errors = loaded
+            .errors()
+            .map(|d| DeclarationError {
+                file: d.file.clone(),
+                line: d.line,
+                column: d.column,
+                message: d.message.clone(),
+                help: d.help.clone(),
+            })
+            .collect();
         let observed: BTreeMap<String, Observed> =
             self.services.iter().map(|(k, s)| (k.clone(), s.observed())).collect();
         let plan = plan(&loaded.specs, &observed);
@@ -347,6 +381,7 @@ impl Engine {
                 svc.spec = spec;
                 svc.declared = true;
                 svc.quick_failures = 0;
+                svc.held = false;
                 let mut svc = self.services.remove(&name).expect("present");
                 self.sync_proxies(&name, &mut svc);
                 let has_vm = svc.vm.is_some();
@@ -426,7 +461,7 @@ impl Engine {
         let Some(svc) = self.services.get_mut(name) else { return };
         let t0 = Instant::now();
         svc.retry += 1;
-        svc.state = State::Booting;
+        svc.set_state(State::Booting);
         let spec = svc.spec.clone();
         let attachment = match &spec.net {
             Some(net) => match self.net.attach(name, net.address).await {
@@ -508,7 +543,6 @@ impl Engine {
             (t0.elapsed() - t_net).as_secs_f64() * 1e3
         );
         let mut svc = self.services.remove(name).expect("present");
-        svc.console.clear();
         self.watch_vm(name, &mut svc, &mut vm, true);
         svc.vm = Some(vm);
         self.services.insert(name.to_string(), svc);
@@ -573,11 +607,11 @@ impl Engine {
     /// Asks the VM of `name` to stop; its end (Event::Ended) decides what comes next.
     fn stop_vm(&mut self, name: &str) {
         let Some(svc) = self.services.get_mut(name) else { return };
-        let Some(vm) = &svc.vm else { return };
-        if svc.state == State::Stopping {
+        if svc.vm.is_none() || svc.state == State::Stopping {
             return;
         }
-        svc.state = State::Stopping;
+        svc.set_state(State::Stopping);
+        let vm = svc.vm.as_ref().expect("checked");
         let _ = svc.target.send(None);
         if let Err(e) = vm.process.signal(libc::SIGTERM) {
             warn!(UNIKERNEL = %name, "cannot signal VM pid {}: {e}", vm.process.pid);
@@ -611,13 +645,11 @@ impl Engine {
                 let Some(svc) = self.services.get_mut(&name) else {
                     return;
                 };
-                let Some(v) = svc.vm.as_mut().filter(|v| v.id == vm) else {
-                    return;
-                };
-                if svc.state != State::Booting {
+                if svc.vm.as_ref().map(|v| v.id) != Some(vm) || svc.state != State::Booting {
                     return;
                 }
-                svc.state = State::Running;
+                svc.set_state(State::Running);
+                let v = svc.vm.as_mut().expect("checked");
                 if v.boot_ms.is_none() {
                     v.boot_ms = Some(v.started.elapsed().as_secs_f64() * 1e3);
                     let _ = self.state.write_record(&name, &v.record());
@@ -648,7 +680,13 @@ impl Engine {
                     return self.remove(&name).await;
                 }
                 if svc.state == State::Stopping {
-                    // We stopped it: to replace it, or on an operator's request.
+                    if svc.held {
+                        svc.set_state(State::Stopped);
+                        info!(UNIKERNEL = %name, "stopped by an operator");
+                        self.status_dirty = true;
+                        return;
+                    }
+                    // We stopped it to replace or restart it.
                     return self.start(&name).await;
                 }
                 let reason = match vmm_error(&self.state.vmm_log(&name)) {
@@ -682,7 +720,7 @@ impl Engine {
         svc.last_error = Some(reason.clone());
         match backoff::decide(svc.spec.restart, ended, ran, &mut svc.quick_failures) {
             Decision::Restart(delay) => {
-                svc.state = State::Backoff;
+                svc.set_state(State::Backoff);
                 svc.retry += 1;
                 let (tx, n, retry) = (self.events.clone(), name.to_string(), svc.retry);
                 info!(UNIKERNEL = %name, "restarting in {} ms", delay.as_millis());
@@ -692,11 +730,11 @@ impl Engine {
                 });
             }
             Decision::Stopped => {
-                svc.state = State::Stopped;
+                svc.set_state(State::Stopped);
                 info!(UNIKERNEL = %name, "stopped ({reason}; restart {} does not restart it)", svc.spec.restart.as_str());
             }
             Decision::Failed => {
-                svc.state = State::Failed;
+                svc.set_state(State::Failed);
                 let lines = svc.console.tail(5);
                 let mut msg = reason;
                 if svc.quick_failures > backoff::BURST {
@@ -710,6 +748,85 @@ impl Engine {
             }
         }
         self.status_dirty = true;
+    }
+
+    /// Operator `Start`: clears a hold, and boots the service if no VM runs.
+    pub async fn operator_start(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
+        if !svc.declared {
+            return Err(OperatorError::NotDeclared);
+        }
+        info!(UNIKERNEL = %name, "start requested by an operator");
+        svc.held = false;
+        svc.quick_failures = 0;
+        match svc.state {
+            State::Stopped | State::Failed | State::Backoff => self.start(name).await,
+            _ => {}
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+
+    /// Operator `Stop`: ends the VM and holds the service stopped (see [`Service::held`]).
+    pub fn operator_stop(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
+        info!(UNIKERNEL = %name, "stop requested by an operator");
+        svc.held = true;
+        svc.retry += 1;
+        if svc.vm.is_some() {
+            self.stop_vm(name);
+        } else {
+            svc.set_state(State::Stopped);
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+
+    /// Operator `Restart`: a fresh VM, whatever the state (clears a hold and a failure).
+    pub async fn operator_restart(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
+        if !svc.declared {
+            return Err(OperatorError::NotDeclared);
+        }
+        info!(UNIKERNEL = %name, "restart requested by an operator");
+        svc.held = false;
+        svc.quick_failures = 0;
+        svc.restarts += 1;
+        if svc.vm.is_some() {
+            if svc.state == State::Stopping {
+                return Ok(()); // already on its way down; it starts again after
+            }
+            self.stop_vm(name);
+        } else {
+            self.start(name).await;
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+
+    /// The states each service went through since the last call, in order.
+    pub fn take_transitions(&mut self) -> Vec<(String, Vec<State>)> {
+        self.services
+            .iter_mut()
+            .filter(|(_, s)| !s.transitions.is_empty())
+            .map(|(k, s)| (k.clone(), std::mem::take(&mut s.transitions)))
+            .collect()
+    }
+
+    /// The console ring of each service (shared, read by the D-Bus API).
+    pub fn consoles(&self) -> BTreeMap<String, ConsoleRing> {
+        self.services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.console.clone()))
+            .collect()
+    }
+
+    /// What a reload would do now, without doing it (reads the files, changes nothing).
+    pub fn dry_plan(&self) -> Plan {
+        let loaded = Loader::default().load_dir(&self.opts.config_dir);
+        let observed: BTreeMap<String, Observed> =
+            self.services.iter().map(|(k, s)| (k.clone(), s.observed())).collect();
+        plan(&loaded.specs, &observed)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -728,10 +845,11 @@ impl Engine {
         self.services.len()
     }
 
-    /// Writes `status.json` and the sd_notify status line, if anything changed.
-    pub fn publish(&mut self) {
+    /// Writes `status.json` and the sd_notify status line, if anything changed; returns
+    /// the new status then.
+    pub fn publish(&mut self) -> Option<Snapshot> {
         if !self.status_dirty {
-            return;
+            return None;
         }
         self.status_dirty = false;
         let snap = self.snapshot();
@@ -744,5 +862,6 @@ impl Engine {
             }
             Err(e) => warn!("cannot encode the status: {e}"),
         }
+        Some(snap)
     }
 }

@@ -75,14 +75,43 @@ pub struct Status {
     /// (host port, guest port).
     pub exposed: Vec<(u16, u16)>,
     pub memory_bytes: u64,
+    /// Stopped by an operator and held so until Start, a declaration change or a daemon restart.
+    pub held: bool,
+}
+
+/// A declaration error in force (the file's last good specs run meanwhile).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeclarationError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for DeclarationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
+        if let Some(h) = &self.help {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
 }
 
 /// The daemon's whole status, as written to `<state>/status.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub services: Vec<Status>,
-    /// `file:line:col: message` of every declaration error in force.
-    pub declaration_errors: Vec<String>,
+    /// Every declaration error in force.
+    pub declaration_errors: Vec<DeclarationError>,
 }
 
 impl Snapshot {
@@ -127,6 +156,7 @@ mod tests {
             spec_hash: "0".into(),
             exposed: vec![],
             memory_bytes: 0,
+            held: false,
         }
     }
 
@@ -139,7 +169,14 @@ mod tests {
             status("b", State::Running),
             status("c", State::Failed),
         ];
-        s.declaration_errors = vec!["x".into()];
+        s.declaration_errors = vec![DeclarationError {
+            file: "/a.kdl".into(),
+            line: 1,
+            column: 2,
+            message: "x".into(),
+            help: None,
+        }];
+        assert_eq!(s.declaration_errors[0].to_string(), "/a.kdl:1:2: x");
         assert_eq!(s.summary(), "2 running, 1 failed, 1 declaration error");
         let json = serde_json::to_string(&s.services[2]).unwrap();
         assert!(json.contains("\"state\":\"failed\""), "{json}");

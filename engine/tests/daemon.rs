@@ -59,7 +59,7 @@ fn a_broken_file_keeps_the_last_good_spec_running_until_fixed() {
         "unikernel \"web\" {\n    image \"/x\"\n    memroy \"32M\"\n}\n",
     );
     let s = d.wait_for("a declaration error", LONG, |s| !s.declaration_errors.is_empty());
-    let err = &s.declaration_errors[0];
+    let err = &s.declaration_errors[0].to_string();
     assert!(err.contains("web.kdl:3:5"), "{err}");
     assert!(err.contains("memory"), "did-you-mean help: {err}");
     assert!(d.log_text().contains("web.kdl:3:5"));
@@ -221,7 +221,8 @@ fn the_same_name_in_two_files_is_reported_at_both_and_disturbs_nothing() {
     let web = d.running("web");
     d.declare("b.kdl", &format!("// copy\n{}", http_decl("web", 9090, "")));
     let s = d.wait_for("a duplicate error", LONG, |s| s.declaration_errors.len() >= 2);
-    let all = s.declaration_errors.join("\n");
+    let all: Vec<String> = s.declaration_errors.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
     assert!(all.contains("a.kdl:1:1") && all.contains("b.kdl:2:1"), "{all}");
     assert!(all.contains("service \"web\" is also declared at"), "{all}");
     let now = d.service("web").unwrap();

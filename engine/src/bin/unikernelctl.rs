@@ -1,21 +1,38 @@
-//! `unikernelctl`: the command-line client of unikerneld. For now: `check` (like `nginx -t`)
-//! and `plan` (like `terraform plan`); status, logs, start/stop come with the D-Bus API.
+//! `unikernelctl`: the command-line client of unikerneld, a thin client of its D-Bus API
+//! (`check` and `plan --offline` work without a daemon).
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
+use unikerneld::dbus::client::{ManagerProxy, UnikernelProxy};
 use unikerneld::decl::Loader;
 use unikerneld::plan::{plan, Observed};
+use zbus::Connection;
 
 const DEFAULT_CONFIG_DIR: &str = "/etc/unikernels";
-const DEFAULT_STATE_DIR: &str = "/run/unikerneld";
+
+/// Exit statuses, for scripts (systemctl's where they overlap).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const NOT_RUNNING: u8 = 3;
+    pub const NO_SUCH_UNIKERNEL: u8 = 4;
+    pub const NO_DAEMON: u8 = 5;
+    pub const ACCESS_DENIED: u8 = 6;
+}
 
 #[derive(Parser)]
 #[command(
     name = "unikernelctl",
     version,
-    about = "Control unikerneld, the unikernel host daemon."
+    about = "Control unikerneld, the unikernel host daemon (over D-Bus, org.unikerneld1).",
+    after_help = "Exit status: 0 success; 1 failure (invalid declarations, a failed request); \
+3 `status NAME`: the unikernel is not running; 4 no such unikernel; 5 unikerneld is not \
+reachable on the system bus; 6 access denied (changing things needs root).\n\n\
+DBUS_SYSTEM_BUS_ADDRESS selects another bus than the system one."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,24 +41,201 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a directory of declarations; exit 0 when valid, 1 when not
+    /// List the declared unikernels with their state
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's summary, or one unikernel in detail with its last console lines
+    Status {
+        name: Option<String>,
+        /// Console lines to show
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a unikernel that is stopped or failed (and lift an operator's stop)
+    Start { name: String },
+    /// Stop a unikernel and hold it stopped until start, a change of its declaration, or a daemon restart
+    Stop { name: String },
+    /// Replace a unikernel's VM with a fresh one
+    Restart { name: String },
+    /// Print a unikernel's console lines
+    Logs {
+        name: String,
+        /// How many of the last lines (at most 200 are kept)
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+        /// Keep printing new lines as they come
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the daemon reload its declarations now (like systemctl reload)
+    Reload,
+    /// Validate a directory of declarations; exit 0 when valid, 1 when not (like nginx -t)
     Check {
         /// Directory of *.kdl declarations
         #[arg(default_value = DEFAULT_CONFIG_DIR)]
         dir: PathBuf,
     },
-    /// Show what the daemon would do to reach the declarations: create, replace, stop
+    /// Show what would change: the daemon's own plan, or DIR's declarations against what runs
     Plan {
-        /// Directory of *.kdl declarations
-        #[arg(default_value = DEFAULT_CONFIG_DIR)]
-        dir: PathBuf,
-        /// Plan against nothing running, instead of the daemon's state
+        /// Directory of *.kdl declarations [default: the daemon's own directory]
+        dir: Option<PathBuf>,
+        /// Plan against nothing running (no daemon needed)
         #[arg(long)]
         offline: bool,
-        /// Where the daemon keeps its runtime state
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
+}
+
+/// An error with the exit status that says what kind it is.
+struct Failure(u8, String);
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn bus_error(e: zbus::Error) -> Failure {
+    if let zbus::Error::MethodError(name, msg, _) = &e {
+        let msg = msg.clone().unwrap_or_default();
+        return match name.as_str() {
+            "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner" => Failure(
+                exit::NO_DAEMON,
+                "unikerneld is not running (nobody owns org.unikerneld1 on the system bus)".into(),
+            ),
+            "org.freedesktop.DBus.Error.AccessDenied" => Failure(
+                exit::ACCESS_DENIED,
+                format!("access denied: changing unikernels needs root ({msg})"),
+            ),
+            "org.unikerneld1.Error.NoSuchUnikernel" => Failure(exit::NO_SUCH_UNIKERNEL, msg),
+            _ => Failure(exit::FAILED, format!("{name}: {msg}")),
+        };
+    }
+    Failure(exit::NO_DAEMON, format!("cannot reach the system bus: {e}"))
+}
+
+async fn connect() -> Result<Connection> {
+    Connection::system().await.map_err(bus_error)
+}
+
+async fn manager(conn: &Connection) -> Result<ManagerProxy<'_>> {
+    ManagerProxy::new(conn).await.map_err(bus_error)
+}
+
+async fn unikernel<'a>(conn: &'a Connection, name: &str) -> Result<UnikernelProxy<'a>> {
+    let path = manager(conn).await?.get_unikernel(name).await.map_err(bus_error)?;
+    UnikernelProxy::builder(conn)
+        .path(path)
+        .map_err(bus_error)?
+        .build()
+        .await
+        .map_err(bus_error)
+}
+
+/// Everything about one unikernel, read from its object.
+async fn describe(u: &UnikernelProxy<'_>, lines: u32) -> Result<serde_json::Value> {
+    let e = bus_error;
+    Ok(json!({
+        "name": u.name().await.map_err(e)?,
+        "state": u.state().await.map_err(e)?,
+        "held": u.held().await.map_err(e)?,
+        "pid": u.pid().await.map_err(e)?,
+        "address": u.address().await.map_err(e)?,
+        "boot_time_usec": u.boot_time_usec().await.map_err(e)?,
+        "restarts": u.restarts().await.map_err(e)?,
+        "last_error": u.last_error().await.map_err(e)?,
+        "source_file": u.source_file().await.map_err(e)?,
+        "source_line": u.source_line().await.map_err(e)?,
+        "spec_hash": u.spec_hash().await.map_err(e)?,
+        "exposed_ports": u.exposed_ports().await.map_err(e)?,
+        "memory_bytes": u.memory_bytes().await.map_err(e)?,
+        "logs": u.logs(lines).await.map_err(e)?,
+    }))
+}
+
+fn print_status(v: &serde_json::Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let dot = if s("state") == "running" { "●" } else { "○" };
+    println!("{dot} {} - unikernel", s("name"));
+    let held = if v["held"].as_bool() == Some(true) {
+        " (stopped by an operator; `unikernelctl start` lifts it)"
+    } else {
+        ""
+    };
+    println!("     State: {}{held}", s("state"));
+    println!("    Source: {}:{}", s("source_file"), n("source_line"));
+    if n("pid") != 0 {
+        println!("       PID: {}", n("pid"));
+    }
+    if !s("address").is_empty() {
+        println!("   Address: {}", s("address"));
+    }
+    let ports: Vec<String> = v["exposed_ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{} -> {}", p[0], p[1]))
+        .collect();
+    if !ports.is_empty() {
+        println!("   Exposed: {}", ports.join(", "));
+    }
+    println!("    Memory: {} MiB", n("memory_bytes") >> 20);
+    if n("boot_time_usec") != 0 {
+        println!(
+            "      Boot: {:.1} ms (spawn -> running)",
+            n("boot_time_usec") as f64 / 1000.0
+        );
+    }
+    println!("  Restarts: {}", n("restarts"));
+    if !s("last_error").is_empty() {
+        println!("Last error: {}", s("last_error"));
+    }
+    println!("  Spec hash: {}", s("spec_hash"));
+    let logs: Vec<&str> = v["logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .collect();
+    if !logs.is_empty() {
+        println!();
+        for l in logs {
+            println!("{l}");
+        }
+    }
+}
+
+fn print_plan(entries: &[(String, String, Vec<String>)], json_out: bool) {
+    if json_out {
+        let v: Vec<_> = entries
+            .iter()
+            .map(|(n, a, c)| json!({"name": n, "action": a, "changed": c}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (name, action, changed) in entries {
+        *counts.entry(action.as_str()).or_default() += 1;
+        match action.as_str() {
+            "create" => println!("  + {name} (create)"),
+            "replace" => println!("  ~ {name} (replace: {} changed)", changed.join(", ")),
+            "stop" => println!("  - {name} (stop: no longer declared)"),
+            _ => {}
+        }
+    }
+    let c = |k| counts.get(k).copied().unwrap_or(0);
+    println!(
+        "Plan: {} to create, {} to replace, {} to stop, {} unchanged.",
+        c("create"),
+        c("replace"),
+        c("stop"),
+        c("unchanged")
+    );
 }
 
 fn report(loaded: &unikerneld::decl::Loaded) {
@@ -50,27 +244,8 @@ fn report(loaded: &unikerneld::decl::Loaded) {
     }
 }
 
-/// Running services as the daemon records them: `<state>/services/<name>/spec-hash`.
-fn observed(state_dir: &Path) -> std::io::Result<BTreeMap<String, Observed>> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(state_dir.join("services"))? {
-        let entry = entry?;
-        let Ok(hash) = std::fs::read_to_string(entry.path().join("spec-hash")) else {
-            continue;
-        };
-        out.insert(
-            entry.file_name().to_string_lossy().into_owned(),
-            Observed {
-                spec_hash: hash.trim().into(),
-                spec: None,
-            },
-        );
-    }
-    Ok(out)
-}
-
-fn main() -> ExitCode {
-    match Cli::parse().command {
+async fn run(command: Command) -> Result<u8> {
+    match command {
         Command::Check { dir } => {
             let loaded = Loader::default().load_dir(&dir);
             report(&loaded);
@@ -81,40 +256,198 @@ fn main() -> ExitCode {
                     dir.display(),
                     loaded.specs.len()
                 );
-                ExitCode::SUCCESS
+                Ok(exit::OK)
             } else {
                 println!(
                     "{}: {errors} error(s) in {} file(s)",
                     dir.display(),
                     loaded.failed_files.len().max(1)
                 );
-                ExitCode::FAILURE
+                Ok(exit::FAILED)
             }
         }
-        Command::Plan {
-            dir,
-            offline,
-            state_dir,
-        } => {
+        Command::Plan { dir, offline, json } => {
+            if dir.is_none() && !offline {
+                let conn = connect().await?;
+                let entries = manager(&conn).await?.plan().await.map_err(bus_error)?;
+                print_plan(&entries, json);
+                return Ok(exit::OK);
+            }
+            let dir = dir.unwrap_or_else(|| DEFAULT_CONFIG_DIR.into());
             let loaded = Loader::default().load_dir(&dir);
             report(&loaded);
-            let running = if offline {
-                BTreeMap::new()
+            let mut running = BTreeMap::new();
+            if !offline {
+                // DIR against what the daemon runs: its spec hashes say what would change.
+                let conn = connect()
+                    .await
+                    .map_err(|f| Failure(f.0, format!("{} (use --offline to plan against nothing)", f.1)))?;
+                let m = manager(&conn).await?;
+                for (name, ..) in m.list_unikernels().await.map_err(bus_error)? {
+                    let hash = unikernel(&conn, &name).await?.spec_hash().await.map_err(bus_error)?;
+                    running.insert(
+                        name,
+                        Observed {
+                            spec_hash: hash,
+                            spec: None,
+                        },
+                    );
+                }
+            }
+            let p = plan(&loaded.specs, &running);
+            let entries: Vec<(String, String, Vec<String>)> = p
+                .actions
+                .iter()
+                .map(|a| {
+                    use unikerneld::plan::Action;
+                    match a {
+                        Action::Create { spec } => (spec.name.clone(), "create".into(), vec![]),
+                        Action::Replace { spec, changed } => (spec.name.clone(), "replace".into(), changed.clone()),
+                        Action::Stop { name } => (name.clone(), "stop".into(), vec![]),
+                        Action::Unchanged { name } => (name.clone(), "unchanged".into(), vec![]),
+                    }
+                })
+                .collect();
+            print_plan(&entries, json);
+            Ok(if loaded.errors().count() > 0 {
+                exit::FAILED
             } else {
-                match observed(&state_dir) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        eprintln!("unikernelctl: cannot read the daemon's state in {}: {e} (is unikerneld running? use --offline to plan against nothing)", state_dir.display());
-                        return ExitCode::FAILURE;
+                exit::OK
+            })
+        }
+        Command::List { json } => {
+            let conn = connect().await?;
+            let list = manager(&conn).await?.list_unikernels().await.map_err(bus_error)?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(n, s, a, p, o)| json!({"name": n, "state": s, "address": a, "pid": p, "object": o.as_str()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                println!("{:<24} {:<9} {:<16} {:>8}", "NAME", "STATE", "ADDRESS", "PID");
+                for (n, s, a, p, _) in &list {
+                    let pid = if *p == 0 { "-".to_string() } else { p.to_string() };
+                    let a = if a.is_empty() { "-" } else { a };
+                    println!("{n:<24} {s:<9} {a:<16} {pid:>8}");
+                }
+                println!("\n{} unikernel(s) listed.", list.len());
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { name: None, json, .. } => {
+            let conn = connect().await?;
+            let m = manager(&conn).await?;
+            let summary = m.summary().await.map_err(bus_error)?;
+            let errors = m.declaration_errors().await.map_err(bus_error)?;
+            let dir = m.config_dir().await.map_err(bus_error)?;
+            let version = m.version().await.map_err(bus_error)?;
+            if json {
+                let errs: Vec<_> = errors
+                    .iter()
+                    .map(|(f, l, c, msg)| json!({"file": f, "line": l, "column": c, "message": msg}))
+                    .collect();
+                let v = json!({"version": version, "config_dir": dir, "summary": summary, "declaration_errors": errs});
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                println!("● unikerneld {version}: {summary}");
+                println!("  Declarations: {dir}");
+                for (f, l, c, msg) in &errors {
+                    println!("  error: {f}:{l}:{c}: {msg}");
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Status {
+            name: Some(name),
+            lines,
+            json,
+        } => {
+            let conn = connect().await?;
+            let u = unikernel(&conn, &name).await?;
+            let v = describe(&u, lines).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                print_status(&v);
+            }
+            Ok(if v["state"] == "running" {
+                exit::OK
+            } else {
+                exit::NOT_RUNNING
+            })
+        }
+        Command::Start { name } | Command::Stop { name } | Command::Restart { name } => unreachable!("{name}"),
+        Command::Logs {
+            name,
+            lines,
+            follow,
+            json,
+        } => {
+            let conn = connect().await?;
+            let u = unikernel(&conn, &name).await?;
+            let print = |ls: &[String]| {
+                for l in ls {
+                    if json {
+                        println!("{}", json!({"unikernel": name, "line": l}));
+                    } else {
+                        println!("{l}");
                     }
                 }
             };
-            println!("{}", plan(&loaded.specs, &running));
-            if loaded.errors().count() > 0 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
+            let (all, mut cursor) = u.logs_since(0).await.map_err(bus_error)?;
+            print(&all[all.len().saturating_sub(lines as usize)..]);
+            if follow {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let (new, next) = u.logs_since(cursor).await.map_err(bus_error)?;
+                    print(&new);
+                    cursor = next;
+                }
             }
+            Ok(exit::OK)
+        }
+        Command::Reload => {
+            let conn = connect().await?;
+            let applied = manager(&conn).await?.reload().await.map_err(bus_error)?;
+            print_plan(&applied, false);
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// start / stop / restart: one method call on the unikernel's object.
+async fn operate(verb: &str, name: &str) -> Result<u8> {
+    let conn = connect().await?;
+    let u = unikernel(&conn, name).await?;
+    match verb {
+        "start" => u.start().await,
+        "stop" => u.stop().await,
+        _ => u.restart().await,
+    }
+    .map_err(bus_error)?;
+    Ok(exit::OK)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let outcome = rt.block_on(async {
+        match cli.command {
+            Command::Start { name } => operate("start", &name).await,
+            Command::Stop { name } => operate("stop", &name).await,
+            Command::Restart { name } => operate("restart", &name).await,
+            other => run(other).await,
+        }
+    });
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure(code, msg)) => {
+            eprintln!("unikernelctl: {msg}");
+            ExitCode::from(code)
         }
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
+use unikerneld::dbus::{self, Published, Request, Shared};
 use unikerneld::net::{sysctl, AddressPool, HostNetwork, Mode};
 use unikerneld::reconcile::{Engine, Options};
 
@@ -127,7 +128,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     engine.adopt().await;
     let mut declared = engine.reload().await.actions.len();
     sysctl::apply(&sysctl::wanted(declared.max(1024), &mode, false));
-    engine.publish();
+
+    // The D-Bus API reads what the loop publishes and sends it requests.
+    let shared: Shared = Default::default();
+    let (requests_tx, mut requests) = mpsc::unbounded_channel::<Request>();
+    let (snapshots_tx, snapshots_rx) = mpsc::unbounded_channel();
+    let publish_now = |engine: &mut Engine| {
+        if let Some(snap) = engine.publish() {
+            let mut p = shared.write().unwrap_or_else(|p| p.into_inner());
+            *p = Published {
+                snapshot: snap.clone(),
+                consoles: engine.consoles(),
+                config_dir: opts.config_dir.clone(),
+                state_dir: opts.state_dir.clone(),
+            };
+            let _ = snapshots_tx.send((snap, engine.take_transitions()));
+        }
+    };
+    publish_now(&mut engine);
+    let bus = dbus::server::connect(shared.clone(), requests_tx.clone()).await;
+    if let Some(conn) = bus.clone() {
+        tokio::spawn(dbus::server::run(
+            conn,
+            shared.clone(),
+            requests_tx.clone(),
+            snapshots_rx,
+        ));
+    }
     unikerneld::systemd::ready();
     info!("ready: {}", engine.snapshot().summary());
 
@@ -160,6 +187,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 engine.reload().await;
             }
             Some(event) = events.recv() => engine.handle(event).await,
+            Some(request) = requests.recv() => match request {
+                Request::Reload(tx) => {
+                    info!("reload requested (D-Bus)");
+                    let _ = tx.send(engine.reload().await);
+                }
+                Request::Plan(tx) => {
+                    let _ = tx.send(engine.dry_plan());
+                }
+                Request::Start(name, tx) => {
+                    let _ = tx.send(engine.operator_start(&name).await);
+                }
+                Request::Stop(name, tx) => {
+                    let _ = tx.send(engine.operator_stop(&name));
+                }
+                Request::Restart(name, tx) => {
+                    let _ = tx.send(engine.operator_restart(&name).await);
+                }
+            },
             _ = resync.tick() => {
                 try_watch(&mut watcher);
                 engine.reload().await;
@@ -175,14 +220,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     declared = n;
                     sysctl::apply(&sysctl::wanted(n.max(1024), &mode, false));
                 }
-                engine.publish();
+                publish_now(&mut engine);
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => unikerneld::systemd::watchdog(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    engine.publish();
+    publish_now(&mut engine);
+    drop(bus);
     info!("stopping; the VMs keep running and the next unikerneld adopts them");
     drop(tx);
     Ok(())

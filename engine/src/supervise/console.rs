@@ -15,27 +15,45 @@ pub const RING_LINES: usize = 200;
 /// Longest line kept (a guest is untrusted: no unbounded line buffers).
 const MAX_LINE: usize = 4096;
 
-/// The last [`RING_LINES`] console lines of one service.
+#[derive(Default, Debug)]
+struct Ring {
+    lines: VecDeque<String>,
+    /// Lines ever pushed: the cursor of the line after the newest.
+    pushed: u64,
+}
+
+/// The last [`RING_LINES`] console lines of one service. Kept across its VM's restarts
+/// (a crash's last words stay readable), with a cursor so a follower (`logs -f`) can ask
+/// for what is new.
 #[derive(Clone, Default, Debug)]
-pub struct ConsoleRing(Arc<Mutex<VecDeque<String>>>);
+pub struct ConsoleRing(Arc<Mutex<Ring>>);
 
 impl ConsoleRing {
     pub fn push(&self, line: String) {
         let mut ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if ring.len() == RING_LINES {
-            ring.pop_front();
+        if ring.lines.len() == RING_LINES {
+            ring.lines.pop_front();
         }
-        ring.push_back(line);
+        ring.lines.push_back(line);
+        ring.pushed += 1;
     }
 
     /// The newest `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect()
+        ring.lines
+            .iter()
+            .skip(ring.lines.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
-    pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    /// The lines from `cursor` on (those still kept), and the cursor to ask with next.
+    pub fn since(&self, cursor: u64) -> (Vec<String>, u64) {
+        let ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = ring.pushed - ring.lines.len() as u64;
+        let skip = cursor.saturating_sub(oldest).min(ring.lines.len() as u64) as usize;
+        (ring.lines.iter().skip(skip).cloned().collect(), ring.pushed)
     }
 }
 
@@ -111,6 +129,11 @@ mod tests {
         );
         assert_eq!(r.tail(10_000).len(), RING_LINES);
         assert_eq!(r.tail(10_000)[0], "5");
+        let (lines, next) = r.since(0);
+        assert_eq!((lines.len(), next), (RING_LINES, RING_LINES as u64 + 5));
+        r.push("new".into());
+        assert_eq!(r.since(next), (vec!["new".to_string()], next + 1));
+        assert_eq!(r.since(next + 1).0.len(), 0);
     }
 
     #[tokio::test]

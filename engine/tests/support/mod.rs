@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod bus;
+
 pub use common::*;
 use unikerneld::status::{Snapshot, State, Status};
 

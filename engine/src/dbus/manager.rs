@@ -1,0 +1,175 @@
+//! `org.unikerneld1.Manager` at `/org/unikerneld1`.
+
+use tokio::sync::{mpsc, oneshot};
+use zbus::interface;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath};
+
+use super::path::unikernel_path;
+use super::{Error, Request, Shared};
+use crate::plan::{Action, Plan};
+use crate::status::State;
+
+pub struct Manager {
+    pub shared: Shared,
+    pub requests: mpsc::UnboundedSender<Request>,
+}
+
+pub(crate) async fn ask<T>(
+    requests: &mpsc::UnboundedSender<Request>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Result<T, Error> {
+    let (tx, rx) = oneshot::channel();
+    requests
+        .send(make(tx))
+        .map_err(|_| Error::ShuttingDown("unikerneld is shutting down".into()))?;
+    rx.await
+        .map_err(|_| Error::ShuttingDown("unikerneld is shutting down".into()))
+}
+
+/// (name, action, changed fields), action one of create, replace, stop, unchanged.
+pub type PlanEntry = (String, String, Vec<String>);
+
+fn plan_entries(plan: &Plan) -> Vec<PlanEntry> {
+    plan.actions
+        .iter()
+        .map(|a| match a {
+            Action::Create { spec } => (spec.name.clone(), "create".into(), vec![]),
+            Action::Replace { spec, changed } => (spec.name.clone(), "replace".into(), changed.clone()),
+            Action::Stop { name } => (name.clone(), "stop".into(), vec![]),
+            Action::Unchanged { name } => (name.clone(), "unchanged".into(), vec![]),
+        })
+        .collect()
+}
+
+/// One entry of ListUnikernels: (name, state, address or "", pid or 0, object path).
+pub type ListEntry = (String, String, String, u32, OwnedObjectPath);
+
+#[interface(name = "org.unikerneld1.Manager")]
+impl Manager {
+    /// Every declared unikernel: (name, state, address or "", pid or 0, object path).
+    async fn list_unikernels(&self) -> Vec<ListEntry> {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        published
+            .snapshot
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.state.to_string(),
+                    s.address.map(|a| a.to_string()).unwrap_or_default(),
+                    s.pid.unwrap_or(0),
+                    unikernel_path(&s.name),
+                )
+            })
+            .collect()
+    }
+
+    /// The object path of the unikernel `name`
+    /// (org.unikerneld1.Error.NoSuchUnikernel if none is declared).
+    async fn get_unikernel(&self, name: String) -> Result<OwnedObjectPath, Error> {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        if published.snapshot.services.iter().any(|s| s.name == name) {
+            Ok(unikernel_path(&name))
+        } else {
+            Err(Error::NoSuchUnikernel(format!("no unikernel named {name:?}")))
+        }
+    }
+
+    /// Reloads the declarations now and applies the plan (as SIGHUP does); returns what
+    /// was applied as (name, action, changed fields).
+    async fn reload(&self) -> Result<Vec<PlanEntry>, Error> {
+        let plan = ask(&self.requests, Request::Reload).await?;
+        Ok(plan_entries(&plan))
+    }
+
+    /// What a reload would do now, without doing it: (name, action, changed fields),
+    /// action one of create, replace, stop, unchanged.
+    async fn plan(&self) -> Result<Vec<PlanEntry>, Error> {
+        let plan = ask(&self.requests, Request::Plan).await?;
+        Ok(plan_entries(&plan))
+    }
+
+    /// The daemon's version.
+    #[zbus(property)]
+    async fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    /// The directory of declarations.
+    #[zbus(property)]
+    async fn config_dir(&self) -> String {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config_dir
+            .display()
+            .to_string()
+    }
+
+    /// The runtime state directory.
+    #[zbus(property)]
+    async fn state_dir(&self) -> String {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .state_dir
+            .display()
+            .to_string()
+    }
+
+    /// Number of declared unikernels.
+    #[zbus(property)]
+    async fn n_unikernels(&self) -> u32 {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot
+            .services
+            .len() as u32
+    }
+
+    /// Unikernels per state (every state is present, zero included).
+    #[zbus(property)]
+    async fn state_counts(&self) -> std::collections::HashMap<String, u32> {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        State::ALL
+            .iter()
+            .map(|s| (s.to_string(), published.snapshot.count(*s) as u32))
+            .collect()
+    }
+
+    /// The systemd-style one-line summary, as in STATUS=: "12 running, 1 failed".
+    #[zbus(property)]
+    async fn summary(&self) -> String {
+        self.shared.read().unwrap_or_else(|p| p.into_inner()).snapshot.summary()
+    }
+
+    /// Declaration errors in force: (file, line, column, message). The services of a
+    /// failing file keep running on its last good content.
+    #[zbus(property)]
+    async fn declaration_errors(&self) -> Vec<(String, u32, u32, String)> {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        published
+            .snapshot
+            .declaration_errors
+            .iter()
+            .map(|e| {
+                let msg = match &e.help {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message.clone(),
+                };
+                (e.file.display().to_string(), e.line as u32, e.column as u32, msg)
+            })
+            .collect()
+    }
+
+    /// A unikernel was declared (its object now exists).
+    #[zbus(signal)]
+    pub async fn unikernel_new(emitter: &SignalEmitter<'_>, name: &str, path: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// A unikernel is gone: its declaration was removed and its VM has ended.
+    #[zbus(signal)]
+    pub async fn unikernel_removed(emitter: &SignalEmitter<'_>, name: &str, path: ObjectPath<'_>) -> zbus::Result<()>;
+}

@@ -1,0 +1,66 @@
+//! The D-Bus API on the system bus, shaped like systemd's own (org.freedesktop.machine1):
+//! the name `org.unikerneld1`, a manager object and one object per service. The engine
+//! loop stays the only owner of state: the bus side reads the status it published last
+//! and sends requests (reload, start, stop, ...) to the loop, which answers them.
+pub mod client;
+pub mod manager;
+pub mod path;
+pub mod server;
+pub mod unikernel;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::oneshot;
+
+use crate::plan::Plan;
+use crate::reconcile::OperatorError;
+use crate::status::Snapshot;
+use crate::supervise::console::ConsoleRing;
+
+pub const BUS_NAME: &str = "org.unikerneld1";
+
+/// What the engine published last: what properties and read-only methods answer from.
+#[derive(Default)]
+pub struct Published {
+    pub snapshot: Snapshot,
+    pub consoles: BTreeMap<String, ConsoleRing>,
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+pub type Shared = Arc<RwLock<Published>>;
+
+/// A request from the bus to the engine loop, with where to send the answer.
+#[derive(Debug)]
+pub enum Request {
+    Reload(oneshot::Sender<Plan>),
+    Plan(oneshot::Sender<Plan>),
+    Start(String, oneshot::Sender<Result<(), OperatorError>>),
+    Stop(String, oneshot::Sender<Result<(), OperatorError>>),
+    Restart(String, oneshot::Sender<Result<(), OperatorError>>),
+}
+
+/// Errors callers see, as `org.unikerneld1.Error.<Variant>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.unikerneld1.Error")]
+pub enum Error {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No service of that name is declared.
+    NoSuchUnikernel(String),
+    /// The service is being removed: its declaration is gone.
+    NotDeclared(String),
+    /// The daemon is shutting down.
+    ShuttingDown(String),
+}
+
+impl Error {
+    fn operator(name: &str, e: OperatorError) -> Error {
+        match e {
+            OperatorError::NoSuchUnikernel => Error::NoSuchUnikernel(format!("no unikernel named {name:?}")),
+            OperatorError::NotDeclared => Error::NotDeclared(format!("{name} is no longer declared")),
+        }
+    }
+}
