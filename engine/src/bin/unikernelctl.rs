@@ -295,19 +295,7 @@ async fn run(command: Command) -> Result<u8> {
                 }
             }
             let p = plan(&loaded.specs, &running);
-            let entries: Vec<(String, String, Vec<String>)> = p
-                .actions
-                .iter()
-                .map(|a| {
-                    use unikerneld::plan::Action;
-                    match a {
-                        Action::Create { spec } => (spec.name.clone(), "create".into(), vec![]),
-                        Action::Replace { spec, changed } => (spec.name.clone(), "replace".into(), changed.clone()),
-                        Action::Stop { name } => (name.clone(), "stop".into(), vec![]),
-                        Action::Unchanged { name } => (name.clone(), "unchanged".into(), vec![]),
-                    }
-                })
-                .collect();
+            let entries = unikerneld::dbus::manager::plan_entries(&p);
             print_plan(&entries, json);
             Ok(if loaded.errors().count() > 0 {
                 exit::FAILED

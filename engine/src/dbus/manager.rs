@@ -30,7 +30,8 @@ pub(crate) async fn ask<T>(
 /// (name, action, changed fields), action one of create, replace, stop, unchanged.
 pub type PlanEntry = (String, String, Vec<String>);
 
-fn plan_entries(plan: &Plan) -> Vec<PlanEntry> {
+/// A plan as the API returns it.
+pub fn plan_entries(plan: &Plan) -> Vec<PlanEntry> {
     plan.actions
         .iter()
         .map(|a| match a {
