@@ -146,6 +146,11 @@ impl Service {
         }
     }
 
+    /// Whether the running VM (if any) runs the declared spec.
+    fn vm_hash_matches(&self) -> bool {
+        self.vm.as_ref().is_none_or(|vm| vm.spec_hash == self.hash)
+    }
+
     /// What the plan compares against: the spec of the VM that runs, else the declared one.
     fn observed(&self) -> Observed {
         match &self.vm {
@@ -317,8 +322,21 @@ impl Engine {
 
     /// Loads the declarations and applies the plan. Returns the plan it applied.
     pub async fn reload(&mut self) -> Plan {
+        self.reload_with(None).await
+    }
+
+    /// A reload after inotify named the files that changed (by file name): the others are
+    /// not even looked at (see [`Loader::load_changed`]).
+    pub async fn reload_changed(&mut self, changed: &std::collections::HashSet<std::ffi::OsString>) -> Plan {
+        self.reload_with(Some(changed)).await
+    }
+
+    async fn reload_with(&mut self, changed: Option<&std::collections::HashSet<std::ffi::OsString>>) -> Plan {
         let t0 = Instant::now();
-        let loaded = self.loader.load_dir(&self.opts.config_dir);
+        let loaded = match changed {
+            Some(c) => self.loader.load_changed(&self.opts.config_dir, c),
+            None => self.loader.load_dir(&self.opts.config_dir),
+        };
         let t_load = t0.elapsed();
         let lines: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
         if lines != self.last_reported {
@@ -341,8 +359,24 @@ impl Engine {
                 help: d.help.clone(),
             })
             .collect();
-        let observed: BTreeMap<String, Observed> =
-            self.services.iter().map(|(k, s)| (k.clone(), s.observed())).collect();
+        let observed: BTreeMap<String, Observed> = self
+            .services
+            .iter()
+            .map(|(k, s)| {
+                // The old spec only matters for a replace (to name what changed): no
+                // clone of it for the services that stay as they are.
+                let same = loaded.specs.get(k).is_some_and(|d| d.hash() == s.hash) && s.vm_hash_matches();
+                let o = if same {
+                    Observed {
+                        spec_hash: s.hash.clone(),
+                        spec: None,
+                    }
+                } else {
+                    s.observed()
+                };
+                (k.clone(), o)
+            })
+            .collect();
         let plan = plan(&loaded.specs, &observed);
         let t_plan = t0.elapsed();
         for action in plan.actions.clone() {

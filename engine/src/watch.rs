@@ -2,7 +2,7 @@
 //! a hint to reload soon: the loop debounces them, so an editor's save (temporary file +
 //! rename, or truncate + write) or a `git pull` of many files gives one reconcile, and a
 //! periodic resync catches anything missed.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -13,15 +13,24 @@ pub const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Longest a steady stream of changes can delay a reload.
 pub const MAX_DELAY: Duration = Duration::from_millis(500);
 
-/// Watches `dir` (not recursively) and sends `()` for each change. Keep the returned
-/// watcher alive for as long as events are wanted.
-pub fn watch(dir: &Path, changed: UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+/// What changed: these paths, or (after a lost event) anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Paths(Vec<PathBuf>),
+    Unknown,
+}
+
+/// Watches `dir` (not recursively) and sends each change. Keep the returned watcher alive
+/// for as long as events are wanted.
+pub fn watch(dir: &Path, changed: UnboundedSender<Change>) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if !event.kind.is_access() {
-                let _ = changed.send(());
-            }
-        }
+        let change = match event {
+            Ok(e) if e.kind.is_access() => return,
+            Ok(e) if e.need_rescan() || e.paths.is_empty() => Change::Unknown,
+            Ok(e) => Change::Paths(e.paths),
+            Err(_) => Change::Unknown,
+        };
+        let _ = changed.send(change);
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)

@@ -1,5 +1,7 @@
 //! `unikerneld`: makes a directory of KDL declarations the truth about which unikernels
 //! this host runs.
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tracing::{error, info, warn};
 use unikerneld::dbus::{self, Published, Request, Shared};
 use unikerneld::net::{sysctl, AddressPool, HostNetwork, Mode};
 use unikerneld::reconcile::{Engine, Options};
+use unikerneld::watch::Change;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Network {
@@ -171,20 +174,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     // Debounce: reload once the directory has been quiet for DEBOUNCE (or MAX_DELAY passed).
     let mut due: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
+    // What inotify named since the last reload (file names), or None after a lost event.
+    let mut dirty: Option<HashSet<OsString>> = Some(HashSet::new());
     loop {
         if engine.is_dirty() && publish_at.is_none() {
             publish_at = Some(tokio::time::Instant::now() + PUBLISH_EVERY);
         }
         let deadline = due.map(|(quiet, cap)| quiet.min(cap));
         tokio::select! {
-            Some(()) = changed.recv() => {
+            Some(change) = changed.recv() => {
+                match change {
+                    Change::Paths(paths) => {
+                        if let Some(d) = dirty.as_mut() {
+                            d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)));
+                        }
+                    }
+                    Change::Unknown => dirty = None,
+                }
                 let now = tokio::time::Instant::now();
                 let cap = due.map(|d| d.1).unwrap_or(now + unikerneld::watch::MAX_DELAY);
                 due = Some((now + unikerneld::watch::DEBOUNCE, cap));
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 due = None;
-                engine.reload().await;
+                match dirty.replace(HashSet::new()) {
+                    Some(names) => engine.reload_changed(&names).await,
+                    None => engine.reload().await,
+                };
             }
             Some(event) = events.recv() => engine.handle(event).await,
             Some(request) = requests.recv() => match request {
