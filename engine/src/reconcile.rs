@@ -349,6 +349,7 @@ impl Engine {
             }
             self.last_reported = lines;
         }
+        let errors_before = self.decl_errors.len();
         self.decl_errors = loaded
             .errors()
             .map(|d| DeclarationError {
@@ -379,8 +380,12 @@ impl Engine {
             .collect();
         let plan = plan(&loaded.specs, &observed);
         let t_plan = t0.elapsed();
-        for action in plan.actions.clone() {
-            self.apply(action, &loaded.specs).await;
+        for action in &plan.actions {
+            match action {
+                // The common case on a big host: nothing to do but follow a moved source.
+                Action::Unchanged { name } => self.keep(name, &loaded.specs),
+                other => self.apply(other.clone(), &loaded.specs).await,
+            }
         }
         if !plan.is_noop() {
             info!(
@@ -391,7 +396,9 @@ impl Engine {
                 (t0.elapsed() - t_plan).as_secs_f64() * 1e3
             );
         }
-        self.status_dirty = true;
+        if !plan.is_noop() || errors_before != 0 || !self.decl_errors.is_empty() {
+            self.status_dirty = true;
+        }
         plan
     }
 
@@ -440,21 +447,26 @@ impl Engine {
                     self.remove(&name).await;
                 }
             }
-            Action::Unchanged { name } => {
-                let Some(svc) = self.services.get_mut(&name) else {
-                    return;
-                };
-                // Same hash, but the declaration may have moved (file, line).
-                if let Some(spec) = desired.get(&name) {
-                    svc.spec.source = spec.source.clone();
-                }
-                if !svc.declared {
-                    info!(UNIKERNEL = %name, "declared again");
-                    svc.declared = true;
-                }
-            }
+            Action::Unchanged { name } => self.keep(&name, desired),
         }
         self.status_dirty = true;
+    }
+
+    /// An unchanged service: same hash, but its declaration may have moved (file, line),
+    /// or come back while its VM was stopping.
+    fn keep(&mut self, name: &str, desired: &BTreeMap<String, Spec>) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if let Some(spec) = desired.get(name) {
+            if svc.spec.source != spec.source {
+                svc.spec.source = spec.source.clone();
+                self.status_dirty = true;
+            }
+        }
+        if !svc.declared {
+            info!(UNIKERNEL = %name, "declared again");
+            svc.declared = true;
+            self.status_dirty = true;
+        }
     }
 
     /// Opens the host-port listeners the spec asks for and closes the others.
