@@ -1,6 +1,6 @@
 //! The daemon at scale, with real VMs in a namespace of its own:
 //! (b) N new services from empty (default 200): wall time, and p50/p99 of file write -> running;
-//! (c) with M VMs running (default 1000), the next VM's start vs the first's (median of 5 each);
+//! (c) with M VMs running (default 1000), the next VM's start vs the first's (median of 15 each);
 //! (d) daemon CPU over 30 s idle with M VMs, daemon RSS, VM RSS.
 //! Needs the release VMM: `cargo build --release -p unikernel-vmm` first.
 //! UK_BENCH_BURST, UK_BENCH_VMS and UK_BENCH_IDLE_SECS change the sizes.
@@ -86,7 +86,7 @@ fn main() {
     d.start();
 
     // (c) the first VM, on an empty, quiet host.
-    let first: Vec<(f64, f64)> = (0..5).map(|i| one_start(&d, &format!("p{i}"), 0)).collect();
+    let first: Vec<(f64, f64)> = (0..15).map(|i| one_start(&d, &format!("p{i}"), 0)).collect();
 
     // (b) a burst of new services.
     let mut written = Vec::new();
@@ -127,7 +127,7 @@ fn main() {
         running(&d, batch.last().unwrap() + 1, Duration::from_secs(600));
     }
     println!("filled to {vms} running VMs in {:.1} s", t0.elapsed().as_secs_f64());
-    let next: Vec<(f64, f64)> = (0..5).map(|i| one_start(&d, &format!("q{i}"), vms)).collect();
+    let next: Vec<(f64, f64)> = (0..15).map(|i| one_start(&d, &format!("q{i}"), vms)).collect();
     let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| pct(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
     let (fw, fb) = (med(&first, |x| x.0), med(&first, |x| x.1));
     let (nw, nb) = (med(&next, |x| x.0), med(&next, |x| x.1));

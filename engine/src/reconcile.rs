@@ -232,11 +232,14 @@ pub struct Engine {
     /// What was last logged about the declarations, so a resync does not repeat it.
     last_reported: Vec<String>,
     status_dirty: bool,
+    /// Held for the daemon's life: one daemon per state directory.
+    _lock: std::fs::File,
 }
 
 impl Engine {
     pub fn new(opts: Options, net: HostNetwork, events: mpsc::UnboundedSender<Event>) -> std::io::Result<Engine> {
         let state = StateDir::new(&opts.state_dir)?;
+        let lock = state.lock()?;
         Ok(Engine {
             opts,
             loader: Loader::default(),
@@ -248,6 +251,7 @@ impl Engine {
             decl_errors: Vec::new(),
             last_reported: Vec::new(),
             status_dirty: true,
+            _lock: lock,
         })
     }
 

@@ -50,6 +50,31 @@ impl StateDir {
         })
     }
 
+    /// Takes the directory for this daemon alone (flock on `<state>/lock`, released when
+    /// the process ends, however it ends): two daemons adopting the same VMs would fight.
+    pub fn lock(&self) -> io::Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let path = self.root.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(io::Error::other(format!(
+                "another unikerneld (pid {}) uses the state directory {}",
+                holder.trim(),
+                self.root.display()
+            )));
+        }
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(file)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -159,6 +184,12 @@ mod tests {
         assert!(dir.records().is_empty());
         dir.remove("web");
         assert!(!dir.service_dir("web").exists());
+        // flock is per open file description: a second open in this process conflicts too.
+        let held = dir.lock().unwrap();
+        let err = dir.lock().unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(held);
+        dir.lock().unwrap();
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -156,6 +156,13 @@ fn restarting_the_daemon_restarts_no_vm() {
     assert_eq!(d.get(8080).unwrap().1.trim(), "web 2");
     assert!(d.log_text().contains("adopted VM pid"));
 
+    // A second daemon on the same state directory refuses to start, and changes nothing.
+    let out = d.command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("another unikerneld (pid"), "{err}");
+    assert_eq!(d.service("web").unwrap().pid, web.pid);
+
     // Changed while the daemon was down: replaced on adoption. Removed: stopped.
     d.kill_daemon();
     d.declare("web.kdl", &http_decl("web", 8080, "    memory \"24M\"\n"));

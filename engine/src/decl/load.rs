@@ -176,10 +176,15 @@ impl Loader {
             .values()
             .flat_map(|(specs, text)| specs.iter().map(move |s| (s, text)))
             .collect();
-        // Keys borrowed, not cloned: this runs on every reload, for every service.
-        candidates.sort_by(|(a, _), (b, _)| {
-            let newcomer = |s: &Spec| self.owner.get(&s.name) != Some(&s.source.file);
-            (newcomer(a), &a.source.file, a.source.offset).cmp(&(newcomer(b), &b.source.file, b.source.offset))
+        // Keys borrowed, not cloned, and computed once each: this runs on every reload,
+        // for every service.
+        let owner = &self.owner;
+        candidates.sort_by_cached_key(|&(s, _)| {
+            (
+                owner.get(&s.name) != Some(&s.source.file),
+                &s.source.file,
+                s.source.offset,
+            )
         });
         let mut by_name: BTreeMap<String, (&Spec, &Arc<String>)> = BTreeMap::new();
         let mut by_address = HashMap::new();

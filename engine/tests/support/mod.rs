@@ -53,6 +53,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let mut cmd = self.command();
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("unikerneld"));
+        self.wait_for("the daemon's first status", Duration::from_secs(10), |_| true);
+    }
+
+    /// The daemon's command line for this setup, inside the namespace.
+    pub fn command(&self) -> std::process::Command {
         let mut cmd = self.ns.command(Path::new(env!("CARGO_BIN_EXE_unikerneld")));
         cmd.arg("--config-dir")
             .arg(&self.conf)
@@ -60,13 +71,8 @@ impl Daemon {
             .arg(&self.state)
             .arg("--vmm")
             .arg(vmm_binary())
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("unikerneld"));
-        self.wait_for("the daemon's first status", Duration::from_secs(10), |_| true);
+            .env("RUST_LOG", "info");
+        cmd
     }
 
     /// Kills the daemon the hard way (kill -9); its VMs must survive.
