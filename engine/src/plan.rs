@@ -66,7 +66,7 @@ pub fn plan(desired: &BTreeMap<String, Spec>, observed: &BTreeMap<String, Observ
             Some(o) => {
                 let changed = match &o.spec {
                     Some(old) => spec.changed_fields(old).into_iter().map(String::from).collect(),
-                    None => vec!["spec (the running VM predates this daemon)".to_string()],
+                    None => vec!["spec (the running VM was started from a declaration not known here)".to_string()],
                 };
                 Action::Replace {
                     spec: spec.clone(),

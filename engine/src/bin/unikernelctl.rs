@@ -295,8 +295,12 @@ async fn run(command: Command) -> Result<u8> {
                 }
             }
             let p = plan(&loaded.specs, &running);
-            let entries = unikerneld::dbus::manager::plan_entries(&p);
-            print_plan(&entries, json);
+            if json {
+                print_plan(&unikerneld::dbus::manager::plan_entries(&p), true);
+            } else {
+                // The local plan knows where each declaration is: show it.
+                println!("{p}");
+            }
             Ok(if loaded.errors().count() > 0 {
                 exit::FAILED
             } else {
