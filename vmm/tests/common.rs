@@ -59,7 +59,30 @@ pub fn vmm_binary() -> PathBuf {
         "{} not built: run the workspace's tests (cargo test --workspace)",
         path.display()
     );
+    // `cargo test -p unikerneld` does not rebuild the VMM: refuse a binary older than the
+    // VMM's sources rather than test the daemon against a stale one.
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
+    let newest = newest_mtime(&repo_root().join("vmm/src"));
+    assert!(
+        built >= newest,
+        "{} is older than vmm/src: run `cargo build -p unikernel-vmm` (or cargo test --workspace)",
+        path.display()
+    );
     path
+}
+
+fn newest_mtime(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).unwrap_or(newest)
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 pub fn vmm() -> Command {
