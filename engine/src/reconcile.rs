@@ -199,10 +199,6 @@ impl Drop for Service {
     }
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -253,10 +249,6 @@ impl Engine {
             status_dirty: true,
             _lock: lock,
         })
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.opts
     }
 
     /// Takes over the VMs an earlier daemon left running: those still declared with the
@@ -528,17 +520,9 @@ impl Engine {
             Ok(f) => f,
             Err(e) => return self.start_failed(name, format!("state directory: {e}")),
         };
-        // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
-        let (net, tap_fd) = match attachment {
-            Some(a) => (Some((a.address, a.tap_name, a.mac)), Some(a.tap_fd)),
-            None => (None, None),
-        };
         let mut cmdline = spec.full_cmdline();
-        if let Some((address, _, _)) = &net {
-            let (prefix, gateway) = (self.net.pool_prefix(), self.net.gateway());
-            cmdline = format!("{cmdline} ip={address}/{prefix} gw={gateway}")
-                .trim()
-                .to_string();
+        if let Some(a) = &attachment {
+            cmdline = format!("{cmdline} {}", a.guest_cmdline()).trim().to_string();
         }
         let mut args = vec![
             "--kernel".to_string(),
@@ -555,13 +539,18 @@ impl Engine {
         if let Some(initrd) = &spec.initrd {
             args.extend(["--initrd".into(), initrd.display().to_string()]);
         }
-        if let Some((_, _, mac)) = &net {
-            args.extend(["--mac".into(), mac_text(*mac)]);
+        if let Some(a) = &attachment {
+            args.extend(["--mac".into(), crate::net::mac::format(&a.mac)]);
         }
+        // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
+        let (net, tap) = match attachment {
+            Some(a) => (Some((a.address, a.tap_name)), Some(a.tap_fd)),
+            None => (None, None),
+        };
         let launch = Launch {
             vmm: self.opts.vmm.clone(),
             args,
-            tap: tap_fd,
+            tap,
             stderr,
         };
         let process = match Process::spawn(launch) {

@@ -91,18 +91,6 @@ impl HostNetwork {
         &self.mode
     }
 
-    pub fn pool_prefix(&self) -> u8 {
-        self.pool.prefix()
-    }
-
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.pool.gateway()
-    }
-
-    pub fn pool_mut(&mut self) -> &mut AddressPool {
-        &mut self.pool
-    }
-
     /// Creates (or takes over) the tap of `service`, gives it an address and wires it.
     pub async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, Error> {
         let address = self.pool.assign(service, explicit)?;
