@@ -146,13 +146,10 @@ impl Service {
         }
     }
 
-    /// Whether the running VM (if any) runs the declared spec.
-    fn vm_hash_matches(&self) -> bool {
-        self.vm.as_ref().is_none_or(|vm| vm.spec_hash == self.hash)
-    }
-
-    /// What the plan compares against: the spec of the VM that runs, else the declared one.
-    fn observed(&self) -> Observed {
+    /// What the plan compares against: the spec of the VM that runs, else the declared
+    /// one. The spec itself only matters for a replace (to name what changed), so it is
+    /// cloned only when `desired` differs from it.
+    fn observed(&self, desired: Option<&Spec>) -> Observed {
         match &self.vm {
             Some(vm) if vm.spec_hash != self.hash => Observed {
                 spec_hash: vm.spec_hash.clone(),
@@ -160,8 +157,43 @@ impl Service {
             },
             _ => Observed {
                 spec_hash: self.hash.clone(),
-                spec: Some(self.spec.clone()),
+                spec: desired
+                    .is_some_and(|d| d.hash() != self.hash)
+                    .then(|| self.spec.clone()),
             },
+        }
+    }
+
+    /// Opens the host-port listeners the spec asks for and closes the others.
+    fn sync_proxies(&mut self, name: &str) {
+        let wanted: BTreeMap<u16, u16> = self
+            .spec
+            .net
+            .iter()
+            .flat_map(|n| &n.expose)
+            .map(|e| (e.host, e.guest))
+            .collect();
+        self.proxies.retain(|host, (guest, task)| {
+            let keep = wanted.get(host) == Some(guest);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (host, guest) in wanted {
+            if self.proxies.contains_key(&host) {
+                continue;
+            }
+            match crate::proxy::listen(name, host, guest, self.target.subscribe()) {
+                Ok(task) => {
+                    self.proxies.insert(host, (guest, task));
+                }
+                Err(e) => {
+                    let msg = format!("cannot listen on host port {host}: {e}");
+                    warn!(UNIKERNEL = %name, "{msg}");
+                    self.last_error = Some(msg);
+                }
+            }
         }
     }
 
@@ -261,10 +293,7 @@ impl Engine {
                 info!(UNIKERNEL = %name, "recorded VM (pid {}) is gone", record.pid);
                 self.state.clear_record(&name);
                 if !desired.contains_key(&name) {
-                    if let Err(e) = self.net.detach(&name).await {
-                        warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
-                    }
-                    self.state.remove(&name);
+                    self.release(&name, record.tap.is_some()).await;
                 }
                 continue;
             };
@@ -280,10 +309,7 @@ impl Engine {
                 if tokio::time::timeout(STOP_GRACE, process.wait()).await.is_err() {
                     let _ = process.signal(libc::SIGKILL);
                 }
-                if let Err(e) = self.net.detach(&name).await {
-                    warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
-                }
-                self.state.remove(&name);
+                self.release(&name, record.tap.is_some()).await;
                 continue;
             };
             info!(UNIKERNEL = %name, "adopted VM pid {}", process.pid);
@@ -303,9 +329,9 @@ impl Engine {
                 tasks: Vec::new(),
                 console: None,
             };
-            self.watch_vm(&name, &mut svc, &mut vm, false);
+            self.watch_vm(&name, &svc, &mut vm, false);
             svc.vm = Some(vm);
-            self.sync_proxies(&name, &mut svc);
+            svc.sync_proxies(&name);
             self.services.insert(name, svc);
         }
         // Folders of services that no record explains (removed while no daemon ran).
@@ -336,11 +362,11 @@ impl Engine {
         let t_load = t0.elapsed();
         let lines: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
         if lines != self.last_reported {
-            for d in &loaded.diagnostics {
+            for (d, line) in loaded.diagnostics.iter().zip(&lines) {
                 if d.is_error() {
-                    error!("declaration: {}", d.one_line());
+                    error!("declaration: {line}");
                 } else {
-                    warn!("declaration: {}", d.one_line());
+                    warn!("declaration: {line}");
                 }
             }
             self.last_reported = lines;
@@ -356,24 +382,7 @@ impl Engine {
                 help: d.help.clone(),
             })
             .collect();
-        let observed: BTreeMap<String, Observed> = self
-            .services
-            .iter()
-            .map(|(k, s)| {
-                // The old spec only matters for a replace (to name what changed): no
-                // clone of it for the services that stay as they are.
-                let same = loaded.specs.get(k).is_some_and(|d| d.hash() == s.hash) && s.vm_hash_matches();
-                let o = if same {
-                    Observed {
-                        spec_hash: s.hash.clone(),
-                        spec: None,
-                    }
-                } else {
-                    s.observed()
-                };
-                (k.clone(), o)
-            })
-            .collect();
+        let observed = self.observed(&loaded.specs);
         let plan = plan(&loaded.specs, &observed);
         let t_plan = t0.elapsed();
         for action in &plan.actions {
@@ -404,7 +413,7 @@ impl Engine {
                 let name = spec.name.clone();
                 info!(UNIKERNEL = %name, "create (declared at {})", spec.source);
                 let mut svc = Service::new(spec);
-                self.sync_proxies(&name, &mut svc);
+                svc.sync_proxies(&name);
                 self.services.insert(name.clone(), svc);
                 self.start(&name).await;
             }
@@ -419,11 +428,8 @@ impl Engine {
                 svc.declared = true;
                 svc.quick_failures = 0;
                 svc.held = false;
-                let mut svc = self.services.remove(&name).expect("present");
-                self.sync_proxies(&name, &mut svc);
-                let has_vm = svc.vm.is_some();
-                self.services.insert(name.clone(), svc);
-                if has_vm {
+                svc.sync_proxies(&name);
+                if svc.vm.is_some() {
                     self.stop_vm(&name);
                 } else {
                     self.start(&name).await;
@@ -462,39 +468,6 @@ impl Engine {
             info!(UNIKERNEL = %name, "declared again");
             svc.declared = true;
             self.status_dirty = true;
-        }
-    }
-
-    /// Opens the host-port listeners the spec asks for and closes the others.
-    fn sync_proxies(&mut self, name: &str, svc: &mut Service) {
-        let wanted: BTreeMap<u16, u16> = svc
-            .spec
-            .net
-            .iter()
-            .flat_map(|n| &n.expose)
-            .map(|e| (e.host, e.guest))
-            .collect();
-        svc.proxies.retain(|host, (guest, task)| {
-            let keep = wanted.get(host) == Some(guest);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (host, guest) in wanted {
-            if svc.proxies.contains_key(&host) {
-                continue;
-            }
-            match crate::proxy::listen(name, host, guest, svc.target.subscribe()) {
-                Ok(task) => {
-                    svc.proxies.insert(host, (guest, task));
-                }
-                Err(e) => {
-                    let msg = format!("cannot listen on host port {host}: {e}");
-                    warn!(UNIKERNEL = %name, "{msg}");
-                    svc.last_error = Some(msg);
-                }
-            }
         }
     }
 
@@ -581,10 +554,9 @@ impl Engine {
             t_net.as_secs_f64() * 1e3,
             (t0.elapsed() - t_net).as_secs_f64() * 1e3
         );
-        let mut svc = self.services.remove(name).expect("present");
-        self.watch_vm(name, &mut svc, &mut vm, true);
-        svc.vm = Some(vm);
-        self.services.insert(name.to_string(), svc);
+        let svc = &self.services[name];
+        self.watch_vm(name, svc, &mut vm, true);
+        self.services.get_mut(name).expect("present").vm = Some(vm);
         self.status_dirty = true;
     }
 
@@ -595,7 +567,7 @@ impl Engine {
     }
 
     /// Spawns the helpers of a VM: exit watcher, console follower, readiness probe.
-    fn watch_vm(&self, name: &str, svc: &mut Service, vm: &mut Vm, fresh: bool) {
+    fn watch_vm(&self, name: &str, svc: &Service, vm: &mut Vm, fresh: bool) {
         let tx = self.events.clone();
         let wait = vm.process.wait();
         let (n, id) = (name.to_string(), vm.id);
@@ -643,6 +615,15 @@ impl Engine {
         }));
     }
 
+    /// A timer: `event` comes back to the loop after `delay`.
+    fn send_after(&self, delay: Duration, event: Event) {
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(event);
+        });
+    }
+
     /// Asks the VM of `name` to stop; its end (Event::Ended) decides what comes next.
     fn stop_vm(&mut self, name: &str) {
         let Some(svc) = self.services.get_mut(name) else { return };
@@ -655,27 +636,33 @@ impl Engine {
         if let Err(e) = vm.process.signal(libc::SIGTERM) {
             warn!(UNIKERNEL = %name, "cannot signal VM pid {}: {e}", vm.process.pid);
         }
-        let tx = self.events.clone();
-        let (n, id) = (name.to_string(), vm.id);
-        tokio::spawn(async move {
-            tokio::time::sleep(STOP_GRACE).await;
-            let _ = tx.send(Event::KillDue { name: n, vm: id });
-        });
+        let event = Event::KillDue {
+            name: name.to_string(),
+            vm: vm.id,
+        };
+        self.send_after(STOP_GRACE, event);
         self.status_dirty = true;
     }
 
     /// Forgets a service whose VM has ended: tap, address, state folder, listeners.
     async fn remove(&mut self, name: &str) {
         let Some(svc) = self.services.remove(name) else { return };
-        if svc.spec.net.is_some() {
+        let had_network = svc.spec.net.is_some();
+        drop(svc); // its listeners close
+        self.release(name, had_network).await;
+        info!(UNIKERNEL = %name, "removed");
+        self.status_dirty = true;
+    }
+
+    /// The host side of a service that is gone: its tap and address (when it had a
+    /// network) and its state folder.
+    async fn release(&mut self, name: &str, had_network: bool) {
+        if had_network {
             if let Err(e) = self.net.detach(name).await {
                 warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
             }
         }
         self.state.remove(name);
-        info!(UNIKERNEL = %name, "removed");
-        drop(svc);
-        self.status_dirty = true;
     }
 
     pub async fn handle(&mut self, event: Event) {
@@ -761,12 +748,12 @@ impl Engine {
             Decision::Restart(delay) => {
                 svc.set_state(State::Backoff);
                 svc.retry += 1;
-                let (tx, n, retry) = (self.events.clone(), name.to_string(), svc.retry);
                 info!(UNIKERNEL = %name, "restarting in {} ms", delay.as_millis());
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(Event::RetryDue { name: n, retry });
-                });
+                let event = Event::RetryDue {
+                    name: name.to_string(),
+                    retry: svc.retry,
+                };
+                self.send_after(delay, event);
             }
             Decision::Stopped => {
                 svc.set_state(State::Stopped);
@@ -860,12 +847,17 @@ impl Engine {
             .collect()
     }
 
+    fn observed(&self, desired: &BTreeMap<String, Spec>) -> BTreeMap<String, Observed> {
+        self.services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.observed(desired.get(k))))
+            .collect()
+    }
+
     /// What a reload would do now, without doing it (reads the files, changes nothing).
     pub fn dry_plan(&self) -> Plan {
         let loaded = Loader::default().load_dir(&self.opts.config_dir);
-        let observed: BTreeMap<String, Observed> =
-            self.services.iter().map(|(k, s)| (k.clone(), s.observed())).collect();
-        plan(&loaded.specs, &observed)
+        plan(&loaded.specs, &self.observed(&loaded.specs))
     }
 
     pub fn snapshot(&self) -> Snapshot {
