@@ -369,7 +369,9 @@ async fn run(command: Command) -> Result<u8> {
                 exit::NOT_RUNNING
             })
         }
-        Command::Start { name } | Command::Stop { name } | Command::Restart { name } => unreachable!("{name}"),
+        Command::Start { name } => operate("start", &name).await,
+        Command::Stop { name } => operate("stop", &name).await,
+        Command::Restart { name } => operate("restart", &name).await,
         Command::Logs {
             name,
             lines,
@@ -427,14 +429,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let outcome = rt.block_on(async {
-        match cli.command {
-            Command::Start { name } => operate("start", &name).await,
-            Command::Stop { name } => operate("stop", &name).await,
-            Command::Restart { name } => operate("restart", &name).await,
-            other => run(other).await,
-        }
-    });
+    let outcome = rt.block_on(run(cli.command));
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {

@@ -7,7 +7,7 @@
 use tokio::sync::mpsc;
 use zbus::interface;
 
-use super::manager::ask as request;
+use super::manager::ask;
 use super::{Error, Request, Shared};
 use crate::status::Status;
 
@@ -34,7 +34,7 @@ impl Unikernel {
         make: impl FnOnce(String, tokio::sync::oneshot::Sender<Result<(), crate::reconcile::OperatorError>>) -> Request,
     ) -> Result<(), Error> {
         let name = self.name.clone();
-        request(&self.requests, |tx| make(name, tx))
+        ask(&self.requests, |tx| make(name, tx))
             .await?
             .map_err(|e| Error::operator(&self.name, e))
     }
