@@ -32,22 +32,35 @@ fn run(bus: &PrivateBus, program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("{program}: {e}"))
 }
 
-fn ctl(bus: &PrivateBus, args: &[&str]) -> (i32, String, String) {
-    let out = run(bus, env!("CARGO_BIN_EXE_unikernelctl"), args);
+/// `program ARGS` as the `nobody` user.
+fn run_as_nobody(bus: &PrivateBus, program: &str, args: &[&str]) -> Output {
+    let mut full = vec!["--reuid=nobody", "--regid=nogroup", "--clear-groups", program];
+    full.extend_from_slice(args);
+    run(bus, "setpriv", &full)
+}
+
+fn outcome(out: Output) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
-/// The same command as the `nobody` user.
+fn ctl(bus: &PrivateBus, args: &[&str]) -> (i32, String, String) {
+    outcome(run(bus, env!("CARGO_BIN_EXE_unikernelctl"), args))
+}
+
 fn ctl_as_nobody(bus: &PrivateBus, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec![
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        env!("CARGO_BIN_EXE_unikernelctl"),
-    ];
-    full.extend_from_slice(args);
-    let out = run(bus, "setpriv", &full);
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    outcome(run_as_nobody(bus, env!("CARGO_BIN_EXE_unikernelctl"), args))
+}
+
+/// `busctl get-property` of one property, as busctl prints it.
+fn busctl_get(bus: &PrivateBus, path: &str, interface: &str, property: &str) -> String {
+    text(
+        &run(
+            bus,
+            "busctl",
+            &["get-property", "org.unikerneld1", path, interface, property],
+        )
+        .stdout,
+    )
 }
 
 #[test]
@@ -154,19 +167,11 @@ fn introspection_list_status_and_busctl_gdbus_match_the_real_vms() {
     assert_eq!(code, 4, "{err}");
 
     // busctl and gdbus, as a user would call them.
-    let out = text(
-        &run(
-            &bus,
-            "busctl",
-            &[
-                "get-property",
-                "org.unikerneld1",
-                "/org/unikerneld1/unikernel/web",
-                "org.unikerneld1.Unikernel",
-                "State",
-            ],
-        )
-        .stdout,
+    let out = busctl_get(
+        &bus,
+        "/org/unikerneld1/unikernel/web",
+        "org.unikerneld1.Unikernel",
+        "State",
     );
     assert_eq!(out.trim(), "s \"running\"");
     let out = text(
@@ -217,20 +222,7 @@ fn introspection_list_status_and_busctl_gdbus_match_the_real_vms() {
     d.wait_for("an error", LONG, |s| !s.declaration_errors.is_empty());
     let (_, out, _) = ctl(&bus, &["status"]);
     assert!(out.contains("bad.kdl:2:5"), "{out}");
-    let out = text(
-        &run(
-            &bus,
-            "busctl",
-            &[
-                "get-property",
-                "org.unikerneld1",
-                "/org/unikerneld1",
-                "org.unikerneld1.Manager",
-                "DeclarationErrors",
-            ],
-        )
-        .stdout,
-    );
+    let out = busctl_get(&bus, "/org/unikerneld1", "org.unikerneld1.Manager", "DeclarationErrors");
     assert!(out.contains("bad.kdl") && out.contains(" 2 5 "), "{out}");
 }
 
@@ -310,14 +302,10 @@ fn nobody_can_read_but_not_change_or_own_the_name() {
     assert_eq!(code, 6, "{err}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.service("web").unwrap().pid, pid, "nothing was restarted");
-    let out = run(
+    let out = run_as_nobody(
         &bus,
-        "setpriv",
+        "gdbus",
         &[
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "gdbus",
             "call",
             "--system",
             "--dest",

@@ -62,7 +62,9 @@ pub fn vmm_binary() -> PathBuf {
     // `cargo test -p unikerneld` does not rebuild the VMM: refuse a binary older than the
     // VMM's sources rather than test the daemon against a stale one.
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
-    let newest = newest_mtime(&repo_root().join("vmm/src"));
+    // Walked once per test binary, not once per VM the tests start.
+    static NEWEST: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    let newest = *NEWEST.get_or_init(|| newest_mtime(&repo_root().join("vmm/src")));
     assert!(
         built >= newest,
         "{} is older than vmm/src: run `cargo build -p unikernel-vmm` (or cargo test --workspace)",
