@@ -75,10 +75,6 @@ impl StateDir {
         Ok(file)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn service_dir(&self, name: &str) -> PathBuf {
         self.root.join("services").join(name)
     }

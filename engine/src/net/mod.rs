@@ -87,10 +87,6 @@ impl HostNetwork {
         })
     }
 
-    pub fn mode(&self) -> &Mode {
-        &self.mode
-    }
-
     /// Creates (or takes over) the tap of `service`, gives it an address and wires it.
     pub async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, Error> {
         let address = self.pool.assign(service, explicit)?;
