@@ -23,6 +23,11 @@ pub enum Action {
         spec: Spec,
         changed: Vec<String>,
     },
+    /// Only fields applied in place changed (host ports, restart policy): the VM stays.
+    Update {
+        spec: Spec,
+        changed: Vec<String>,
+    },
     Stop {
         name: String,
     },
@@ -32,9 +37,28 @@ pub enum Action {
 }
 
 impl Action {
+    /// The word for it on D-Bus and in JSON: create, replace, update, stop, unchanged.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "create",
+            Action::Replace { .. } => "replace",
+            Action::Update { .. } => "update",
+            Action::Stop { .. } => "stop",
+            Action::Unchanged { .. } => "unchanged",
+        }
+    }
+
+    /// The fields that changed (replace, update), else none.
+    pub fn changed(&self) -> &[String] {
+        match self {
+            Action::Replace { changed, .. } | Action::Update { changed, .. } => changed,
+            _ => &[],
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
-            Action::Create { spec } | Action::Replace { spec, .. } => &spec.name,
+            Action::Create { spec } | Action::Replace { spec, .. } | Action::Update { spec, .. } => &spec.name,
             Action::Stop { name } | Action::Unchanged { name } => name,
         }
     }
@@ -62,7 +86,21 @@ pub fn plan(desired: &BTreeMap<String, Spec>, observed: &BTreeMap<String, Observ
     for (name, spec) in desired {
         actions.push(match observed.get(name) {
             None => Action::Create { spec: spec.clone() },
-            Some(o) if o.spec_hash == spec.hash() => Action::Unchanged { name: name.clone() },
+            Some(o) if o.spec_hash == spec.hash() => {
+                let changed = o
+                    .spec
+                    .as_ref()
+                    .map(|old| spec.changed_live_fields(old))
+                    .unwrap_or_default();
+                if changed.is_empty() {
+                    Action::Unchanged { name: name.clone() }
+                } else {
+                    Action::Update {
+                        spec: spec.clone(),
+                        changed: changed.into_iter().map(String::from).collect(),
+                    }
+                }
+            }
             Some(o) => {
                 let changed = match &o.spec {
                     Some(old) => spec.changed_fields(old).into_iter().map(String::from).collect(),
@@ -94,19 +132,32 @@ impl fmt::Display for Plan {
                     changed.join(", "),
                     spec.source
                 )?,
+                Action::Update { spec, changed } => writeln!(
+                    f,
+                    "  ~ {} (update in place: {} changed, the VM keeps running, from {})",
+                    spec.name,
+                    changed.join(", "),
+                    spec.source
+                )?,
                 Action::Stop { name } => writeln!(f, "  - {name} (stop: no longer declared)")?,
                 Action::Unchanged { .. } => {}
             }
         }
-        let created = self.count(|a| matches!(a, Action::Create { .. }));
-        let replaced = self.count(|a| matches!(a, Action::Replace { .. }));
-        let stopped = self.count(|a| matches!(a, Action::Stop { .. }));
-        let unchanged = self.count(|a| matches!(a, Action::Unchanged { .. }));
-        write!(
-            f,
-            "Plan: {created} to create, {replaced} to replace, {stopped} to stop, {unchanged} unchanged."
-        )
+        f.write_str(&summary(|kind| self.count(|a| a.kind() == kind)))
     }
+}
+
+/// The closing line of a plan, from the number of actions of each kind
+/// ([`Action::kind`]): "Plan: 1 to create, ...".
+pub fn summary(count: impl Fn(&str) -> usize) -> String {
+    format!(
+        "Plan: {} to create, {} to replace, {} to update in place, {} to stop, {} unchanged.",
+        count("create"),
+        count("replace"),
+        count("update"),
+        count("stop"),
+        count("unchanged")
+    )
 }
 
 #[cfg(test)]
@@ -146,15 +197,7 @@ mod tests {
         let kinds: Vec<(&str, &str)> = p
             .actions
             .iter()
-            .map(|a| {
-                let k = match a {
-                    Action::Create { .. } => "create",
-                    Action::Replace { .. } => "replace",
-                    Action::Stop { .. } => "stop",
-                    Action::Unchanged { .. } => "unchanged",
-                };
-                (a.name(), k)
-            })
+            .map(|a| (a.name(), a.kind()))
             .collect();
         assert_eq!(
             kinds,
@@ -164,9 +207,22 @@ mod tests {
         let text = p.to_string();
         assert!(text.contains("~ b (replace: memory changed"), "{text}");
         assert!(
-            text.ends_with("Plan: 1 to create, 1 to replace, 1 to stop, 1 unchanged."),
+            text.ends_with("Plan: 1 to create, 1 to replace, 0 to update in place, 1 to stop, 1 unchanged."),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_new_host_port_or_restart_policy_is_an_update_in_place() {
+        let before = specs("unikernel \"a\" { image \"/a\"; net { expose 80 guest=80 } }\n");
+        let after = specs("unikernel \"a\" { image \"/a\"; restart \"never\"; net { expose 81 guest=80 } }\n");
+        let p = plan(&after, &observe(&before));
+        assert!(
+            matches!(&p.actions[0], Action::Update { changed, .. } if changed == &vec!["expose".to_string(), "restart".into()]),
+            "{p:?}"
+        );
+        assert!(p.to_string().contains("~ a (update in place: expose, restart changed"), "{p}");
+        assert!(!p.is_noop());
     }
 
     #[test]

@@ -75,6 +75,10 @@ impl StateDir {
         Ok(file)
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn service_dir(&self, name: &str) -> PathBuf {
         self.root.join("services").join(name)
     }

@@ -89,6 +89,18 @@ pub struct DeclarationError {
     pub help: Option<String>,
 }
 
+impl From<&crate::decl::DeclError> for DeclarationError {
+    fn from(d: &crate::decl::DeclError) -> Self {
+        DeclarationError {
+            file: d.file.clone(),
+            line: d.line,
+            column: d.column,
+            message: d.message.clone(),
+            help: d.help.clone(),
+        }
+    }
+}
+
 impl fmt::Display for DeclarationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

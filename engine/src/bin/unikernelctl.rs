@@ -224,17 +224,17 @@ fn print_plan(entries: &[(String, String, Vec<String>)], json_out: bool) {
         match action.as_str() {
             "create" => println!("  + {name} (create)"),
             "replace" => println!("  ~ {name} (replace: {} changed)", changed.join(", ")),
+            "update" => println!(
+                "  ~ {name} (update in place: {} changed, the VM keeps running)",
+                changed.join(", ")
+            ),
             "stop" => println!("  - {name} (stop: no longer declared)"),
             _ => {}
         }
     }
-    let c = |k| counts.get(k).copied().unwrap_or(0);
     println!(
-        "Plan: {} to create, {} to replace, {} to stop, {} unchanged.",
-        c("create"),
-        c("replace"),
-        c("stop"),
-        c("unchanged")
+        "{}",
+        unikerneld::plan::summary(|k| counts.get(k).copied().unwrap_or(0))
     );
 }
 

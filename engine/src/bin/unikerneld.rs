@@ -1,19 +1,13 @@
 //! `unikerneld`: makes a directory of KDL declarations the truth about which unikernels
 //! this host runs.
-use std::collections::HashSet;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use tracing::{error, info, warn};
-use unikerneld::dbus::{self, Published, Request, Shared};
-use unikerneld::net::{sysctl, AddressPool, HostNetwork, Mode};
-use unikerneld::reconcile::{Engine, Options};
-use unikerneld::watch::Change;
+use tracing::error;
+use unikerneld::daemon::{self, Config};
+use unikerneld::net::{AddressPool, Mode};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Network {
@@ -87,167 +81,18 @@ fn raise_fd_limit() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mode = match cli.network {
-        Network::Routed => Mode::Routed,
-        Network::Bridged => Mode::Bridged { bridge: cli.bridge },
-    };
-    let net = HostNetwork::new(mode.clone(), cli.pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("host network: {e}"))?;
-    let opts = Options {
+fn config(cli: Cli) -> Config {
+    Config {
         config_dir: cli.config_dir,
         state_dir: cli.state_dir,
         vmm: cli.vmm.unwrap_or_else(default_vmm),
         resync_every: Duration::from_secs(cli.resync.max(1)),
-    };
-    info!(
-        "unikerneld {} starting: declarations in {}, state in {}, vmm {}",
-        env!("CARGO_PKG_VERSION"),
-        opts.config_dir.display(),
-        opts.state_dir.display(),
-        opts.vmm.display()
-    );
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let mut engine = Engine::new(opts.clone(), net, tx.clone())
-        .map_err(|e| anyhow::anyhow!("state directory {}: {e}", opts.state_dir.display()))?;
-
-    let (changed_tx, mut changed) = mpsc::unbounded_channel();
-    let mut watcher = None;
-    let try_watch = |watcher: &mut Option<notify::RecommendedWatcher>| {
-        if watcher.is_none() {
-            match unikerneld::watch::watch(&opts.config_dir, changed_tx.clone()) {
-                Ok(w) => *watcher = Some(w),
-                Err(e) => warn!(
-                    "cannot watch {} ({e}); relying on the {} s resync and SIGHUP",
-                    opts.config_dir.display(),
-                    opts.resync_every.as_secs()
-                ),
-            }
-        }
-    };
-    try_watch(&mut watcher);
-
-    engine.adopt().await;
-    let mut declared = engine.reload().await.actions.len();
-    sysctl::apply(&sysctl::wanted(declared.max(1024), &mode, false));
-
-    // The D-Bus API reads what the loop publishes and sends it requests.
-    let shared: Shared = Default::default();
-    let (requests_tx, mut requests) = mpsc::unbounded_channel::<Request>();
-    let (snapshots_tx, snapshots_rx) = mpsc::unbounded_channel();
-    let publish_now = |engine: &mut Engine| {
-        if let Some(snap) = engine.publish() {
-            let mut p = shared.write().unwrap_or_else(|p| p.into_inner());
-            *p = Published {
-                snapshot: snap.clone(),
-                consoles: engine.consoles(),
-                config_dir: opts.config_dir.clone(),
-                state_dir: opts.state_dir.clone(),
-            };
-            let _ = snapshots_tx.send((snap, engine.take_transitions()));
-        }
-    };
-    publish_now(&mut engine);
-    let bus = dbus::server::connect(shared.clone(), requests_tx.clone()).await;
-    if let Some(conn) = bus.clone() {
-        tokio::spawn(dbus::server::run(
-            conn,
-            shared.clone(),
-            requests_tx.clone(),
-            snapshots_rx,
-        ));
+        mode: match cli.network {
+            Network::Routed => Mode::Routed,
+            Network::Bridged => Mode::Bridged { bridge: cli.bridge },
+        },
+        pool: cli.pool,
     }
-    unikerneld::systemd::ready();
-    info!("ready: {}", engine.snapshot().summary());
-
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut resync = tokio::time::interval(opts.resync_every);
-    resync.tick().await;
-    // Status is published at most every PUBLISH_EVERY, and only after a change: an idle
-    // daemon wakes for nothing but the resync (and the watchdog, when systemd asks).
-    const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-    let mut publish_at: Option<tokio::time::Instant> = None;
-    let watchdog_every = unikerneld::systemd::watchdog_interval();
-    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    // Debounce: reload once the directory has been quiet for DEBOUNCE (or MAX_DELAY passed).
-    let mut due: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
-    // What inotify named since the last reload (file names), or None after a lost event.
-    let mut dirty: Option<HashSet<OsString>> = Some(HashSet::new());
-    loop {
-        if engine.is_dirty() && publish_at.is_none() {
-            publish_at = Some(tokio::time::Instant::now() + PUBLISH_EVERY);
-        }
-        let deadline = due.map(|(quiet, cap)| quiet.min(cap));
-        tokio::select! {
-            Some(change) = changed.recv() => {
-                match change {
-                    Change::Paths(paths) => {
-                        if let Some(d) = dirty.as_mut() {
-                            d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)));
-                        }
-                    }
-                    Change::Unknown => dirty = None,
-                }
-                let now = tokio::time::Instant::now();
-                let cap = due.map(|d| d.1).unwrap_or(now + unikerneld::watch::MAX_DELAY);
-                due = Some((now + unikerneld::watch::DEBOUNCE, cap));
-            }
-            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
-                due = None;
-                match dirty.replace(HashSet::new()) {
-                    Some(names) => engine.reload_changed(&names).await,
-                    None => engine.reload().await,
-                };
-            }
-            Some(event) = events.recv() => engine.handle(event).await,
-            Some(request) = requests.recv() => match request {
-                Request::Reload(tx) => {
-                    info!("reload requested (D-Bus)");
-                    let _ = tx.send(engine.reload().await);
-                }
-                Request::Plan(tx) => {
-                    let _ = tx.send(engine.dry_plan());
-                }
-                Request::Start(name, tx) => {
-                    let _ = tx.send(engine.operator_start(&name).await);
-                }
-                Request::Stop(name, tx) => {
-                    let _ = tx.send(engine.operator_stop(&name));
-                }
-                Request::Restart(name, tx) => {
-                    let _ = tx.send(engine.operator_restart(&name).await);
-                }
-            },
-            _ = resync.tick() => {
-                try_watch(&mut watcher);
-                engine.reload().await;
-            }
-            _ = hup.recv() => {
-                info!("reload requested (SIGHUP)");
-                engine.reload().await;
-            }
-            _ = async { tokio::time::sleep_until(publish_at.unwrap()).await }, if publish_at.is_some() => {
-                publish_at = None;
-                let n = engine.service_count();
-                if n > declared {
-                    declared = n;
-                    sysctl::apply(&sysctl::wanted(n.max(1024), &mode, false));
-                }
-                publish_now(&mut engine);
-            }
-            _ = watchdog.tick(), if watchdog_every.is_some() => unikerneld::systemd::watchdog(),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    publish_now(&mut engine);
-    drop(bus);
-    info!("stopping; the VMs keep running and the next unikerneld adopts them");
-    drop(tx);
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -261,7 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(daemon::run(config(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");

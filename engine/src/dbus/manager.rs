@@ -7,7 +7,7 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use super::path::unikernel_path;
 use super::{Error, Request, Shared};
-use crate::plan::{Action, Plan};
+use crate::plan::Plan;
 use crate::status::State;
 
 pub struct Manager {
@@ -27,19 +27,15 @@ pub(crate) async fn ask<T>(
         .map_err(|_| Error::ShuttingDown("unikerneld is shutting down".into()))
 }
 
-/// (name, action, changed fields), action one of create, replace, stop, unchanged.
+/// (name, action, changed fields), action one of create, replace, update, stop, unchanged
+/// ([`crate::plan::Action::kind`]).
 pub type PlanEntry = (String, String, Vec<String>);
 
 /// A plan as the API returns it.
 pub fn plan_entries(plan: &Plan) -> Vec<PlanEntry> {
     plan.actions
         .iter()
-        .map(|a| match a {
-            Action::Create { spec } => (spec.name.clone(), "create".into(), vec![]),
-            Action::Replace { spec, changed } => (spec.name.clone(), "replace".into(), changed.clone()),
-            Action::Stop { name } => (name.clone(), "stop".into(), vec![]),
-            Action::Unchanged { name } => (name.clone(), "unchanged".into(), vec![]),
-        })
+        .map(|a| (a.name().to_string(), a.kind().to_string(), a.changed().to_vec()))
         .collect()
 }
 
@@ -86,7 +82,7 @@ impl Manager {
     }
 
     /// What a reload would do now, without doing it: (name, action, changed fields),
-    /// action one of create, replace, stop, unchanged.
+    /// action one of create, replace, update, stop, unchanged.
     async fn plan(&self) -> Result<Vec<PlanEntry>, Error> {
         let plan = ask(&self.requests, Request::Plan).await?;
         Ok(plan_entries(&plan))

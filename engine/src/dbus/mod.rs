@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 
 use crate::plan::Plan;
-use crate::reconcile::OperatorError;
+use crate::controller::OperatorError;
 use crate::status::Snapshot;
 use crate::supervise::console::ConsoleRing;
 

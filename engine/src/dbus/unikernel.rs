@@ -31,7 +31,7 @@ impl Unikernel {
 
     async fn operate(
         &self,
-        make: impl FnOnce(String, tokio::sync::oneshot::Sender<Result<(), crate::reconcile::OperatorError>>) -> Request,
+        make: impl FnOnce(String, tokio::sync::oneshot::Sender<Result<(), crate::controller::OperatorError>>) -> Request,
     ) -> Result<(), Error> {
         let name = self.name.clone();
         ask(&self.requests, |tx| make(name, tx))

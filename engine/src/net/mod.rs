@@ -15,6 +15,11 @@ use std::os::fd::OwnedFd;
 
 pub use pool::AddressPool;
 
+use crate::controller::host::{Drift, HostNet};
+use crate::proxy::Target;
+use std::io;
+use tokio::task::JoinHandle;
+
 /// How taps reach the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -143,5 +148,73 @@ impl HostNetwork {
         }
         self.pool.release(service);
         Ok(())
+    }
+
+    /// Every attached service whose tap is gone, down, or (routed) without its /32 route.
+    pub async fn drift(&mut self) -> Result<Vec<(String, Drift)>, Error> {
+        let links = self.nl.links().await?;
+        let routes = match self.mode {
+            Mode::Routed => Some(self.nl.host_routes_v4().await?),
+            Mode::Bridged { .. } => None,
+        };
+        let mut out = Vec::new();
+        for (service, tap) in &self.attached {
+            let drift = match links.get(tap) {
+                None => Some(Drift::TapGone),
+                Some((_, false)) => Some(Drift::Unwired),
+                Some((index, true)) => {
+                    let routed = match (&routes, self.pool.address_of(service)) {
+                        (Some(r), Some(a)) => r.get(&a) == Some(index),
+                        _ => true,
+                    };
+                    (!routed).then_some(Drift::Unwired)
+                }
+            };
+            if let Some(d) = drift {
+                out.push((service.clone(), d));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Wires the existing tap of `service` again: up, and its route and neighbour entry.
+    pub async fn rewire(&mut self, service: &str) -> Result<(), Error> {
+        let tap_name = self.attached.get(service).cloned().unwrap_or_else(|| tap::name_for(service));
+        let index = self.nl.link_index(&tap_name).await?;
+        let mac = mac::for_service(service);
+        self.nl.set_up(index).await?;
+        if let (Mode::Routed, Some(address)) = (&self.mode, self.pool.address_of(service)) {
+            self.nl.add_address(index, self.pool.gateway(), 32).await?;
+            self.nl.replace_route_v4(address, 32, index).await?;
+            self.nl.replace_neighbour(index, address, mac).await?;
+        }
+        Ok(())
+    }
+}
+
+impl HostNet for HostNetwork {
+    async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, Error> {
+        HostNetwork::attach(self, service, explicit).await
+    }
+
+    fn adopt(&mut self, service: &str, tap: &str, address: Ipv4Addr) -> Result<(), Error> {
+        HostNetwork::adopt(self, service, tap, address)
+    }
+
+    async fn detach(&mut self, service: &str) -> Result<(), Error> {
+        HostNetwork::detach(self, service).await
+    }
+
+    async fn drift(&mut self) -> Result<Vec<(String, Drift)>, Error> {
+        HostNetwork::drift(self).await
+    }
+
+    async fn rewire(&mut self, service: &str) -> Result<(), Error> {
+        HostNetwork::rewire(self, service).await
+    }
+
+    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, target: Target) -> io::Result<JoinHandle<()>> {
+        crate::proxy::listen(service, host_port, guest_port, target)
     }
 }

@@ -1,9 +1,11 @@
 //! The rtnetlink operations host networking needs, each idempotent.
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -165,17 +167,41 @@ impl Netlink {
             .map_err(request(format!("neighbour {address} on link {index}")))
     }
 
-    /// Names of the links whose names start with `prefix` (for cleanup and adoption).
-    pub async fn links_named(&self, prefix: &str) -> Result<Vec<(u32, String)>, Error> {
-        let mut out = Vec::new();
+    /// Every link: name -> (index, administratively up). One dump, for drift checks.
+    pub async fn links(&self) -> Result<HashMap<String, (u32, bool)>, Error> {
+        let mut out = HashMap::new();
         let mut links = self.handle.link().get().execute();
         while let Some(link) = links.try_next().await.map_err(request("list links"))? {
+            let up = link.header.flags.contains(LinkFlags::Up);
             for attr in &link.attributes {
                 if let LinkAttribute::IfName(name) = attr {
-                    if name.starts_with(prefix) {
-                        out.push((link.header.index, name.clone()));
-                    }
+                    out.insert(name.clone(), (link.header.index, up));
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 host route (/32) in the main table: destination -> output link.
+    pub async fn host_routes_v4(&self) -> Result<HashMap<Ipv4Addr, u32>, Error> {
+        let mut out = HashMap::new();
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = self.handle.route().get(filter).execute();
+        while let Some(route) = routes.try_next().await.map_err(request("list routes"))? {
+            if route.header.destination_prefix_length != 32 {
+                continue;
+            }
+            let mut dest = None;
+            let mut oif = None;
+            for attr in &route.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dest = Some(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(i)) = (dest, oif) {
+                out.insert(d, i);
             }
         }
         Ok(out)

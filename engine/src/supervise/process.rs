@@ -238,12 +238,21 @@ mod tests {
         l.tap = Some(a.into());
         // `sleep` takes `--net-fd N` as junk and fails: use a shell that ignores its args.
         l.vmm = "/bin/sh".into();
-        l.args = vec!["-c".into(), "sleep 60".into(), "sh".into()];
+        // `; :` keeps the shell itself running (no exec of the last command), so its
+        // command line stays the one we gave.
+        l.args = vec!["-c".into(), "sleep 60; :".into(), "sh".into()];
         let p = Process::spawn(l).unwrap();
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
         assert_eq!(fields[2], p.pid.to_string(), "process group id = its own pid");
-        let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid)).unwrap();
+        let mut cmdline = String::new();
+        for _ in 0..200 {
+            cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid)).unwrap();
+            if cmdline.contains("--net-fd") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let fd: &str = cmdline.split('\0').rev().nth(1).unwrap();
         assert!(
             std::fs::read_link(format!("/proc/{}/fd/{fd}", p.pid))

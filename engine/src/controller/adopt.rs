@@ -1,0 +1,72 @@
+//! Taking over what an earlier daemon left running: the VMs still declared with the same
+//! spec keep running untouched; the changed ones are replaced by the first reload; those
+//! no longer declared are stopped without waiting for them (their end releases the tap).
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::host::{HostNet, Launcher, VmProcess};
+use super::service::{Service, Vm};
+use super::Controller;
+use crate::status::State;
+use crate::supervise::console::ConsoleRing;
+
+impl<L: Launcher, N: HostNet> Controller<L, N> {
+    /// Call once, before the first [`Controller::reload`].
+    pub async fn adopt(&mut self) {
+        let desired = self.loader.load_dir(&self.config_dir).specs;
+        for (name, record) in self.state.records() {
+            let declared = desired.get(&name).cloned();
+            let mut svc = declared.map(Service::new);
+            let console = svc.as_ref().map(|s| s.console.clone()).unwrap_or_else(ConsoleRing::default);
+            let Some(process) = self.launcher.adopt(&name, &record, console) else {
+                info!(UNIKERNEL = %name, "recorded VM (pid {}) is gone", record.pid);
+                self.state.clear_record(&name);
+                if svc.is_none() {
+                    self.release(&name, record.tap.is_some()).await;
+                }
+                continue;
+            };
+            if let (Some(tap), Some(address)) = (&record.tap, record.address) {
+                if let Err(e) = self.net.adopt(&name, tap, address) {
+                    warn!(UNIKERNEL = %name, "cannot take over its address: {e}");
+                }
+            }
+            let id = self.next_vm;
+            self.next_vm += 1;
+            let mut vm = Vm {
+                id,
+                process,
+                spec_hash: record.spec_hash.clone(),
+                address: record.address,
+                tap: record.tap.clone(),
+                started: Instant::now(),
+                started_unix_ms: record.started_unix_ms,
+                boot_ms: record.boot_ms,
+                tasks: Vec::new(),
+            };
+            let Some(mut svc) = svc.take() else {
+                // No longer declared: there is no spec to supervise it by. Stop it; its
+                // end (watched like any VM's) releases the host side.
+                info!(UNIKERNEL = %name, "stopping VM pid {} (no longer declared)", vm.process.pid());
+                self.watch_vm(&name, &mut vm);
+                self.leaving.insert(name.clone(), vm);
+                self.stop_leaving(&name);
+                continue;
+            };
+            info!(UNIKERNEL = %name, "adopted VM pid {}", vm.process.pid());
+            svc.set_state(State::Booting);
+            self.services.insert(name.clone(), svc);
+            self.watch_vm(&name, &mut vm);
+            if let Some(svc) = self.services.get_mut(&name) {
+                svc.vm = Some(vm);
+            }
+            self.sync_listeners(&name);
+        }
+        // Folders of services that no record explains (removed while no daemon ran).
+        for name in self.state.service_names() {
+            if !self.services.contains_key(&name) && !self.leaving.contains_key(&name) && !desired.contains_key(&name) {
+                self.state.remove(&name);
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Fakes of the host for the controller's unit tests: VMMs that boot, crash, ignore
+//! SIGTERM or end on a signal as a test scripts them, and a network that records taps
+//! and listeners. Time is tokio's (paused in the tests), so delays are exact.
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::host::{BoxFuture, Drift, Exit, HostNet, LaunchRequest, Launcher, Signal, VmProcess};
+use crate::net::{self, Attachment};
+use crate::proxy::Target;
+use crate::state_dir::VmRecord;
+use crate::supervise::console::ConsoleRing;
+use crate::supervise::process::Ended;
+
+/// How the VMs of one service behave.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    /// Ready this long after spawn; `None`: never.
+    pub ready_after: Option<Duration>,
+    /// Ends by itself this long after spawn, with this status.
+    pub exits_after: Option<(Duration, Ended)>,
+    /// SIGTERM does nothing (only SIGKILL ends it).
+    pub ignores_term: bool,
+    /// Spawning fails with this reason.
+    pub spawn_error: Option<String>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            ready_after: Some(Duration::from_millis(5)),
+            exits_after: None,
+            ignores_term: false,
+            spawn_error: None,
+        }
+    }
+}
+
+/// One fake VMM, alive until its `end` holds a status.
+#[derive(Clone)]
+struct FakeVmm {
+    name: String,
+    end: watch::Sender<Option<Ended>>,
+    ignores_term: bool,
+    spawned: Instant,
+    ready_after: Option<Duration>,
+}
+
+#[derive(Default)]
+pub struct HostState {
+    next_pid: u32,
+    vmms: BTreeMap<u32, FakeVmm>,
+    pub behaviour: BTreeMap<String, Behaviour>,
+    /// (service, pid, when) of every spawn, in order.
+    pub spawns: Vec<(String, u32, Instant)>,
+    /// (pid, signal) of every signal sent.
+    pub signals: Vec<(u32, Signal)>,
+    /// Services with a tap.
+    pub taps: BTreeSet<String>,
+    /// What `drift` reports next (once).
+    pub drift: Vec<(String, Drift)>,
+    pub rewired: Vec<String>,
+    /// Host port -> service, for every open listener.
+    pub listeners: BTreeMap<u16, String>,
+}
+
+/// The host both fakes share, and the test inspects.
+#[derive(Clone, Default)]
+pub struct FakeHost(pub Arc<Mutex<HostState>>);
+
+impl FakeHost {
+    pub fn get(&self) -> MutexGuard<'_, HostState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl FakeHost {
+    pub fn behave(&self, service: &str, b: Behaviour) {
+        self.get().behaviour.insert(service.into(), b);
+    }
+
+    /// Pids of the VMMs that run now, by service.
+    pub fn running(&self) -> BTreeMap<String, Vec<u32>> {
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (pid, v) in &self.get().vmms {
+            if v.end.borrow().is_none() {
+                out.entry(v.name.clone()).or_default().push(*pid);
+            }
+        }
+        out
+    }
+
+    /// Ends a VMM from outside (a crash, `kill -9`).
+    pub fn kill(&self, pid: u32, ended: Ended) {
+        if let Some(v) = self.get().vmms.get(&pid) {
+            v.end.send_replace(Some(ended));
+        }
+    }
+
+    pub fn spawn_count(&self, service: &str) -> usize {
+        self.get().spawns.iter().filter(|s| s.0 == service).count()
+    }
+}
+
+pub struct FakeLauncher(pub FakeHost);
+pub struct FakeNet(pub FakeHost);
+
+pub struct FakeVm {
+    pid: u32,
+    vmm: FakeVmm,
+    host: FakeHost,
+}
+
+impl Launcher for FakeLauncher {
+    type Vm = FakeVm;
+
+    fn spawn(&mut self, request: LaunchRequest<'_>) -> Result<FakeVm, String> {
+        let mut host = self.0.get();
+        let b = host.behaviour.get(request.name).cloned().unwrap_or_default();
+        if let Some(e) = b.spawn_error {
+            return Err(e);
+        }
+        host.next_pid += 1;
+        let pid = 1000 + host.next_pid;
+        let vmm = FakeVmm {
+            name: request.name.to_string(),
+            end: watch::channel(None).0,
+            ignores_term: b.ignores_term,
+            spawned: Instant::now(),
+            ready_after: b.ready_after,
+        };
+        if let Some((after, ended)) = b.exits_after {
+            let end = vmm.end.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                end.send_if_modified(|e| e.is_none() && e.replace(ended).is_none());
+            });
+        }
+        host.vmms.insert(pid, vmm.clone());
+        host.spawns.push((request.name.to_string(), pid, Instant::now()));
+        Ok(FakeVm {
+            pid,
+            vmm,
+            host: self.0.clone(),
+        })
+    }
+
+    fn adopt(&mut self, name: &str, record: &VmRecord, _console: ConsoleRing) -> Option<FakeVm> {
+        let vmm = self.0.get().vmms.get(&record.pid).cloned()?;
+        (vmm.name == name && vmm.end.borrow().is_none() && record.start_ticks == u64::from(record.pid)).then(|| FakeVm {
+            pid: record.pid,
+            vmm,
+            host: self.0.clone(),
+        })
+    }
+}
+
+impl VmProcess for FakeVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn start_ticks(&self) -> u64 {
+        u64::from(self.pid)
+    }
+
+    fn signal(&self, signal: Signal) -> io::Result<()> {
+        self.host.get().signals.push((self.pid, signal));
+        let ended = match signal {
+            Signal::Term if self.vmm.ignores_term => return Ok(()),
+            Signal::Term => Ended::Signaled(libc::SIGTERM),
+            Signal::Kill => Ended::Signaled(libc::SIGKILL),
+        };
+        self.vmm.end.send_if_modified(|e| e.is_none() && e.replace(ended).is_none());
+        Ok(())
+    }
+
+    fn ended(&mut self) -> BoxFuture<Exit> {
+        let mut end = self.vmm.end.subscribe();
+        Box::pin(async move {
+            let ended = match end.wait_for(Option::is_some).await {
+                Ok(e) => e.unwrap_or(Ended::Unknown),
+                Err(_) => Ended::Unknown,
+            };
+            Exit { ended, reason: None }
+        })
+    }
+
+    fn ready(&mut self, _probe: Option<SocketAddrV4>) -> BoxFuture<()> {
+        let at = self.vmm.ready_after.map(|d| self.vmm.spawned + d);
+        let mut end = self.vmm.end.subscribe();
+        Box::pin(async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+            if end.borrow_and_update().is_some() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+impl HostNet for FakeNet {
+    async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, net::Error> {
+        self.0.get().taps.insert(service.to_string());
+        let tap_fd = std::fs::File::open("/dev/null").map_err(net::tap::Error::Open)?;
+        Ok(Attachment {
+            tap_name: format!("uk-{service}"),
+            tap_fd: tap_fd.into(),
+            mac: net::mac::for_service(service),
+            address: explicit.unwrap_or(Ipv4Addr::new(10, 200, 0, 2)),
+            prefix: 16,
+            gateway: Ipv4Addr::new(10, 200, 0, 1),
+        })
+    }
+
+    fn adopt(&mut self, service: &str, _tap: &str, _address: Ipv4Addr) -> Result<(), net::Error> {
+        self.0.get().taps.insert(service.to_string());
+        Ok(())
+    }
+
+    async fn detach(&mut self, service: &str) -> Result<(), net::Error> {
+        self.0.get().taps.remove(service);
+        Ok(())
+    }
+
+    async fn drift(&mut self) -> Result<Vec<(String, Drift)>, net::Error> {
+        Ok(std::mem::take(&mut self.0.get().drift))
+    }
+
+    async fn rewire(&mut self, service: &str) -> Result<(), net::Error> {
+        self.0.get().rewired.push(service.to_string());
+        Ok(())
+    }
+
+    fn listen(&mut self, service: &str, host_port: u16, _guest: u16, _target: Target) -> io::Result<JoinHandle<()>> {
+        let mut host = self.0.get();
+        if host.listeners.get(&host_port).is_some_and(|s| s != service) {
+            return Err(io::Error::from(io::ErrorKind::AddrInUse));
+        }
+        host.listeners.insert(host_port, service.to_string());
+        let state = self.0.clone();
+        let service = service.to_string();
+        Ok(tokio::spawn(async move {
+            // Closing the listener is aborting this task: the guard frees the port.
+            let _guard = PortGuard(state, host_port, service);
+            std::future::pending::<()>().await
+        }))
+    }
+}
+
+struct PortGuard(FakeHost, u16, String);
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        let mut host = self.0.get();
+        if host.listeners.get(&self.1) == Some(&self.2) {
+            host.listeners.remove(&self.1);
+        }
+    }
+}

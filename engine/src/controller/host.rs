@@ -1,0 +1,101 @@
+//! The seams where the controller touches the host, as traits: VMM processes
+//! ([`Launcher`], [`VmProcess`]) and host networking ([`HostNet`]: taps, addresses,
+//! routes, host-port listeners). The daemon uses the real ones (`supervise::launcher`,
+//! `net::HostNetwork`); the controller's unit tests use fakes with a paused clock.
+//
+// `async fn` in these traits has no `Send` bound on purpose: the controller runs on one
+// current-thread task, and the traits are used through generics only.
+#![allow(async_fn_in_trait)]
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+
+use tokio::task::JoinHandle;
+
+use crate::decl::Spec;
+use crate::net::{self, Attachment};
+use crate::proxy::Target;
+use crate::state_dir::VmRecord;
+use crate::supervise::console::ConsoleRing;
+use crate::supervise::process::Ended;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// How the controller asks a VMM to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Orderly: the VMM stops its guest and exits.
+    Term,
+    /// Now.
+    Kill,
+}
+
+/// How a VM ended, and the VMM's own words about it (its error line), if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub ended: Ended,
+    pub reason: Option<String>,
+}
+
+/// What one VM is started from.
+pub struct LaunchRequest<'a> {
+    pub name: &'a str,
+    pub spec: &'a Spec,
+    /// Its network, when it has one; the tap fd moves to the VMM.
+    pub net: Option<Attachment>,
+    /// Where its console lines go.
+    pub console: ConsoleRing,
+}
+
+/// Starts VMMs and takes over those an earlier daemon started.
+pub trait Launcher {
+    type Vm: VmProcess;
+
+    /// Starts the VMM of one service. The error says why, in words for its status.
+    fn spawn(&mut self, request: LaunchRequest<'_>) -> Result<Self::Vm, String>;
+
+    /// The VMM an earlier daemon recorded, if that very process still runs.
+    fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Self::Vm>;
+}
+
+/// One running VMM.
+pub trait VmProcess: 'static {
+    fn pid(&self) -> u32;
+    /// With the pid, names this process and no later one (see `VmRecord`).
+    fn start_ticks(&self) -> u64;
+    fn signal(&self, signal: Signal) -> io::Result<()>;
+    /// Resolves once the VMM has ended and its last console output was read. Called once.
+    fn ended(&mut self) -> BoxFuture<Exit>;
+    /// Resolves once the guest serves: it accepts TCP on `probe` or, without one, has
+    /// printed its first console line. Called at most once.
+    fn ready(&mut self, probe: Option<SocketAddrV4>) -> BoxFuture<()>;
+}
+
+/// What differs between the host and what the controller set up for a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Drift {
+    /// The tap is gone (deleted behind the daemon's back): the VMM's fd is dead, so the VM
+    /// needs a new tap and a restart.
+    TapGone,
+    /// The tap is there but down, or its route is missing: re-wire it in place.
+    Unwired,
+}
+
+/// Host networking as the controller uses it.
+pub trait HostNet {
+    /// Creates (or takes over) the tap of `service`, gives it an address and wires it.
+    async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, net::Error>;
+    /// Takes over the tap and address of a VM an earlier daemon started.
+    fn adopt(&mut self, service: &str, tap: &str, address: Ipv4Addr) -> Result<(), net::Error>;
+    /// Deletes the tap of `service` and releases its address.
+    async fn detach(&mut self, service: &str) -> Result<(), net::Error>;
+    /// Compares the host with every attached service (one dump, not one request each).
+    async fn drift(&mut self) -> Result<Vec<(String, Drift)>, net::Error>;
+    /// Re-wires the tap of `service` (up, route, neighbour), for [`Drift::Unwired`].
+    async fn rewire(&mut self, service: &str) -> Result<(), net::Error>;
+    /// Listens on `host_port` and splices connections to `guest_port` at `target`, until
+    /// the task is aborted. Binding errors are immediate.
+    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, target: Target) -> io::Result<JoinHandle<()>>;
+}

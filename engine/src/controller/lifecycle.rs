@@ -1,0 +1,346 @@
+//! One service's VM: start it, watch it, stop it, and decide what follows its end
+//! (restart policy, back-off, `failed`); and the operator's start/stop/restart.
+use std::net::SocketAddrV4;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::host::{HostNet, LaunchRequest, Launcher, Signal, VmProcess};
+use super::service::Vm;
+use super::{Controller, Event, OperatorError, STOP_GRACE};
+use crate::status::State;
+use crate::supervise::backoff::{self, Decision};
+use crate::supervise::process::Ended;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<L: Launcher, N: HostNet> Controller<L, N> {
+    /// Boots a new VM for `name`.
+    pub(super) async fn start(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let t0 = Instant::now();
+        svc.timer += 1;
+        svc.set_state(State::Booting);
+        let explicit = svc.spec.net.as_ref().map(|n| n.address);
+        let attachment = match explicit {
+            Some(address) => match self.net.attach(name, address).await {
+                Ok(a) => Some(a),
+                Err(e) => return self.start_failed(name, format!("network: {e}")),
+            },
+            None => None,
+        };
+        let t_net = t0.elapsed();
+        if let Err(e) = self.state.prepare(name) {
+            return self.start_failed(name, format!("state directory: {e}"));
+        }
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let net = attachment.as_ref().map(|a| (a.address, a.tap_name.clone()));
+        let request = LaunchRequest {
+            name,
+            spec: &svc.spec,
+            net: attachment,
+            console: svc.console.clone(),
+        };
+        let process = match self.launcher.spawn(request) {
+            Ok(p) => p,
+            Err(reason) => return self.start_failed(name, reason),
+        };
+        let id = self.next_vm;
+        self.next_vm += 1;
+        let mut vm = Vm {
+            id,
+            process,
+            spec_hash: svc.hash.clone(),
+            address: net.as_ref().map(|n| n.0),
+            tap: net.map(|n| n.1),
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            boot_ms: None,
+            tasks: Vec::new(),
+        };
+        if let Err(e) = self.state.write_record(name, &vm.record()) {
+            warn!(UNIKERNEL = %name, "cannot record the VM (a daemon restart would not adopt it): {e}");
+        }
+        info!(
+            UNIKERNEL = %name,
+            "booting VM pid {} (network {:.1} ms, spawn {:.1} ms)",
+            vm.process.pid(),
+            t_net.as_secs_f64() * 1e3,
+            (t0.elapsed() - t_net).as_secs_f64() * 1e3
+        );
+        self.watch_vm(name, &mut vm);
+        if let Some(svc) = self.services.get_mut(name) {
+            svc.vm = Some(vm);
+        }
+        self.status_dirty = true;
+    }
+
+    /// A start that failed before any VM ran counts like a VM that ended at once.
+    fn start_failed(&mut self, name: &str, reason: String) {
+        error!(UNIKERNEL = %name, "cannot start: {reason}");
+        self.after_end(name, Ended::Exited(3), Duration::ZERO, reason);
+    }
+
+    /// Spawns the helpers of a VM: exit watcher and readiness probe.
+    pub(super) fn watch_vm(&self, name: &str, vm: &mut Vm<L::Vm>) {
+        let tx = self.events.clone();
+        let ended = vm.process.ended();
+        let (n, id) = (name.to_string(), vm.id);
+        vm.tasks.push(tokio::spawn(async move {
+            let exit = ended.await;
+            let _ = tx.send(Event::Ended { name: n, vm: id, exit });
+        }));
+        let port = self
+            .services
+            .get(name)
+            .and_then(|s| s.spec.exposed().next())
+            .map(|e| e.guest);
+        let probe_at = vm.address.zip(port).map(|(a, p)| SocketAddrV4::new(a, p));
+        let ready = vm.process.ready(probe_at);
+        let tx = self.events.clone();
+        let n = name.to_string();
+        vm.tasks.push(tokio::spawn(async move {
+            ready.await;
+            let _ = tx.send(Event::Ready { name: n, vm: id });
+        }));
+    }
+
+    /// A timer: `event` comes back to the loop after `delay`.
+    fn send_after(&self, delay: Duration, event: Event) {
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(event);
+        });
+    }
+
+    /// Asks the VM of `name` to stop; its end (Event::Ended) decides what comes next.
+    pub(super) fn stop_vm(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if svc.vm.is_none() || svc.state == State::Stopping {
+            return;
+        }
+        svc.set_state(State::Stopping);
+        let _ = svc.target.send(None);
+        let Some(vm) = svc.vm.as_ref() else { return };
+        if let Err(e) = vm.process.signal(Signal::Term) {
+            warn!(UNIKERNEL = %name, "cannot signal VM pid {}: {e}", vm.process.pid());
+        }
+        let event = Event::KillDue {
+            name: name.to_string(),
+            vm: vm.id,
+        };
+        self.send_after(STOP_GRACE, event);
+        self.status_dirty = true;
+    }
+
+    /// Asks a leaving VM (adopted, no longer declared) to stop.
+    pub(super) fn stop_leaving(&self, name: &str) {
+        let Some(vm) = self.leaving.get(name) else { return };
+        if let Err(e) = vm.process.signal(Signal::Term) {
+            warn!(UNIKERNEL = %name, "cannot signal VM pid {}: {e}", vm.process.pid());
+        }
+        let event = Event::KillDue {
+            name: name.to_string(),
+            vm: vm.id,
+        };
+        self.send_after(STOP_GRACE, event);
+    }
+
+    /// Forgets a service whose VM has ended: tap, address, state folder, listeners.
+    pub(super) async fn remove(&mut self, name: &str) {
+        let Some(svc) = self.services.remove(name) else { return };
+        let had_network = svc.spec.net.is_some();
+        drop(svc); // its listeners close
+        self.release(name, had_network).await;
+        info!(UNIKERNEL = %name, "removed");
+        self.status_dirty = true;
+    }
+
+    /// The host side of a service that is gone: its tap and address (when it had a
+    /// network) and its state folder.
+    pub(super) async fn release(&mut self, name: &str, had_network: bool) {
+        if had_network {
+            if let Err(e) = self.net.detach(name).await {
+                warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
+            }
+        }
+        self.state.remove(name);
+    }
+
+    pub async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Ready { name, vm } => self.on_ready(&name, vm),
+            Event::Ended { name, vm, exit } => {
+                if self.leaving.get(&name).is_some_and(|v| v.id == vm) {
+                    let old = self.leaving.remove(&name);
+                    let had_network = old.as_ref().is_some_and(|v| v.tap.is_some());
+                    drop(old);
+                    info!(UNIKERNEL = %name, "VM of a service no longer declared has ended");
+                    return self.release(&name, had_network).await;
+                }
+                let Some(svc) = self.services.get_mut(&name) else {
+                    return;
+                };
+                let Some(old) = svc.vm.take_if(|v| v.id == vm) else {
+                    return;
+                };
+                let _ = svc.target.send(None);
+                let ran = old.started.elapsed();
+                drop(old);
+                self.state.clear_record(&name);
+                let Some(svc) = self.services.get_mut(&name) else { return };
+                if !svc.declared {
+                    return self.remove(&name).await;
+                }
+                if svc.state == State::Stopping {
+                    if svc.held {
+                        svc.set_state(State::Stopped);
+                        info!(UNIKERNEL = %name, "stopped by an operator");
+                        self.status_dirty = true;
+                        return;
+                    }
+                    // We stopped it to replace or restart it.
+                    return self.start(&name).await;
+                }
+                let reason = match exit.reason {
+                    Some(e) => format!("{}: {e}", exit.ended),
+                    None => exit.ended.to_string(),
+                };
+                warn!(UNIKERNEL = %name, "VM ended after {:.0} ms: {reason}", ran.as_secs_f64() * 1e3);
+                self.after_end(&name, exit.ended, ran, reason);
+            }
+            Event::RetryDue { name, timer } => {
+                let Some(svc) = self.services.get_mut(&name) else { return };
+                if svc.timer != timer || svc.state != State::Backoff {
+                    return;
+                }
+                svc.restarts += 1;
+                self.start(&name).await;
+            }
+            Event::KillDue { name, vm } => {
+                let stopping = self.services.get(&name).and_then(|s| s.vm.as_ref());
+                let leaving = self.leaving.get(&name);
+                if let Some(v) = stopping.into_iter().chain(leaving).find(|v| v.id == vm) {
+                    warn!(UNIKERNEL = %name, "VM pid {} did not stop in time: killing it", v.process.pid());
+                    let _ = v.process.signal(Signal::Kill);
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, name: &str, vm: u64) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if svc.state != State::Booting {
+            return;
+        }
+        let Some(v) = svc.vm.as_mut().filter(|v| v.id == vm) else {
+            return;
+        };
+        if v.boot_ms.is_none() {
+            v.boot_ms = Some(v.started.elapsed().as_secs_f64() * 1e3);
+            let _ = self.state.write_record(name, &v.record());
+        }
+        let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
+        svc.set_state(State::Running);
+        let _ = svc.target.send(address);
+        info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)");
+        self.status_dirty = true;
+    }
+
+    /// A VM ended by itself (or never started): restart policy and back-off.
+    fn after_end(&mut self, name: &str, ended: Ended, ran: Duration, reason: String) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        svc.last_error = Some(reason.clone());
+        match backoff::decide(svc.spec.restart, ended, ran, &mut svc.quick_failures) {
+            Decision::Restart(delay) => {
+                svc.set_state(State::Backoff);
+                svc.timer += 1;
+                info!(UNIKERNEL = %name, "restarting in {} ms", delay.as_millis());
+                let event = Event::RetryDue {
+                    name: name.to_string(),
+                    timer: svc.timer,
+                };
+                self.send_after(delay, event);
+            }
+            Decision::Stopped => {
+                svc.set_state(State::Stopped);
+                info!(UNIKERNEL = %name, "stopped ({reason}; restart {} does not restart it)", svc.spec.restart.as_str());
+            }
+            Decision::Failed => {
+                svc.set_state(State::Failed);
+                let lines = svc.console.tail(5);
+                let mut msg = reason;
+                if svc.quick_failures > backoff::BURST {
+                    msg = format!("{msg}; ended {} times in a row soon after start", svc.quick_failures);
+                }
+                if !lines.is_empty() {
+                    msg = format!("{msg}; last console lines: {}", lines.join(" | "));
+                }
+                error!(UNIKERNEL = %name, "failed: {msg}");
+                svc.last_error = Some(msg);
+            }
+        }
+        self.status_dirty = true;
+    }
+
+    /// Operator `Start`: clears a hold, and boots the service if no VM runs.
+    pub async fn operator_start(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
+        if !svc.declared {
+            return Err(OperatorError::NotDeclared);
+        }
+        info!(UNIKERNEL = %name, "start requested by an operator");
+        svc.held = false;
+        svc.quick_failures = 0;
+        match svc.state {
+            State::Stopped | State::Failed | State::Backoff => self.start(name).await,
+            _ => {}
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+
+    /// Operator `Stop`: ends the VM and holds the service stopped (see `Service::held`).
+    pub fn operator_stop(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
+        info!(UNIKERNEL = %name, "stop requested by an operator");
+        svc.held = true;
+        svc.timer += 1;
+        if svc.vm.is_some() {
+            self.stop_vm(name);
+        } else {
+            svc.set_state(State::Stopped);
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+
+    /// Operator `Restart`: a fresh VM, whatever the state (clears a hold and a failure).
+    pub async fn operator_restart(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
+        if !svc.declared {
+            return Err(OperatorError::NotDeclared);
+        }
+        info!(UNIKERNEL = %name, "restart requested by an operator");
+        svc.held = false;
+        svc.quick_failures = 0;
+        svc.restarts += 1;
+        if svc.vm.is_some() {
+            if svc.state == State::Stopping {
+                return Ok(()); // already on its way down; it starts again after
+            }
+            self.stop_vm(name);
+        } else {
+            self.start(name).await;
+        }
+        self.status_dirty = true;
+        Ok(())
+    }
+}

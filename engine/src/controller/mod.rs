@@ -1,0 +1,367 @@
+//! The controller: declarations in, running VMs out. One task owns every service; the
+//! helpers it spawns (exit watchers, readiness probes, timers) only send [`Event`]s back,
+//! each naming the VM instance it is about, so a late event for a VM that was already
+//! replaced is ignored. Decisions are level-triggered: an event or a reload marks what to
+//! look at, and the controller compares the spec with what it observes (the VM, its
+//! record, the tap and route, the host-port listeners) and repairs the difference.
+//!
+//! - `mod.rs` (here): the service map, reload -> plan -> apply, status.
+//! - [`lifecycle`]: starting, stopping and supervising one service's VM; operator requests.
+//! - [`adopt`]: taking over the VMs an earlier daemon left running.
+//! - [`repair`]: the resync's check of the host against what was set up.
+//! - [`host`]: the traits at the seams that touch the host.
+pub mod adopt;
+pub mod host;
+pub mod lifecycle;
+pub mod repair;
+mod service;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::decl::{Loader, Spec};
+use crate::plan::{plan, Action, Observed, Plan};
+use crate::state_dir::{write_atomic, StateDir};
+use crate::status::{DeclarationError, Snapshot, State};
+use crate::supervise::console::ConsoleRing;
+use host::{Exit, HostNet, Launcher};
+use service::{Service, Vm};
+
+/// A VMM asked to stop gets this long before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why an operator's request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    #[error("no such unikernel")]
+    NoSuchUnikernel,
+    #[error("it is being removed (no longer declared)")]
+    NotDeclared,
+}
+
+/// What the helpers report.
+#[derive(Debug)]
+pub enum Event {
+    Ended { name: String, vm: u64, exit: Exit },
+    Ready { name: String, vm: u64 },
+    RetryDue { name: String, timer: u64 },
+    KillDue { name: String, vm: u64 },
+}
+
+pub struct Controller<L: Launcher, N: HostNet> {
+    config_dir: PathBuf,
+    loader: Loader,
+    launcher: L,
+    net: N,
+    state: StateDir,
+    services: BTreeMap<String, Service<L::Vm>>,
+    /// VMs an earlier daemon left running for services no longer declared: stopping,
+    /// with no spec to supervise them by. Their host side is released when they end.
+    leaving: BTreeMap<String, Vm<L::Vm>>,
+    events: mpsc::UnboundedSender<Event>,
+    next_vm: u64,
+    /// Declaration errors in force.
+    decl_errors: Vec<DeclarationError>,
+    /// What was last logged about the declarations, so a resync does not repeat it.
+    last_reported: Vec<String>,
+    status_dirty: bool,
+    /// Held for the daemon's life: one daemon per state directory.
+    _lock: std::fs::File,
+}
+
+impl<L: Launcher, N: HostNet> Controller<L, N> {
+    /// Takes the state directory for this daemon alone (see [`StateDir::lock`]).
+    pub fn new(
+        config_dir: PathBuf,
+        state: StateDir,
+        launcher: L,
+        net: N,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> std::io::Result<Self> {
+        let lock = state.lock()?;
+        Ok(Controller {
+            config_dir,
+            loader: Loader::default(),
+            launcher,
+            net,
+            state,
+            services: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            events,
+            next_vm: 1,
+            decl_errors: Vec::new(),
+            last_reported: Vec::new(),
+            status_dirty: true,
+            _lock: lock,
+        })
+    }
+
+    pub fn config_dir(&self) -> &std::path::Path {
+        &self.config_dir
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.root()
+    }
+
+    /// Loads the declarations and applies the plan. Returns the plan it applied.
+    pub async fn reload(&mut self) -> Plan {
+        self.reload_with(None).await
+    }
+
+    /// A reload after inotify named the files that changed (by file name): the others are
+    /// not even looked at (see [`Loader::load_changed`]).
+    pub async fn reload_changed(&mut self, changed: &HashSet<OsString>) -> Plan {
+        self.reload_with(Some(changed)).await
+    }
+
+    /// The periodic resync: every file re-read, and the host checked against what was
+    /// set up for each service (see [`repair`]).
+    pub async fn resync(&mut self) -> Plan {
+        let plan = self.reload().await;
+        self.repair().await;
+        plan
+    }
+
+    async fn reload_with(&mut self, changed: Option<&HashSet<OsString>>) -> Plan {
+        let t0 = Instant::now();
+        let loaded = match changed {
+            Some(c) => self.loader.load_changed(&self.config_dir, c),
+            None => self.loader.load_dir(&self.config_dir),
+        };
+        let t_load = t0.elapsed();
+        let lines: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
+        if lines != self.last_reported {
+            for (d, line) in loaded.diagnostics.iter().zip(&lines) {
+                if d.is_error() {
+                    error!("declaration: {line}");
+                } else {
+                    warn!("declaration: {line}");
+                }
+            }
+            self.last_reported = lines;
+        }
+        let errors_before = self.decl_errors.len();
+        self.decl_errors = loaded.errors().map(DeclarationError::from).collect();
+        let observed = self.observed(&loaded.specs);
+        let plan = plan(&loaded.specs, &observed);
+        let t_plan = t0.elapsed();
+        for action in &plan.actions {
+            match action {
+                // The common case on a big host: nothing to do but follow a moved source.
+                Action::Unchanged { name } => self.keep(name, &loaded.specs),
+                other => self.apply(other.clone()).await,
+            }
+        }
+        if !plan.is_noop() {
+            info!(
+                "{} (load {:.1} ms, plan {:.1} ms, apply {:.1} ms)",
+                plan.to_string().lines().last().unwrap_or_default(),
+                t_load.as_secs_f64() * 1e3,
+                (t_plan - t_load).as_secs_f64() * 1e3,
+                (t0.elapsed() - t_plan).as_secs_f64() * 1e3
+            );
+        }
+        if !plan.is_noop() || errors_before != 0 || !self.decl_errors.is_empty() {
+            self.status_dirty = true;
+        }
+        plan
+    }
+
+    async fn apply(&mut self, action: Action) {
+        match action {
+            Action::Create { spec } => {
+                let name = spec.name.clone();
+                info!(UNIKERNEL = %name, "create (declared at {})", spec.source);
+                let mut svc = Service::new(spec);
+                if let Some(old) = self.leaving.remove(&name) {
+                    // Declared again while an adopted VM of that name is still ending:
+                    // the new VM starts once the old one is gone (and its tap with it).
+                    svc.vm = Some(old);
+                    svc.set_state(State::Stopping);
+                }
+                let waiting = svc.vm.is_some();
+                self.services.insert(name.clone(), svc);
+                self.sync_listeners(&name);
+                if !waiting {
+                    self.start(&name).await;
+                }
+            }
+            Action::Replace { spec, changed } => {
+                let name = spec.name.clone();
+                let Some(svc) = self.services.get_mut(&name) else {
+                    return;
+                };
+                info!(UNIKERNEL = %name, "replace: {} changed", changed.join(", "));
+                svc.hash = spec.hash();
+                svc.spec = spec;
+                svc.declared = true;
+                svc.quick_failures = 0;
+                svc.held = false;
+                let has_vm = svc.vm.is_some();
+                self.sync_listeners(&name);
+                if has_vm {
+                    self.stop_vm(&name);
+                } else {
+                    self.start(&name).await;
+                }
+            }
+            Action::Update { spec, changed } => {
+                let name = spec.name.clone();
+                let Some(svc) = self.services.get_mut(&name) else {
+                    return;
+                };
+                info!(UNIKERNEL = %name, "update in place: {} changed (the VM keeps running)", changed.join(", "));
+                svc.spec = spec;
+                svc.declared = true;
+                self.sync_listeners(&name);
+            }
+            Action::Stop { name } => {
+                let Some(svc) = self.services.get_mut(&name) else {
+                    return;
+                };
+                if svc.declared {
+                    info!(UNIKERNEL = %name, "stop: no longer declared");
+                }
+                svc.declared = false;
+                if svc.vm.is_some() {
+                    self.stop_vm(&name);
+                } else {
+                    self.remove(&name).await;
+                }
+            }
+            Action::Unchanged { .. } => {}
+        }
+        self.status_dirty = true;
+    }
+
+    /// An unchanged service: same spec, but its declaration may have moved (file, line),
+    /// or come back while its VM was stopping.
+    fn keep(&mut self, name: &str, desired: &BTreeMap<String, Spec>) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if let Some(spec) = desired.get(name) {
+            if svc.spec.source != spec.source {
+                svc.spec.source = spec.source.clone();
+                self.status_dirty = true;
+            }
+        }
+        if !svc.declared {
+            info!(UNIKERNEL = %name, "declared again");
+            svc.declared = true;
+            self.status_dirty = true;
+        }
+    }
+
+    /// Opens the host-port listeners the spec asks for and closes the others.
+    fn sync_listeners(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let wanted: BTreeMap<u16, u16> = svc.spec.exposed().map(|e| (e.host, e.guest)).collect();
+        svc.listeners.retain(|host, (guest, task)| {
+            let keep = wanted.get(host) == Some(guest);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (host, guest) in wanted {
+            if svc.listeners.contains_key(&host) {
+                continue;
+            }
+            match self.net.listen(name, host, guest, svc.target.subscribe()) {
+                Ok(task) => {
+                    svc.listeners.insert(host, (guest, task));
+                }
+                Err(e) => {
+                    let msg = format!("cannot listen on host port {host}: {e}");
+                    warn!(UNIKERNEL = %name, "{msg}");
+                    svc.last_error = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn observed(&self, desired: &BTreeMap<String, Spec>) -> BTreeMap<String, Observed> {
+        self.services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.observed(desired.get(k))))
+            .collect()
+    }
+
+    /// What a dry plan needs: the config directory and what is observed now. The caller
+    /// loads the files and plans off the control task (`Plan()` is open to every user).
+    pub fn plan_input(&self) -> (PathBuf, BTreeMap<String, Observed>) {
+        let observed = self
+            .services
+            .iter()
+            .map(|(k, s)| {
+                let o = s.observed(None);
+                let spec = o.spec.or_else(|| (o.spec_hash == s.hash).then(|| s.spec.clone()));
+                (k.clone(), Observed { spec, ..o })
+            })
+            .collect();
+        (self.config_dir.clone(), observed)
+    }
+
+    /// The states each service went through since the last call, in order.
+    pub fn take_transitions(&mut self) -> Vec<(String, Vec<State>)> {
+        self.services
+            .iter_mut()
+            .filter(|(_, s)| !s.transitions.is_empty())
+            .map(|(k, s)| (k.clone(), std::mem::take(&mut s.transitions)))
+            .collect()
+    }
+
+    /// The console ring of each service (shared, read by the D-Bus API).
+    pub fn consoles(&self) -> BTreeMap<String, ConsoleRing> {
+        self.services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.console.clone()))
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services.iter().map(|(k, s)| s.status(k)).collect(),
+            declaration_errors: self.decl_errors.clone(),
+        }
+    }
+
+    /// Whether the status changed since it was last published.
+    pub fn is_dirty(&self) -> bool {
+        self.status_dirty
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Writes `status.json` and the sd_notify status line, if anything changed; returns
+    /// the new status then.
+    pub fn publish(&mut self) -> Option<Snapshot> {
+        if !self.status_dirty {
+            return None;
+        }
+        self.status_dirty = false;
+        let snap = self.snapshot();
+        crate::systemd::status(&snap.summary());
+        match serde_json::to_vec_pretty(&snap) {
+            Ok(json) => {
+                if let Err(e) = write_atomic(&self.state.status_file(), &json) {
+                    warn!("cannot write {}: {e}", self.state.status_file().display());
+                }
+            }
+            Err(e) => warn!("cannot encode the status: {e}"),
+        }
+        Some(snap)
+    }
+}

@@ -1,0 +1,157 @@
+//! One service as the controller holds it: the spec it converges to, its state, and the
+//! VM instance that runs it (if any).
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::decl::Spec;
+use crate::plan::Observed;
+use crate::state_dir::VmRecord;
+use crate::status::{State, Status};
+use crate::supervise::console::ConsoleRing;
+
+use super::host::VmProcess;
+
+/// One VM instance of a service.
+pub struct Vm<P: VmProcess> {
+    /// Unique in this daemon: events name the instance they are about, so a late event
+    /// for a VM that was already replaced is ignored.
+    pub id: u64,
+    pub process: P,
+    /// The spec hash it was started from.
+    pub spec_hash: String,
+    pub address: Option<Ipv4Addr>,
+    pub tap: Option<String>,
+    pub started: Instant,
+    pub started_unix_ms: u64,
+    pub boot_ms: Option<f64>,
+    /// Exit watcher and readiness probe: they end with the VM (aborted on drop).
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+impl<P: VmProcess> Drop for Vm<P> {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl<P: VmProcess> Vm<P> {
+    pub fn record(&self) -> VmRecord {
+        VmRecord {
+            pid: self.process.pid(),
+            start_ticks: self.process.start_ticks(),
+            spec_hash: self.spec_hash.clone(),
+            address: self.address,
+            tap: self.tap.clone(),
+            started_unix_ms: self.started_unix_ms,
+            boot_ms: self.boot_ms,
+        }
+    }
+}
+
+pub struct Service<P: VmProcess> {
+    /// The spec this service converges to (the running VM may still run an older one).
+    pub spec: Spec,
+    /// `spec.hash()`, kept because status and plans ask for it often.
+    pub hash: String,
+    /// Still declared; when false the service goes away as soon as its VM has ended.
+    pub declared: bool,
+    pub state: State,
+    /// Every state entered since the last publish, in order (D-Bus replays them, so a
+    /// subscriber sees booting -> running even when both fall between two publishes).
+    pub transitions: Vec<State>,
+    pub vm: Option<Vm<P>>,
+    pub restarts: u32,
+    pub quick_failures: u32,
+    pub last_error: Option<String>,
+    pub console: ConsoleRing,
+    /// Generation of the pending restart timer: bumping it cancels the timer.
+    pub timer: u64,
+    /// Stopped by an operator (D-Bus `Stop`): stays stopped until `Start`, `Restart`, a
+    /// change of its declaration, or a daemon restart (the flag is not persisted).
+    pub held: bool,
+    /// The guest address while running: what the host-port proxies connect to.
+    pub target: watch::Sender<Option<Ipv4Addr>>,
+    /// Host port -> (guest port, listener task).
+    pub listeners: BTreeMap<u16, (u16, JoinHandle<()>)>,
+}
+
+impl<P: VmProcess> Service<P> {
+    pub fn new(spec: Spec) -> Self {
+        Service {
+            hash: spec.hash(),
+            spec,
+            declared: true,
+            state: State::Pending,
+            transitions: Vec::new(),
+            vm: None,
+            restarts: 0,
+            quick_failures: 0,
+            last_error: None,
+            console: ConsoleRing::default(),
+            timer: 0,
+            held: false,
+            target: watch::channel(None).0,
+            listeners: BTreeMap::new(),
+        }
+    }
+
+    pub fn set_state(&mut self, state: State) {
+        if state != self.state {
+            self.state = state;
+            self.transitions.push(state);
+        }
+    }
+
+    /// What the plan compares against: the spec of the VM that runs, else the declared
+    /// one. The spec is cloned only when `desired` differs from it in some field.
+    pub fn observed(&self, desired: Option<&Spec>) -> Observed {
+        match &self.vm {
+            Some(vm) if vm.spec_hash != self.hash => Observed {
+                spec_hash: vm.spec_hash.clone(),
+                spec: None,
+            },
+            _ => {
+                let differs = desired.is_some_and(|d| {
+                    d.hash() != self.hash || d.restart != self.spec.restart || !d.exposed().eq(self.spec.exposed())
+                });
+                Observed {
+                    spec_hash: self.hash.clone(),
+                    spec: differs.then(|| self.spec.clone()),
+                }
+            }
+        }
+    }
+
+    pub fn status(&self, name: &str) -> Status {
+        Status {
+            name: name.to_string(),
+            state: self.state,
+            pid: self.vm.as_ref().map(|v| v.process.pid()),
+            address: self.vm.as_ref().and_then(|v| v.address),
+            started_unix_ms: self.vm.as_ref().map(|v| v.started_unix_ms),
+            boot_ms: self.vm.as_ref().and_then(|v| v.boot_ms),
+            restarts: self.restarts,
+            last_error: self.last_error.clone(),
+            source_file: self.spec.source.file.clone(),
+            source_line: self.spec.source.line,
+            spec_hash: self.hash.clone(),
+            exposed: self.spec.exposed().map(|e| (e.host, e.guest)).collect(),
+            memory_bytes: self.spec.memory_bytes,
+            held: self.held,
+        }
+    }
+}
+
+impl<P: VmProcess> Drop for Service<P> {
+    fn drop(&mut self) {
+        for (_, task) in self.listeners.values() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The controller's logic with a fake host and tokio's paused clock: no root, no KVM.
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::fake::{Behaviour, FakeHost, FakeLauncher, FakeNet};
+use super::host::{Drift, Signal};
+use super::{Controller, Event};
+use crate::plan::Action;
+use crate::state_dir::StateDir;
+use crate::status::State;
+use crate::supervise::process::Ended;
+
+const CRASH: Option<(Duration, Ended)> = Some((Duration::from_millis(1), Ended::Exited(1)));
+
+struct Harness {
+    root: PathBuf,
+    host: FakeHost,
+    ctl: Option<Controller<FakeLauncher, FakeNet>>,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+fn decl(name: &str, extra: &str) -> String {
+    format!("unikernel \"{name}\" {{\n    image \"/images/http\"\n{extra}}}\n")
+}
+
+impl Harness {
+    async fn new(tag: &str) -> Harness {
+        let root = std::env::temp_dir().join(format!("uk-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let host = FakeHost::default();
+        let (ctl, rx) = Self::controller(&root, &host);
+        Harness {
+            root,
+            host,
+            ctl: Some(ctl),
+            rx,
+        }
+    }
+
+    fn controller(
+        root: &std::path::Path,
+        host: &FakeHost,
+    ) -> (Controller<FakeLauncher, FakeNet>, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = StateDir::new(&root.join("run")).unwrap();
+        let ctl = Controller::new(
+            root.join("etc"),
+            state,
+            FakeLauncher(host.clone()),
+            FakeNet(host.clone()),
+            tx,
+        )
+        .unwrap();
+        (ctl, rx)
+    }
+
+    fn ctl(&mut self) -> &mut Controller<FakeLauncher, FakeNet> {
+        self.ctl.as_mut().unwrap()
+    }
+
+    /// The daemon dies (`kill -9`: no cleanup) and a new one starts and adopts.
+    async fn restart_daemon(&mut self) {
+        drop(self.ctl.take());
+        let (ctl, rx) = Self::controller(&self.root, &self.host);
+        self.ctl = Some(ctl);
+        self.rx = rx;
+        self.ctl().adopt().await;
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.root.join("etc").join(file), text).unwrap();
+    }
+
+    fn remove(&self, file: &str) {
+        std::fs::remove_file(self.root.join("etc").join(file)).unwrap();
+    }
+
+    /// Runs the controller's events for `d` of (paused) time.
+    async fn run_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            tokio::select! {
+                Some(ev) = self.rx.recv() => self.ctl.as_mut().unwrap().handle(ev).await,
+                _ = tokio::time::sleep_until(end) => break,
+            }
+        }
+    }
+
+    fn state(&self, name: &str) -> Option<State> {
+        let snap = self.ctl.as_ref().unwrap().snapshot();
+        snap.services.iter().find(|s| s.name == name).map(|s| s.state)
+    }
+
+    fn pid(&self, name: &str) -> Option<u32> {
+        let snap = self.ctl.as_ref().unwrap().snapshot();
+        snap.services.iter().find(|s| s.name == name).and_then(|s| s.pid)
+    }
+
+    fn status(&self, name: &str) -> crate::status::Status {
+        let snap = self.ctl.as_ref().unwrap().snapshot();
+        snap.services.into_iter().find(|s| s.name == name).unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        drop(self.ctl.take());
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_declared_service_boots_and_runs() {
+    let mut h = Harness::new("boot").await;
+    h.write("web.kdl", &decl("web", "net { expose 8080 guest=80 }\n"));
+    let plan = h.ctl().reload().await;
+    assert!(matches!(plan.actions[..], [Action::Create { .. }]));
+    assert_eq!(h.state("web"), Some(State::Booting));
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert_eq!(h.host.running()["web"].len(), 1);
+    assert!(h.host.get().taps.contains("web"));
+    assert_eq!(h.host.get().listeners.get(&8080).map(String::as_str), Some("web"));
+    // The same declarations again: nothing to do.
+    assert!(h.ctl().reload().await.is_noop());
+    assert_eq!(h.host.spawn_count("web"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_backs_off_100_200_400_800_1600_ms_then_fails() {
+    let mut h = Harness::new("backoff").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            exits_after: CRASH,
+            ready_after: None,
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_secs(10)).await;
+    let spawns: Vec<Instant> = h.host.get().spawns.iter().map(|s| s.2).collect();
+    assert_eq!(spawns.len(), 6, "the first start and five restarts");
+    let gaps: Vec<u128> = spawns
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() - 1) // each VM ran 1 ms
+        .collect();
+    assert_eq!(gaps, vec![100, 200, 400, 800, 1600]);
+    let st = h.status("web");
+    assert_eq!(st.state, State::Failed);
+    assert_eq!(st.restarts, 5);
+    let err = st.last_error.unwrap();
+    assert!(err.contains("exit status 1") && err.contains("6 times in a row"), "{err}");
+    // Failed stays failed: no more spawns, however long.
+    h.run_for(Duration::from_secs(60)).await;
+    assert_eq!(h.host.spawn_count("web"), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stable_vm_that_crashes_restarts_after_the_first_delay_again() {
+    let mut h = Harness::new("stable").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            exits_after: Some((Duration::from_secs(20), Ended::Signaled(9))),
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_secs(100)).await;
+    // Each VM ran 20 s (past STABLE_AFTER): never failed, 100 ms between lives.
+    let spawns: Vec<Instant> = h.host.get().spawns.iter().map(|s| s.2).collect();
+    assert!(spawns.len() >= 4, "{}", spawns.len());
+    for w in spawns.windows(2) {
+        assert_eq!((w[1] - w[0]).as_millis(), 20_100);
+    }
+    assert_ne!(h.state("web"), Some(State::Failed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_booting_service_stops_its_vm_and_releases_everything() {
+    let mut h = Harness::new("delboot").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            ready_after: None,
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", "net { expose 8080 guest=80 }\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(50)).await;
+    assert_eq!(h.state("web"), Some(State::Booting));
+    h.remove("web.kdl");
+    let plan = h.ctl().reload().await;
+    assert!(matches!(plan.actions[..], [Action::Stop { .. }]));
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), None, "gone");
+    assert!(h.host.running().is_empty());
+    assert!(h.host.get().taps.is_empty(), "tap deleted");
+    assert!(h.host.get().listeners.is_empty(), "host port closed");
+    assert!(!h.root.join("run/services/web").exists(), "state folder removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleting_a_service_in_back_off_cancels_its_restart() {
+    let mut h = Harness::new("delbackoff").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            exits_after: CRASH,
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(50)).await;
+    assert_eq!(h.state("web"), Some(State::Backoff));
+    h.remove("web.kdl");
+    h.ctl().reload().await;
+    assert_eq!(h.state("web"), None);
+    h.run_for(Duration::from_secs(5)).await;
+    assert_eq!(h.host.spawn_count("web"), 1, "the pending restart did not fire");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_edit_while_booting_replaces_the_vm_once_the_old_one_ended() {
+    let mut h = Harness::new("replaceboot").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            ready_after: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    let first = h.pid("web").unwrap();
+    h.run_for(Duration::from_millis(100)).await;
+    h.write("web.kdl", &decl("web", "memory \"32M\"\n"));
+    let plan = h.ctl().reload().await;
+    assert!(matches!(&plan.actions[..], [Action::Replace { changed, .. }] if changed == &["memory"]));
+    h.run_for(Duration::from_secs(2)).await;
+    let second = h.pid("web").unwrap();
+    assert_ne!(first, second);
+    assert_eq!(h.host.running()["web"], vec![second], "exactly one VM");
+    assert!(h.host.get().signals.contains(&(first, Signal::Term)));
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert_eq!(h.status("web").memory_bytes, 32 << 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let mut h = Harness::new("grace").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            ignores_term: true,
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    let pid = h.pid("web").unwrap();
+    h.remove("web.kdl");
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(4900)).await;
+    assert_eq!(h.state("web"), Some(State::Stopping));
+    h.run_for(Duration::from_millis(200)).await;
+    assert_eq!(h.state("web"), None);
+    assert!(h.host.get().signals.contains(&(pid, Signal::Kill)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_port_or_restart_policy_change_keeps_the_vm() {
+    let mut h = Harness::new("inplace").await;
+    h.write("web.kdl", &decl("web", "net { expose 8080 guest=80 }\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let pid = h.pid("web").unwrap();
+    let hash = h.status("web").spec_hash;
+    h.write(
+        "web.kdl",
+        &decl("web", "restart \"never\"\nnet { expose 9090 guest=80 }\n"),
+    );
+    let plan = h.ctl().reload().await;
+    assert!(
+        matches!(&plan.actions[..], [Action::Update { changed, .. }] if changed == &["expose", "restart"]),
+        "{plan:?}"
+    );
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.pid("web"), Some(pid), "same VM");
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert_eq!(h.status("web").spec_hash, hash);
+    assert_eq!(h.status("web").exposed, vec![(9090, 80)]);
+    let listeners: Vec<u16> = h.host.get().listeners.keys().copied().collect();
+    assert_eq!(listeners, vec![9090], "old port closed, new one open");
+    // The new policy is in force: a crash now is not restarted.
+    h.host.kill(pid, Ended::Exited(1));
+    h.run_for(Duration::from_secs(1)).await;
+    assert_eq!(h.state("web"), Some(State::Failed));
+    assert_eq!(h.host.spawn_count("web"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_stop_holds_start_and_restart_release() {
+    let mut h = Harness::new("operator").await;
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    h.ctl().operator_stop("web").unwrap();
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Stopped));
+    assert!(h.status("web").held);
+    assert!(h.host.running().is_empty());
+    // A reload or a resync does not undo an operator's stop.
+    h.ctl().resync().await;
+    h.run_for(Duration::from_secs(1)).await;
+    assert_eq!(h.state("web"), Some(State::Stopped));
+    h.ctl().operator_start("web").await.unwrap();
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert!(!h.status("web").held);
+    let pid = h.pid("web").unwrap();
+    h.ctl().operator_restart("web").await.unwrap();
+    h.run_for(Duration::from_millis(10)).await;
+    assert_ne!(h.pid("web"), Some(pid));
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert_eq!(h.status("web").restarts, 1);
+    assert_eq!(
+        h.ctl().operator_start("nope").await,
+        Err(super::OperatorError::NoSuchUnikernel)
+    );
+    // An edit of its declaration also clears a hold.
+    h.ctl().operator_stop("web").unwrap();
+    h.run_for(Duration::from_millis(10)).await;
+    h.write("web.kdl", &decl("web", "memory \"32M\"\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_daemon_adopts_matching_replaces_changed_and_stops_removed_vms() {
+    let mut h = Harness::new("adopt").await;
+    for name in ["same", "changed", "removed"] {
+        h.write(&format!("{name}.kdl"), &decl(name, "net { }\n"));
+    }
+    h.host.behave(
+        "removed",
+        Behaviour {
+            ignores_term: true,
+            ..Default::default()
+        },
+    );
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let same = h.pid("same").unwrap();
+    let changed = h.pid("changed").unwrap();
+    let removed = h.pid("removed").unwrap();
+    // While no daemon runs: one edited, one removed.
+    h.write("changed.kdl", &decl("changed", "memory \"64M\"\nnet { }\n"));
+    h.remove("removed.kdl");
+    let t0 = Instant::now();
+    h.restart_daemon().await;
+    assert_eq!(Instant::now(), t0, "adoption waits for nothing (the removed VM ignores SIGTERM)");
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(100)).await;
+    assert_eq!(h.pid("same"), Some(same), "adopted untouched");
+    assert_eq!(h.state("same"), Some(State::Running));
+    assert_ne!(h.pid("changed"), Some(changed), "replaced");
+    assert_eq!(h.status("changed").memory_bytes, 64 << 20);
+    assert_eq!(h.state("removed"), None);
+    assert!(h.host.get().taps.contains("removed"), "still held until its VM ends");
+    h.run_for(Duration::from_secs(5)).await;
+    assert!(h.host.get().signals.contains(&(removed, Signal::Kill)));
+    assert!(!h.host.get().taps.contains("removed"), "released once it ended");
+    let running = h.host.running();
+    assert_eq!(running.keys().collect::<Vec<_>>(), vec!["changed", "same"]);
+    assert!(running.values().all(|p| p.len() == 1));
+    assert_eq!(h.host.spawn_count("same"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_died_while_no_daemon_ran_is_started_again() {
+    let mut h = Harness::new("deadwhiledown").await;
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let pid = h.pid("web").unwrap();
+    drop(h.ctl.take());
+    h.host.kill(pid, Ended::Signaled(9));
+    h.restart_daemon().await;
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert_ne!(h.pid("web"), Some(pid));
+}
+
+#[tokio::test(start_paused = true)]
+async fn resync_restarts_a_vm_whose_tap_was_deleted_and_rewires_a_down_one() {
+    let mut h = Harness::new("drift").await;
+    h.write("a.kdl", &decl("a", "net { }\n"));
+    h.write("b.kdl", &decl("b", "net { }\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let (a, b) = (h.pid("a").unwrap(), h.pid("b").unwrap());
+    h.host.get().drift = vec![("a".into(), Drift::TapGone), ("b".into(), Drift::Unwired)];
+    h.ctl().resync().await;
+    h.run_for(Duration::from_millis(50)).await;
+    assert_ne!(h.pid("a"), Some(a), "a new VM on a new tap");
+    assert_eq!(h.state("a"), Some(State::Running));
+    assert_eq!(h.pid("b"), Some(b), "re-wired in place");
+    assert_eq!(h.host.get().rewired, vec!["b".to_string()]);
+    // Nothing drifted: the next resync changes nothing.
+    let spawns = h.host.get().spawns.len();
+    h.ctl().resync().await;
+    h.run_for(Duration::from_millis(50)).await;
+    assert_eq!(h.host.get().spawns.len(), spawns);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spawn_failure_is_a_back_off_not_a_crash_of_the_controller() {
+    let mut h = Harness::new("spawnfail").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            spawn_error: Some("cannot run unikernel-vmm: Resource temporarily unavailable".into()),
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.write("ok.kdl", &decl("ok", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Backoff));
+    assert!(h.status("web").last_error.unwrap().contains("temporarily unavailable"));
+    assert_eq!(h.state("ok"), Some(State::Running));
+    // Room comes back: the next retry starts it.
+    h.host.behave("web", Behaviour::default());
+    h.run_for(Duration::from_millis(200)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+}
+
+/// 1,000 file events (creations, edits, deletions, crashes in between), reloaded in
+/// small batches as inotify would deliver them: the end state is exactly what is declared.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_1000_changes_ends_in_exactly_the_declared_state() {
+    let mut h = Harness::new("burst").await;
+    let mut declared: BTreeMap<String, u32> = BTreeMap::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..1000u32 {
+        let name = format!("s{}", next() % 60);
+        let file = format!("{name}.kdl");
+        match next() % 4 {
+            0 if declared.contains_key(&name) => {
+                h.remove(&file);
+                declared.remove(&name);
+            }
+            _ => {
+                let mem = 16 + 16 * (next() % 3) as u32;
+                h.write(&file, &decl(&name, &format!("memory \"{mem}M\"\nnet {{ }}\n")));
+                declared.insert(name.clone(), mem);
+            }
+        }
+        if next() % 7 == 0 {
+            if let Some(pid) = h.host.running().values().flatten().next().copied() {
+                h.host.kill(pid, Ended::Signaled(9));
+            }
+        }
+        if i % 10 == 9 {
+            let names: HashSet<_> = (0..60).map(|n| format!("s{n}.kdl").into()).collect();
+            h.ctl().reload_changed(&names).await;
+            h.run_for(Duration::from_millis(next() % 20)).await;
+        }
+    }
+    h.ctl().reload().await;
+    h.run_for(Duration::from_secs(30)).await;
+    let running = h.host.running();
+    assert_eq!(
+        running.keys().cloned().collect::<Vec<_>>(),
+        declared.keys().cloned().collect::<Vec<_>>()
+    );
+    assert!(running.values().all(|p| p.len() == 1), "one VM per service");
+    for (name, mem) in &declared {
+        let st = h.status(name);
+        assert_eq!(st.state, State::Running, "{name}");
+        assert_eq!(st.memory_bytes, u64::from(*mem) << 20, "{name}");
+    }
+    let taps: Vec<String> = h.host.get().taps.iter().cloned().collect();
+    assert_eq!(taps, declared.keys().cloned().collect::<Vec<_>>());
+}

@@ -1,0 +1,245 @@
+//! The daemon's one control task: a `select!` over declaration changes, VM events, D-Bus
+//! requests, signals, the resync and the watchdog. It never waits inside a branch for
+//! anything slow: VMs end through events, and a dry `Plan()` (a full re-parse that any
+//! user on the bus may ask for) runs on a blocking thread.
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::controller::host::{HostNet, Launcher};
+use crate::controller::{Controller, Event};
+use crate::dbus::{self, Published, Request, Shared};
+use crate::net::{sysctl, AddressPool, HostNetwork, Mode};
+use crate::state_dir::StateDir;
+use crate::supervise::launcher::VmmLauncher;
+use crate::watch::{self, Change};
+
+/// Settings of one daemon.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// The `unikernel-vmm` binary.
+    pub vmm: PathBuf,
+    /// Full reload and drift repair this often, whatever inotify said.
+    pub resync_every: Duration,
+    pub mode: Mode,
+    pub pool: AddressPool,
+}
+
+/// Status is published at most this often, and only after a change: an idle daemon wakes
+/// for nothing but the resync (and the watchdog, when systemd asks).
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs the daemon until SIGTERM or SIGINT. Its exit never stops VMs.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let net = HostNetwork::new(config.mode.clone(), config.pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("host network: {e}"))?;
+    info!(
+        "unikerneld {} starting: declarations in {}, state in {}, vmm {}",
+        env!("CARGO_PKG_VERSION"),
+        config.config_dir.display(),
+        config.state_dir.display(),
+        config.vmm.display()
+    );
+    let state = StateDir::new(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
+    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone());
+    let (tx, events) = mpsc::unbounded_channel();
+    let controller = Controller::new(config.config_dir.clone(), state, launcher, net, tx)
+        .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let mode = config.mode.clone();
+    let mut declared = None;
+    let grow = move |n: usize| {
+        // Host limits follow the number of services (never lowered).
+        if declared.is_none_or(|d| n > d) {
+            declared = Some(n);
+            sysctl::apply(&sysctl::wanted(n.max(1024), &mode, false));
+        }
+    };
+    serve(controller, events, config.resync_every, grow, shutdown).await?;
+    info!("stopping; the VMs keep running and the next unikerneld adopts them");
+    Ok(())
+}
+
+/// Debounced declaration changes: reload once the directory has been quiet for
+/// [`watch::DEBOUNCE`] (or [`watch::MAX_DELAY`] passed since the first change).
+#[derive(Default)]
+struct Pending {
+    due: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// What inotify named since the last reload (file names), or None after a lost event.
+    names: Option<HashSet<OsString>>,
+}
+
+impl Pending {
+    fn add(&mut self, change: Change) {
+        if self.due.is_none() {
+            self.names = Some(HashSet::new());
+        }
+        match change {
+            Change::Paths(paths) => {
+                if let Some(d) = self.names.as_mut() {
+                    d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)));
+                }
+            }
+            Change::Unknown => self.names = None,
+        }
+        let now = tokio::time::Instant::now();
+        let cap = self.due.map(|d| d.1).unwrap_or(now + watch::MAX_DELAY);
+        self.due = Some((now + watch::DEBOUNCE, cap));
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.due.map(|(quiet, cap)| quiet.min(cap))
+    }
+}
+
+/// The control loop around a controller, until `shutdown` resolves. `grow` hears the
+/// number of services whenever status is published (host limits follow it).
+pub async fn serve<L: Launcher, N: HostNet>(
+    mut ctl: Controller<L, N>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    resync_every: Duration,
+    mut grow: impl FnMut(usize),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config_dir = ctl.config_dir().to_path_buf();
+    let (changed_tx, mut changed) = mpsc::unbounded_channel();
+    let mut watcher = None;
+    let try_watch = |watcher: &mut Option<notify::RecommendedWatcher>| {
+        if watcher.is_none() {
+            match watch::watch(&config_dir, changed_tx.clone()) {
+                Ok(w) => *watcher = Some(w),
+                Err(e) => warn!(
+                    "cannot watch {} ({e}); relying on the {} s resync and SIGHUP",
+                    config_dir.display(),
+                    resync_every.as_secs()
+                ),
+            }
+        }
+    };
+    try_watch(&mut watcher);
+
+    ctl.adopt().await;
+    ctl.reload().await;
+    grow(ctl.service_count());
+
+    // The D-Bus API reads what the loop publishes and sends it requests.
+    let shared: Shared = Default::default();
+    let (requests_tx, mut requests) = mpsc::unbounded_channel::<Request>();
+    let (snapshots_tx, snapshots_rx) = mpsc::unbounded_channel();
+    let state_dir = ctl.state_dir().to_path_buf();
+    let publish_now = |ctl: &mut Controller<L, N>| {
+        if let Some(snap) = ctl.publish() {
+            let mut p = shared.write().unwrap_or_else(|p| p.into_inner());
+            *p = Published {
+                snapshot: snap.clone(),
+                consoles: ctl.consoles(),
+                config_dir: config_dir.clone(),
+                state_dir: state_dir.clone(),
+            };
+            let _ = snapshots_tx.send((snap, ctl.take_transitions()));
+        }
+    };
+    publish_now(&mut ctl);
+    let bus = dbus::server::connect(shared.clone(), requests_tx.clone()).await;
+    if let Some(conn) = bus.clone() {
+        tokio::spawn(dbus::server::run(
+            conn,
+            shared.clone(),
+            requests_tx.clone(),
+            snapshots_rx,
+        ));
+    }
+    crate::systemd::ready();
+    info!("ready: {}", ctl.snapshot().summary());
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut resync = tokio::time::interval(resync_every);
+    resync.tick().await;
+    let mut publish_at: Option<tokio::time::Instant> = None;
+    let watchdog_every = crate::systemd::watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut pending = Pending::default();
+    tokio::pin!(shutdown);
+    loop {
+        if ctl.is_dirty() && publish_at.is_none() {
+            publish_at = Some(tokio::time::Instant::now() + PUBLISH_EVERY);
+        }
+        let deadline = pending.deadline();
+        tokio::select! {
+            Some(change) = changed.recv() => pending.add(change),
+            _ = sleep_until(deadline) => {
+                pending.due = None;
+                match pending.names.take() {
+                    Some(names) => ctl.reload_changed(&names).await,
+                    None => ctl.reload().await,
+                };
+            }
+            Some(event) = events.recv() => ctl.handle(event).await,
+            Some(request) = requests.recv() => match request {
+                Request::Reload(tx) => {
+                    info!("reload requested (D-Bus)");
+                    let _ = tx.send(ctl.reload().await);
+                }
+                Request::Plan(tx) => {
+                    let (dir, observed) = ctl.plan_input();
+                    tokio::task::spawn_blocking(move || {
+                        let loaded = crate::decl::Loader::default().load_dir(&dir);
+                        let _ = tx.send(crate::plan::plan(&loaded.specs, &observed));
+                    });
+                }
+                Request::Start(name, tx) => {
+                    let _ = tx.send(ctl.operator_start(&name).await);
+                }
+                Request::Stop(name, tx) => {
+                    let _ = tx.send(ctl.operator_stop(&name));
+                }
+                Request::Restart(name, tx) => {
+                    let _ = tx.send(ctl.operator_restart(&name).await);
+                }
+            },
+            _ = resync.tick() => {
+                try_watch(&mut watcher);
+                ctl.resync().await;
+            }
+            _ = hup.recv() => {
+                info!("reload requested (SIGHUP)");
+                ctl.reload().await;
+            }
+            _ = sleep_until(publish_at) => {
+                publish_at = None;
+                grow(ctl.service_count());
+                publish_now(&mut ctl);
+            }
+            _ = watchdog.tick(), if watchdog_every.is_some() => crate::systemd::watchdog(),
+            _ = &mut shutdown => break,
+        }
+    }
+    publish_now(&mut ctl);
+    drop(bus);
+    Ok(())
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

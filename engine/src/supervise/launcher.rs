@@ -1,0 +1,175 @@
+//! The real [`Launcher`]: `unikernel-vmm` processes watched through pidfds, their console
+//! followed from the VMM's console socket, readiness probed over TCP.
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::console::{self, ConsoleRing};
+use super::probe;
+use super::process::{Ended, Launch, Process};
+use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Signal, VmProcess};
+use crate::state_dir::{StateDir, VmRecord};
+
+/// How long the end of a VM waits for its console's last lines (the VMM is gone, so the
+/// follower reaches the end at once unless the socket misbehaves).
+const CONSOLE_DRAIN: Duration = Duration::from_millis(200);
+
+pub struct VmmLauncher {
+    vmm: PathBuf,
+    state: StateDir,
+}
+
+impl VmmLauncher {
+    pub fn new(vmm: PathBuf, state: StateDir) -> VmmLauncher {
+        VmmLauncher { vmm, state }
+    }
+
+    fn follow(&self, name: &str, process: Process, console: ConsoleRing, fresh: bool) -> Vmm {
+        let (first_line_tx, first_line_rx) = oneshot::channel();
+        let follower = tokio::spawn(console::follow(
+            name.to_string(),
+            self.state.console_socket(name),
+            console,
+            fresh,
+            Some(first_line_tx),
+        ));
+        Vmm {
+            process,
+            log: self.state.vmm_log(name),
+            console: Some(AbortOnDrop(follower)),
+            first_line: Some(first_line_rx),
+        }
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct Vmm {
+    process: Process,
+    log: PathBuf,
+    console: Option<AbortOnDrop>,
+    first_line: Option<oneshot::Receiver<()>>,
+}
+
+/// The VMM's own explanation of why it stopped (its last `error:` line), if any.
+fn vmm_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("unikernel-vmm: error: "))
+        .map(str::to_string)
+}
+
+impl Launcher for VmmLauncher {
+    type Vm = Vmm;
+
+    fn spawn(&mut self, request: LaunchRequest<'_>) -> Result<Vmm, String> {
+        let name = request.name;
+        let spec = request.spec;
+        let stderr = std::fs::File::create(self.state.vmm_log(name)).map_err(|e| format!("state directory: {e}"))?;
+        let mut cmdline = spec.full_cmdline();
+        if let Some(a) = &request.net {
+            cmdline = format!("{cmdline} {}", a.guest_cmdline()).trim().to_string();
+        }
+        let mut args = vec![
+            "--kernel".to_string(),
+            spec.image.display().to_string(),
+            "--memory".into(),
+            spec.memory_bytes.to_string(),
+            "--vcpus".into(),
+            spec.vcpus.to_string(),
+            "--cmdline".into(),
+            cmdline,
+            "--console".into(),
+            format!("unix:{}", self.state.console_socket(name).display()),
+        ];
+        if let Some(initrd) = &spec.initrd {
+            args.extend(["--initrd".into(), initrd.display().to_string()]);
+        }
+        if let Some(a) = &request.net {
+            args.extend(["--mac".into(), crate::net::mac::format(&a.mac)]);
+        }
+        // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
+        let launch = Launch {
+            vmm: self.vmm.clone(),
+            args,
+            tap: request.net.map(|a| a.tap_fd),
+            stderr,
+        };
+        let process = Process::spawn(launch).map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;
+        Ok(self.follow(name, process, request.console, true))
+    }
+
+    fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Vmm> {
+        let process = Process::adopt(record.pid, record.start_ticks)?;
+        // The VMM replays its recent output: into the ring, not to the journal again.
+        Some(self.follow(name, process, console, false))
+    }
+}
+
+impl VmProcess for Vmm {
+    fn pid(&self) -> u32 {
+        self.process.pid
+    }
+
+    fn start_ticks(&self) -> u64 {
+        self.process.start_ticks
+    }
+
+    fn signal(&self, signal: Signal) -> std::io::Result<()> {
+        self.process.signal(match signal {
+            Signal::Term => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        })
+    }
+
+    fn ended(&mut self) -> BoxFuture<Exit> {
+        let wait = self.process.wait();
+        let console = self.console.take();
+        let log = self.log.clone();
+        Box::pin(async move {
+            let ended = wait.await.unwrap_or(Ended::Unknown);
+            // The guest's last words are what status shows for a crash: let the follower
+            // read them to the console's end.
+            if let Some(mut c) = console {
+                let _ = tokio::time::timeout(CONSOLE_DRAIN, &mut c.0).await;
+            }
+            let reason = tokio::task::spawn_blocking(move || vmm_error(&log)).await.ok().flatten();
+            Exit { ended, reason }
+        })
+    }
+
+    fn ready(&mut self, probe_at: Option<SocketAddrV4>) -> BoxFuture<()> {
+        let first_line = self.first_line.take();
+        Box::pin(async move {
+            let Some(first_line) = first_line else {
+                return std::future::pending().await;
+            };
+            match probe_at {
+                Some(addr) => {
+                    // Probing before the guest is up only queues SYNs it must answer
+                    // later: start at its first console line (a hint, not the proof), or
+                    // after a moment for guests that print nothing.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), first_line).await;
+                    probe::until_accepts(addr).await
+                }
+                None => {
+                    // No port to try: the guest's first console line is its readiness line.
+                    if first_line.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        })
+    }
+}
