@@ -325,3 +325,41 @@ fn systemd_hears_ready_status_and_watchdog() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_host_port_change_keeps_the_vm_and_the_resync_repairs_the_network() {
+    let mut d = Daemon::new("drift");
+    d.args = vec!["--resync".into(), "1".into()];
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+
+    // A new host port is applied in place: same VM, its request counter goes on.
+    d.declare("web.kdl", &http_decl("web", 8090, ""));
+    d.wait_for("port moved", LONG, |s| {
+        s.services.iter().any(|x| x.name == "web" && x.exposed == vec![(8090, 80)])
+    });
+    assert_eq!(d.get(8090).unwrap().1.trim(), "web 2", "same guest");
+    assert!(d.get(8080).is_err(), "old host port closed");
+    assert_eq!(d.service("web").unwrap().pid, web.pid);
+    assert!(d.log_text().contains("update in place: expose changed"));
+
+    // The tap set down by hand (its route goes with it): wired again, same VM.
+    d.ip(&["link", "set", "uk-web", "down"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(d.log_text().contains("wiring it again"), "{}", d.log_text());
+    assert_eq!(d.get(8090).unwrap().1.trim(), "web 3", "same guest, reachable again");
+    assert_eq!(d.service("web").unwrap().pid, web.pid);
+
+    // The tap deleted by hand: the VMM's fd is dead; a new VM on a new tap.
+    d.ip(&["link", "del", "uk-web"]);
+    d.wait_for("web on a new VM", LONG, |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.state == State::Running && x.pid != web.pid)
+    });
+    assert!(!alive(web.pid.unwrap()));
+    assert_eq!(d.taps(), vec!["uk-web".to_string()]);
+    assert_eq!(d.get(8090).unwrap().1.trim(), "web 1", "a fresh guest serves");
+}

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub conf: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
+    /// Extra daemon arguments.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -37,6 +39,7 @@ impl Daemon {
             log: dir.join("daemon.log"),
             conf,
             dir,
+            args: Vec::new(),
             child: None,
         }
     }
@@ -71,6 +74,7 @@ impl Daemon {
             .arg(&self.state)
             .arg("--vmm")
             .arg(vmm_binary())
+            .args(&self.args)
             .env("RUST_LOG", "info");
         cmd
     }
@@ -143,6 +147,17 @@ impl Daemon {
     /// HTTP GET to a host port, from inside the namespace.
     pub fn get(&self, port: u16) -> std::io::Result<(u16, String)> {
         self.ns.run(move || http_get(&format!("127.0.0.1:{port}")))
+    }
+
+    /// `ip ARGS` inside the namespace; panics if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let st = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&self.ns.name)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
     }
 
     /// Names of the links in the namespace that start with `uk-` (service taps).
