@@ -194,11 +194,7 @@ mod tests {
         );
         let after = specs("unikernel \"a\" { image \"/a\" }\nunikernel \"b\" { image \"/b\"\n memory \"32M\" }\nunikernel \"d\" { image \"/d\" }\n");
         let p = plan(&after, &observe(&before));
-        let kinds: Vec<(&str, &str)> = p
-            .actions
-            .iter()
-            .map(|a| (a.name(), a.kind()))
-            .collect();
+        let kinds: Vec<(&str, &str)> = p.actions.iter().map(|a| (a.name(), a.kind())).collect();
         assert_eq!(
             kinds,
             vec![("a", "unchanged"), ("b", "replace"), ("c", "stop"), ("d", "create")]
@@ -221,7 +217,10 @@ mod tests {
             matches!(&p.actions[0], Action::Update { changed, .. } if changed == &vec!["expose".to_string(), "restart".into()]),
             "{p:?}"
         );
-        assert!(p.to_string().contains("~ a (update in place: expose, restart changed"), "{p}");
+        assert!(
+            p.to_string().contains("~ a (update in place: expose, restart changed"),
+            "{p}"
+        );
         assert!(!p.is_noop());
     }
 

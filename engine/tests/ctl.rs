@@ -59,7 +59,7 @@ fn plan_offline_lists_what_would_be_created() {
     assert_eq!(code, 0);
     assert!(out.contains("+ a (create") && out.contains("+ b (create"), "{out}");
     assert!(
-        out.contains("Plan: 2 to create, 0 to replace, 0 to stop, 0 unchanged."),
+        out.contains("Plan: 2 to create, 0 to replace, 0 to update in place, 0 to stop, 0 unchanged."),
         "{out}"
     );
     // Without --offline it asks the daemon; with no bus it says so and how to go on.

@@ -338,7 +338,9 @@ fn a_host_port_change_keeps_the_vm_and_the_resync_repairs_the_network() {
     // A new host port is applied in place: same VM, its request counter goes on.
     d.declare("web.kdl", &http_decl("web", 8090, ""));
     d.wait_for("port moved", LONG, |s| {
-        s.services.iter().any(|x| x.name == "web" && x.exposed == vec![(8090, 80)])
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.exposed == vec![(8090, 80)])
     });
     assert_eq!(d.get(8090).unwrap().1.trim(), "web 2", "same guest");
     assert!(d.get(8080).is_err(), "old host port closed");

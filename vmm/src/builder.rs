@@ -20,6 +20,7 @@ use crate::devices::virtio::net::{event_handler, Net, Tap};
 use crate::devices::virtio::transport::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::Interrupt;
 use crate::devices::Bus;
+use crate::event_loop::EventLoop;
 use crate::exit::{ExitRequest, GuestFault, StopReason};
 use crate::loader;
 use crate::vstate::memory::{self, GuestMemoryMmap};
@@ -98,19 +99,23 @@ pub struct Machine {
     mmio: Arc<Bus>,
     serial: Arc<Mutex<Serial>>,
     exit: ExitRequest,
+    /// Every device's fds, run on one thread once the VM starts.
+    events: EventLoop,
     _vm: Vm,
     _mem: GuestMemoryMmap,
     pub trace: BootTrace,
 }
 
-fn console_out(target: &ConsoleTarget) -> Result<Box<dyn Write + Send>, Error> {
+fn console_out(target: &ConsoleTarget, events: &mut EventLoop) -> Result<Box<dyn Write + Send>, Error> {
     Ok(match target {
         ConsoleTarget::Stdout => Box::new(std::io::stdout()),
         ConsoleTarget::Off => Box::new(std::io::sink()),
         ConsoleTarget::Socket(path) => Box::new(
-            crate::devices::legacy::console_socket::ConsoleSocket::bind(path).map_err(|source| Error::Console {
-                path: path.clone(),
-                source,
+            crate::devices::legacy::console_socket::ConsoleSocket::bind(path, events).map_err(|source| {
+                Error::Console {
+                    path: path.clone(),
+                    source,
+                }
             })?,
         ),
         ConsoleTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(
@@ -131,7 +136,9 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
             max: MAX_VCPUS,
         });
     }
-    let console = console_out(&config.console)?;
+    let device_err = |e: &dyn std::fmt::Display| Error::Device(e.to_string());
+    let mut events = EventLoop::new().map_err(|e| device_err(&e))?;
+    let console = console_out(&config.console, &mut events)?;
 
     let mem = memory::create(config.memory)?;
     let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
@@ -163,7 +170,6 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     trace.mark("vm");
 
     let exit = ExitRequest::default();
-    let device_err = |e: &dyn std::fmt::Display| Error::Device(e.to_string());
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| device_err(&e))?;
     vm.fd()
         .register_irqfd(&serial_irq, legacy::COM1_IRQ)
@@ -190,7 +196,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     .map_err(|e| device_err(&e))?;
     let mut mmio = Bus::new("MMIO");
     if let Some(net) = &config.net {
-        attach_net(&vm, &mem, &mut mmio, net)?;
+        attach_net(&vm, &mem, &mut mmio, &mut events, net)?;
     }
     trace.mark("devices");
 
@@ -214,6 +220,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         mmio: Arc::new(mmio),
         serial,
         exit,
+        events,
         _vm: vm,
         _mem: mem,
         trace,
@@ -221,8 +228,14 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
 }
 
 /// Creates a virtio-net device on `net`'s tap at the first virtio-mmio slot: its
-/// interrupt on an irqfd, its queue notifications on ioeventfds, its I/O on its own thread.
-fn attach_net(vm: &Vm, mem: &GuestMemoryMmap, mmio: &mut Bus, net: &NetConfig) -> Result<(), Error> {
+/// interrupt on an irqfd, its queue notifications on ioeventfds, its I/O on the event loop.
+fn attach_net(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    events: &mut EventLoop,
+    net: &NetConfig,
+) -> Result<(), Error> {
     let err = |e: &dyn std::fmt::Display| Error::Net(e.to_string());
     let tap = match &net.backend {
         NetBackend::Tap(name) => Tap::open(name),
@@ -248,9 +261,10 @@ fn attach_net(vm: &Vm, mem: &GuestMemoryMmap, mmio: &mut Bus, net: &NetConfig) -
     let transport = MmioTransport::new(device.clone(), mem.clone(), Interrupt::new(irqfd), clones);
     mmio.insert(VIRTIO_MMIO_BASE, MMIO_LEN, Arc::new(Mutex::new(transport)))
         .map_err(|e| err(&e))?;
-    let tx_evt = queue_evts.pop().expect("two queue eventfds");
-    let rx_evt = queue_evts.pop().expect("two queue eventfds");
-    event_handler::spawn(device, rx_evt, tx_evt).map_err(|e| err(&e))?;
+    let (Some(tx_evt), Some(rx_evt)) = (queue_evts.pop(), queue_evts.pop()) else {
+        return Err(Error::Net("two queue eventfds were made".into()));
+    };
+    event_handler::register(events, device, rx_evt, tx_evt).map_err(|e| err(&e))?;
     Ok(())
 }
 
@@ -258,9 +272,18 @@ fn attach_net(vm: &Vm, mem: &GuestMemoryMmap, mmio: &mut Bus, net: &NetConfig) -
 pub type Outcome = Result<StopReason, GuestFault>;
 
 impl Machine {
-    /// Runs the VM until it stops; the boot vCPU runs on this thread. The other vCPUs run
-    /// on their own threads and end the process themselves if they see the guest stop.
-    pub fn run(mut self, on_ap_exit: fn(Outcome, &Mutex<Serial>) -> !) -> (Outcome, BootTrace) {
+    /// Runs the VM until it stops; the boot vCPU runs on this thread, the event loop and
+    /// the other vCPUs on their own threads (the other vCPUs end the process themselves
+    /// if they see the guest stop). A thread that cannot be created (the host is out of
+    /// threads) is an error before the guest runs, never a panic.
+    pub fn run(mut self, on_ap_exit: fn(Outcome, &Mutex<Serial>) -> !) -> Result<(Outcome, BootTrace), Error> {
+        let threads = |e: std::io::Error| Error::Device(format!("cannot start a thread: {e}"));
+        // Only the boot vCPU is watched: the others may legitimately wait for INIT/SIPI.
+        let Machine { mut events, .. } = self;
+        crate::watchdog::install()
+            .and_then(|()| crate::watchdog::watch_current_thread(&mut events))
+            .unwrap_or_else(|e| crate::log_warn!("no watchdog for halted guests: {e}"));
+        events.spawn().map_err(threads)?;
         let mut boot = self.vcpus.remove(0);
         for mut vcpu in self.vcpus.drain(..) {
             let (pio, mmio, exit, serial) = (
@@ -272,20 +295,12 @@ impl Machine {
             std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id()))
                 .spawn(move || on_ap_exit(vcpu.run(&pio, &mmio, &exit), &serial))
-                .expect("spawning a vCPU thread");
+                .map_err(threads)?;
         }
-        // Only the boot vCPU is watched: the others may legitimately wait for INIT/SIPI.
-        crate::watchdog::install()
-            .and_then(|()| crate::watchdog::start_for_current_thread())
-            .unwrap_or_else(|e| crate::log_warn!("no watchdog for halted guests: {e}"));
         self.trace.mark("enter");
         let outcome = boot.run(&self.pio, &self.mmio, &self.exit);
         self.trace.mark("stopped");
-        self.flush_console();
-        (outcome, self.trace)
-    }
-
-    pub fn flush_console(&self) {
         let _ = self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        Ok((outcome, self.trace))
     }
 }

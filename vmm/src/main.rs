@@ -122,7 +122,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_SETUP_FAILED);
         }
     };
-    let (outcome, trace) = machine.run(ap_exit);
+    let (outcome, trace) = match machine.run(ap_exit) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("unikernel-vmm: error: {e}");
+            return ExitCode::from(EXIT_SETUP_FAILED);
+        }
+    };
     if cli.trace_boot {
         eprintln!(
             "unikernel-vmm: boot trace: {} stop: {}us",

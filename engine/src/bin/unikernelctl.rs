@@ -232,10 +232,7 @@ fn print_plan(entries: &[(String, String, Vec<String>)], json_out: bool) {
             _ => {}
         }
     }
-    println!(
-        "{}",
-        unikerneld::plan::summary(|k| counts.get(k).copied().unwrap_or(0))
-    );
+    println!("{}", unikerneld::plan::summary(|k| counts.get(k).copied().unwrap_or(0)));
 }
 
 fn report(loaded: &unikerneld::decl::Loaded) {

@@ -17,7 +17,10 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         for (name, record) in self.state.records() {
             let declared = desired.get(&name).cloned();
             let mut svc = declared.map(Service::new);
-            let console = svc.as_ref().map(|s| s.console.clone()).unwrap_or_else(ConsoleRing::default);
+            let console = svc
+                .as_ref()
+                .map(|s| s.console.clone())
+                .unwrap_or_else(ConsoleRing::default);
             let Some(process) = self.launcher.adopt(&name, &record, console) else {
                 info!(UNIKERNEL = %name, "recorded VM (pid {}) is gone", record.pid);
                 self.state.clear_record(&name);

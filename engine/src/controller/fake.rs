@@ -153,10 +153,12 @@ impl Launcher for FakeLauncher {
 
     fn adopt(&mut self, name: &str, record: &VmRecord, _console: ConsoleRing) -> Option<FakeVm> {
         let vmm = self.0.get().vmms.get(&record.pid).cloned()?;
-        (vmm.name == name && vmm.end.borrow().is_none() && record.start_ticks == u64::from(record.pid)).then(|| FakeVm {
-            pid: record.pid,
-            vmm,
-            host: self.0.clone(),
+        (vmm.name == name && vmm.end.borrow().is_none() && record.start_ticks == u64::from(record.pid)).then(|| {
+            FakeVm {
+                pid: record.pid,
+                vmm,
+                host: self.0.clone(),
+            }
         })
     }
 }
@@ -177,7 +179,9 @@ impl VmProcess for FakeVm {
             Signal::Term => Ended::Signaled(libc::SIGTERM),
             Signal::Kill => Ended::Signaled(libc::SIGKILL),
         };
-        self.vmm.end.send_if_modified(|e| e.is_none() && e.replace(ended).is_none());
+        self.vmm
+            .end
+            .send_if_modified(|e| e.is_none() && e.replace(ended).is_none());
         Ok(())
     }
 

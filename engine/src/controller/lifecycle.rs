@@ -195,7 +195,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 let ran = old.started.elapsed();
                 drop(old);
                 self.state.clear_record(&name);
-                let Some(svc) = self.services.get_mut(&name) else { return };
+                let Some(svc) = self.services.get_mut(&name) else {
+                    return;
+                };
                 if !svc.declared {
                     return self.remove(&name).await;
                 }
@@ -217,7 +219,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 self.after_end(&name, exit.ended, ran, reason);
             }
             Event::RetryDue { name, timer } => {
-                let Some(svc) = self.services.get_mut(&name) else { return };
+                let Some(svc) = self.services.get_mut(&name) else {
+                    return;
+                };
                 if svc.timer != timer || svc.state != State::Backoff {
                     return;
                 }

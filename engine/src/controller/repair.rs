@@ -18,7 +18,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             }
         };
         for (name, drift) in drift {
-            let Some(svc) = self.services.get_mut(&name) else { continue };
+            let Some(svc) = self.services.get_mut(&name) else {
+                continue;
+            };
             match drift {
                 Drift::TapGone => {
                     if svc.vm.is_none() || svc.state == State::Stopping {

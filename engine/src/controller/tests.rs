@@ -156,7 +156,10 @@ async fn a_crash_loop_backs_off_100_200_400_800_1600_ms_then_fails() {
     assert_eq!(st.state, State::Failed);
     assert_eq!(st.restarts, 5);
     let err = st.last_error.unwrap();
-    assert!(err.contains("exit status 1") && err.contains("6 times in a row"), "{err}");
+    assert!(
+        err.contains("exit status 1") && err.contains("6 times in a row"),
+        "{err}"
+    );
     // Failed stays failed: no more spawns, however long.
     h.run_for(Duration::from_secs(60)).await;
     assert_eq!(h.host.spawn_count("web"), 6);
@@ -370,7 +373,11 @@ async fn a_new_daemon_adopts_matching_replaces_changed_and_stops_removed_vms() {
     h.remove("removed.kdl");
     let t0 = Instant::now();
     h.restart_daemon().await;
-    assert_eq!(Instant::now(), t0, "adoption waits for nothing (the removed VM ignores SIGTERM)");
+    assert_eq!(
+        Instant::now(),
+        t0,
+        "adoption waits for nothing (the removed VM ignores SIGTERM)"
+    );
     h.ctl().reload().await;
     h.run_for(Duration::from_millis(100)).await;
     assert_eq!(h.pid("same"), Some(same), "adopted untouched");

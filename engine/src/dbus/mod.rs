@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::oneshot;
 
-use crate::plan::Plan;
 use crate::controller::OperatorError;
+use crate::plan::Plan;
 use crate::status::Snapshot;
 use crate::supervise::console::ConsoleRing;
 

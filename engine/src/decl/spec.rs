@@ -125,10 +125,7 @@ impl Spec {
 
     /// The fields applied to a running VM without replacing it.
     pub fn live_fields(&self) -> [(&'static str, String); 2] {
-        let expose: Vec<String> = self
-            .exposed()
-            .map(|e| format!("{}:{}", e.host, e.guest))
-            .collect();
+        let expose: Vec<String> = self.exposed().map(|e| format!("{}:{}", e.host, e.guest)).collect();
         [
             ("expose", expose.join(",")),
             ("restart", self.restart.as_str().to_string()),
@@ -197,8 +194,7 @@ mod tests {
     /// documented on [`super::Spec::hash`]). If this test fails, every VM on every upgraded host would be replaced.
     #[test]
     fn the_hash_of_a_reference_spec_is_pinned() {
-        let spec = one(
-            r#"unikernel "web" {
+        let spec = one(r#"unikernel "web" {
     image "/usr/share/unikerneld/images/http"
     cmdline "port=80 name=web"
     env LOG="info" MODE="prod"
@@ -208,8 +204,7 @@ mod tests {
     net { address "10.200.0.9"; expose 8080 guest=80 }
     restart "on-failure"
 }
-"#,
-        );
+"#);
         assert_eq!(spec.hash(), "82ee1ac3dc731a3f");
         assert_eq!(one("unikernel \"a\" { image \"/a\" }\n").hash(), "af1f05aca5d525d5");
     }

@@ -180,7 +180,11 @@ impl HostNetwork {
 
     /// Wires the existing tap of `service` again: up, and its route and neighbour entry.
     pub async fn rewire(&mut self, service: &str) -> Result<(), Error> {
-        let tap_name = self.attached.get(service).cloned().unwrap_or_else(|| tap::name_for(service));
+        let tap_name = self
+            .attached
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| tap::name_for(service));
         let index = self.nl.link_index(&tap_name).await?;
         let mac = mac::for_service(service);
         self.nl.set_up(index).await?;

@@ -144,7 +144,10 @@ impl VmProcess for Vmm {
             if let Some(mut c) = console {
                 let _ = tokio::time::timeout(CONSOLE_DRAIN, &mut c.0).await;
             }
-            let reason = tokio::task::spawn_blocking(move || vmm_error(&log)).await.ok().flatten();
+            let reason = tokio::task::spawn_blocking(move || vmm_error(&log))
+                .await
+                .ok()
+                .flatten();
             Exit { ended, reason }
         })
     }

@@ -6,9 +6,14 @@
 //! client is too slow to take are dropped for that client (the ring still has them).
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::epoll::EventSet;
+
+use crate::event_loop::{EventLoop, Next};
 
 /// Output kept for replay.
 pub const RING_BYTES: usize = 64 * 1024;
@@ -70,23 +75,28 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Binds `path` (replacing a stale socket file) and accepts clients on a thread.
-    pub fn bind(path: &Path) -> io::Result<Self> {
+    /// Binds `path` (replacing a stale socket file); clients are accepted on the VMM's
+    /// event loop.
+    pub fn bind(path: &Path, events: &mut EventLoop) -> io::Result<Self> {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
         let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
         let hub = Arc::new(Mutex::new(Hub::default()));
         let accept_hub = hub.clone();
-        std::thread::Builder::new().name("console".into()).spawn(move || {
-            for stream in listener.incoming().flatten() {
+        events.add(listener.as_raw_fd(), EventSet::IN, move |_| {
+            while let Ok((stream, _)) = listener.accept() {
+                // Sends are MSG_DONTWAIT either way; a blocking socket keeps that simple.
+                let _ = stream.set_nonblocking(false);
                 let mut hub = accept_hub.lock().unwrap_or_else(|p| p.into_inner());
                 let replay: Vec<u8> = hub.ring.iter().copied().collect();
                 hub.client = Some(stream);
                 hub.send(format!("{}\n", replay.len()).as_bytes());
                 hub.send(&replay);
             }
+            Next::Keep
         })?;
         Ok(ConsoleSocket { hub })
     }
@@ -122,11 +132,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("uk-console-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("console.sock");
-        let mut console = ConsoleSocket::bind(&path).unwrap();
+        let mut events = EventLoop::new().unwrap();
+        let mut console = ConsoleSocket::bind(&path, &mut events).unwrap();
+        events.spawn().unwrap();
         console.write_all(b"before\n").unwrap(); // nobody listening: kept in the ring
         let (n, mut r) = connect(&path);
         assert_eq!(n, 7);
-        // The accept thread installs the client before sending the header, so this is live.
+        // The event loop installs the client before sending the header, so this is live.
         console.write_all(b"after\n").unwrap();
         let mut got = vec![0u8; 13];
         r.read_exact(&mut got).unwrap();
