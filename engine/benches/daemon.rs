@@ -4,6 +4,11 @@
 //! (d) daemon CPU over 30 s idle with M VMs, daemon RSS, VM RSS.
 //! Needs the release VMM: `cargo build --release -p unikernel-vmm` first.
 //! UK_BENCH_BURST, UK_BENCH_VMS and UK_BENCH_IDLE_SECS change the sizes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

@@ -1,5 +1,10 @@
 //! Load + plan for 10,000 declarations (issue target: <= 100 ms), in two layouts: one file
 //! per service, and 100 files of 100 services. Median of 7 runs each.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 use std::collections::BTreeMap;
 use std::time::Instant;
 

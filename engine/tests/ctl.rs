@@ -1,4 +1,9 @@
 //! `unikernelctl check` and `plan --offline`, as a user runs them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 use std::process::Command;
 
 fn ctl(args: &[&str]) -> (i32, String, String) {

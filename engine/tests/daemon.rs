@@ -1,5 +1,10 @@
 //! `unikerneld` end to end: real VMs under /dev/kvm, real taps in a namespace the test
 //! creates, declarations edited the way users edit them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 mod support;
 
 use std::time::Duration;

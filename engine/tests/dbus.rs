@@ -1,5 +1,10 @@
 //! The D-Bus API and `unikernelctl`, against a real daemon with real VMs on a private
 //! dbus-daemon that runs Debian's system bus policy plus ours.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 mod support;
 
 use std::process::{Command, Output};

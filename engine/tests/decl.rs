@@ -1,5 +1,10 @@
 //! Declarations: parsing, validation, diagnostics with places, last-good per file,
 //! cross-file duplicates.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 use std::path::{Path, PathBuf};
 
 use unikerneld::decl::parse::parse_file;

@@ -1,4 +1,9 @@
 //! Host networking through real netlink, in a network namespace of the test's own.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #[path = "../../vmm/tests/common.rs"]
 mod common;
 

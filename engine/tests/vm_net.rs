@@ -1,5 +1,10 @@
 //! The engine's host networking and a real VM together: a routed tap from `HostNetwork`,
 //! handed to `unikernel-vmm` as an fd, and the http unikernel answering on its address.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #[path = "../../vmm/tests/common.rs"]
 mod common;
 

@@ -5,6 +5,11 @@
 //! and the process's peak RSS (from wait4). Prints p50/p90 and the ratios.
 //! `BENCH_RUNS` (default 200) sets the runs per side. QEMU (Debian's qemu-system-x86) is
 //! required: a benchmark without its peer is not a result.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #[path = "../tests/common.rs"]
 mod common;
 

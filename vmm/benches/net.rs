@@ -3,6 +3,11 @@
 //! tap, alternating A B A B; then requests/s against one running VM of each for 10 s.
 //! Everything runs in a network namespace the benchmark creates and removes.
 //! `BENCH_RUNS` (default 100) sets the boots per side.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #[path = "../tests/common.rs"]
 mod common;
 

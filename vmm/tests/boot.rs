@@ -1,4 +1,9 @@
 //! Real guests under /dev/kvm: each boot protocol, the console, and how a dead guest ends.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 mod common;
 
 use std::time::Duration;

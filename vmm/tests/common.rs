@@ -1,5 +1,10 @@
 //! Shared by the integration tests: the real `unikernel-vmm` binary, real /dev/kvm, and
 //! the example unikernels (built on first use).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,9 @@
 //! The http unikernel on a real tap, in a network namespace of the test's own.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -83,6 +88,7 @@ fn http_guest_serves_sequential_and_concurrent_requests_and_idles_for_free() {
     assert_eq!(counters.len(), 50, "every concurrent request counted once");
 
     // Idle: no requests for 5 s; the VM must stay below 1% of a CPU.
+    // SAFETY: sysconf takes a name and has no other preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     let before = cpu_ticks(vm.0.id());
     std::thread::sleep(Duration::from_secs(5));

@@ -1,5 +1,10 @@
 //! Images and settings that cannot boot are refused before any VM exists, with exit
 //! status 3 and one line that says what is wrong.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -215,7 +215,8 @@ fn print_plan(entries: &[(String, String, Vec<String>)], json_out: bool) {
             .iter()
             .map(|(n, a, c)| json!({"name": n, "action": a, "changed": c}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        let v = serde_json::Value::Array(v);
+        println!("{v:#}");
         return;
     }
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -312,7 +313,8 @@ async fn run(command: Command) -> Result<u8> {
                     .iter()
                     .map(|(n, s, a, p, o)| json!({"name": n, "state": s, "address": a, "pid": p, "object": o.as_str()}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+                let v = serde_json::Value::Array(v);
+                println!("{v:#}");
             } else {
                 println!("{:<24} {:<9} {:<16} {:>8}", "NAME", "STATE", "ADDRESS", "PID");
                 for (n, s, a, p, _) in &list {
@@ -337,7 +339,7 @@ async fn run(command: Command) -> Result<u8> {
                     .map(|(f, l, c, msg)| json!({"file": f, "line": l, "column": c, "message": msg}))
                     .collect();
                 let v = json!({"version": version, "config_dir": dir, "summary": summary, "declaration_errors": errs});
-                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+                println!("{v:#}");
             } else {
                 println!("● unikerneld {version}: {summary}");
                 println!("  Declarations: {dir}");
@@ -356,7 +358,7 @@ async fn run(command: Command) -> Result<u8> {
             let u = unikernel(&conn, &name).await?;
             let v = describe(&u, lines).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+                println!("{v:#}");
             } else {
                 print_status(&v);
             }
@@ -421,12 +423,15 @@ async fn operate(verb: &str, name: &str) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    // Like every Unix filter: `unikernelctl status | head` ends quietly when head does,
+    // instead of panicking on EPIPE (Rust ignores SIGPIPE by default).
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let outcome = rt.block_on(run(cli.command));
+    let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run(cli.command)),
+        Err(e) => Err(Failure(exit::FAILED, format!("cannot start: {e}"))),
+    };
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {

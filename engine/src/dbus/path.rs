@@ -41,6 +41,7 @@ pub fn unescape_label(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+#[allow(clippy::expect_used, reason = "escape_label yields only [A-Za-z0-9_] (tested)")]
 pub fn unikernel_path(name: &str) -> OwnedObjectPath {
     OwnedObjectPath::try_from(format!("{UNIKERNEL_PREFIX}/{}", escape_label(name))).expect("escaped labels are valid")
 }

@@ -210,8 +210,8 @@ impl Loader {
                 continue 'next;
             }
             if let Some(net) = &spec.net {
-                if let Some(first) = net.address.and_then(|a| by_address.get(&a)) {
-                    clash(format!("address {}", net.address.unwrap()), *first);
+                if let Some((address, first)) = net.address.and_then(|a| by_address.get(&a).map(|f| (a, f))) {
+                    clash(format!("address {address}"), *first);
                     continue 'next;
                 }
                 for e in &net.expose {

@@ -133,8 +133,8 @@ fn integer(
 /// The single positional argument of `node`, and no properties.
 fn one_arg<'a>(r: &Reporter, node: &'a KdlNode, diags: &mut Vec<DeclError>) -> Option<&'a KdlEntry> {
     let args: Vec<&KdlEntry> = node.entries().iter().filter(|e| e.name().is_none()).collect();
-    for e in node.entries().iter().filter(|e| e.name().is_some()) {
-        let name = e.name().unwrap().value();
+    for (e, name) in node.entries().iter().filter_map(|e| Some((e, e.name()?))) {
+        let name = name.value();
         diags.push(r.error(
             e.span(),
             format!("`{}` takes no property `{name}`", node.name().value()),

@@ -60,6 +60,7 @@ impl FromStr for AddressPool {
 }
 
 impl Default for AddressPool {
+    #[allow(clippy::expect_used, reason = "a constant that parses (tested)")]
     fn default() -> Self {
         "10.200.0.0/16".parse().expect("a valid default pool")
     }

@@ -1,6 +1,11 @@
 //! A private dbus-daemon with Debian's system bus configuration (its policy defaults:
 //! nobody may own names or call methods unless a policy file allows it) and our policy
 //! file from packaging/dbus/ in place of the host's system.d.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,11 @@
 //! A real `unikerneld` in a network namespace of the test's own, with a temporary
 //! declaration directory and state directory. Dropping it kills the daemon and every VM
 //! it recorded (VMs outlive the daemon on purpose, so the test must clean them up).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is a failed test"
+)]
 #![allow(dead_code)]
 #[path = "../../../vmm/tests/common.rs"]
 pub mod common;

@@ -15,7 +15,7 @@ pub fn is_bzimage(head: &[u8]) -> bool {
 /// Checks the protocol version, the 64-bit entry, and that `init_size` fits in memory.
 pub fn inspect(head: &[u8], len: u64, low_end: u64) -> Result<(), Problem> {
     let u16_at = |off: usize| u16::from_le_bytes([head[off], head[off + 1]]);
-    let u32_at = |off: usize| u32::from_le_bytes(head[off..off + 4].try_into().unwrap());
+    let u32_at = |off: usize| u32::from_le_bytes([head[off], head[off + 1], head[off + 2], head[off + 3]]);
     let version = u16_at(0x206);
     if version < MIN_PROTOCOL {
         return Err(Problem::Invalid(format!(

@@ -37,5 +37,6 @@ pub fn boot_msrs() -> Msrs {
         entry(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ];
+    #[allow(clippy::expect_used, reason = "a fixed list far below the FAM limit")]
     Msrs::from_entries(&entries).expect("a fixed, small number of MSRs")
 }

@@ -35,8 +35,8 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
 fn rig() -> Rig {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
     let mut fds = [0; 2];
-    // SAFETY: socketpair fills two fds that we then own.
     assert_eq!(
+        // SAFETY: socketpair fills two fds that we then own.
         unsafe {
             libc::socketpair(
                 libc::AF_UNIX,
@@ -105,8 +105,8 @@ impl Rig {
     }
 
     fn peer_send(&self, frame: &[u8]) {
-        // SAFETY: frame is valid for reads of its length.
         assert_eq!(
+            // SAFETY: frame is valid for reads of its length.
             unsafe { libc::write(self.peer.as_raw_fd(), frame.as_ptr().cast(), frame.len()) },
             frame.len() as isize
         );

@@ -52,7 +52,10 @@ impl MmioTransport {
         let queues = lock(&device)
             .queue_max_sizes()
             .iter()
-            .map(|&max| Queue::new(max).expect("device queue maximum is a power of two"))
+            .map(
+                #[allow(clippy::expect_used, reason = "device maximums are constant powers of two")]
+                |&max| Queue::new(max).expect("device queue maximum is a power of two"),
+            )
             .collect();
         MmioTransport {
             device,
@@ -152,7 +155,10 @@ impl MmioTransport {
         let queues = self
             .queues
             .iter()
-            .map(|q| Queue::try_from(q.state()).expect("a queue that passed is_valid converts"))
+            .map(
+                #[allow(clippy::expect_used, reason = "activation checked is_valid on each queue first")]
+                |q| Queue::try_from(q.state()).expect("a queue that passed is_valid converts"),
+            )
             .collect();
         let result = lock(&self.device).activate(self.mem.clone(), queues, self.interrupt.clone());
         match result {
