@@ -69,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Host limits follow the number of services (never lowered).
         if declared.is_none_or(|d| n > d) {
             declared = Some(n);
-            sysctl::apply(&sysctl::wanted(n.max(1024), &mode, false));
+            sysctl::apply(&sysctl::wanted(n.max(1024), &mode));
         }
     };
     serve(controller, events, config.resync_every, grow, shutdown).await?;

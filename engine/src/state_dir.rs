@@ -3,7 +3,6 @@
 //!
 //! ```text
 //! <state>/services/<name>/vm.json       pid, start time, spec hash, address, tap
-//! <state>/services/<name>/spec-hash     the spec hash alone (for `unikernelctl plan`)
 //! <state>/services/<name>/console.sock  the VMM's console socket
 //! <state>/services/<name>/vmm.log       the VMM's stderr (its error line when it stops)
 //! <state>/status.json                   every service's status, rewritten on change
@@ -102,8 +101,7 @@ impl StateDir {
     pub fn write_record(&self, name: &str, record: &VmRecord) -> io::Result<()> {
         let dir = self.service_dir(name);
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        write_atomic(&dir.join("vm.json"), &json)?;
-        write_atomic(&dir.join("spec-hash"), record.spec_hash.as_bytes())
+        write_atomic(&dir.join("vm.json"), &json)
     }
 
     /// Forgets the VM of `name` (it ended) but keeps the folder (its log stays readable).
@@ -176,10 +174,6 @@ mod tests {
         std::fs::create_dir_all(dir.service_dir("junk")).unwrap();
         std::fs::write(dir.service_dir("junk").join("vm.json"), "{").unwrap();
         assert_eq!(dir.records(), vec![("web".to_string(), rec)]);
-        assert_eq!(
-            std::fs::read_to_string(dir.service_dir("web").join("spec-hash")).unwrap(),
-            "abc"
-        );
         dir.clear_record("web");
         assert!(dir.records().is_empty());
         dir.remove("web");

@@ -20,9 +20,10 @@ pub struct Change {
     pub new: String,
 }
 
-/// What should be set for `vms` VMs in `mode`; `egress` when guests reach beyond the host.
-/// Values are minimums: a host already tuned higher is left alone.
-pub fn wanted(vms: usize, mode: &Mode, egress: bool) -> Vec<(&'static str, u64)> {
+/// What should be set for `vms` VMs in `mode`. Values are minimums: a host already tuned
+/// higher is left alone. (Guests reaching beyond the host, which would need forwarding, is
+/// the operator's choice and is not set here.)
+pub fn wanted(vms: usize, mode: &Mode) -> Vec<(&'static str, u64)> {
     let n = vms as u64;
     // One neighbour entry per guest (and per tap in routed mode): keep the table from
     // garbage-collecting live entries or refusing new ones.
@@ -36,9 +37,6 @@ pub fn wanted(vms: usize, mode: &Mode, egress: bool) -> Vec<(&'static str, u64)>
     if *mode == Mode::Routed {
         // Many /32 routes: room in the route cache.
         out.push(("net.ipv4.route.max_size", (4 * n).max(16384)));
-    }
-    if egress {
-        out.push(("net.ipv4.ip_forward", 1));
     }
     out
 }
@@ -84,15 +82,15 @@ mod tests {
 
     #[test]
     fn wanted_scales_with_vms_and_mode() {
-        let small = wanted(10, &Mode::Bridged { bridge: "ukbr0".into() }, false);
+        let small = wanted(10, &Mode::Bridged { bridge: "ukbr0".into() });
         assert!(small.contains(&("net.ipv4.neigh.default.gc_thresh3", 1024)));
+        assert!(!small.iter().any(|(k, _)| *k == "net.ipv4.route.max_size"));
         assert!(
             !small.iter().any(|(k, _)| *k == "net.ipv4.ip_forward"),
-            "no forwarding without egress"
+            "forwarding is never turned on behind the operator's back"
         );
-        let big = wanted(5000, &Mode::Routed, true);
+        let big = wanted(5000, &Mode::Routed);
         assert!(big.contains(&("net.ipv4.neigh.default.gc_thresh3", 20000)));
-        assert!(big.contains(&("net.ipv4.ip_forward", 1)));
         assert!(big.iter().any(|(k, _)| *k == "net.ipv4.route.max_size"));
     }
 
