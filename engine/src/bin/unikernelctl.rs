@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use unikerneld::dbus::client::{ManagerProxy, UnikernelProxy};
+use unikerneld::dbus::properties;
 use unikerneld::decl::Loader;
 use unikerneld::plan::{plan, Observed};
 use zbus::Connection;
@@ -135,25 +136,27 @@ async fn unikernel<'a>(conn: &'a Connection, name: &str) -> Result<UnikernelProx
         .map_err(bus_error)
 }
 
-/// Everything about one unikernel, read from its object.
-async fn describe(u: &UnikernelProxy<'_>, lines: u32) -> Result<serde_json::Value> {
-    let e = bus_error;
-    Ok(json!({
-        "name": u.name().await.map_err(e)?,
-        "state": u.state().await.map_err(e)?,
-        "held": u.held().await.map_err(e)?,
-        "pid": u.pid().await.map_err(e)?,
-        "address": u.address().await.map_err(e)?,
-        "boot_time_usec": u.boot_time_usec().await.map_err(e)?,
-        "restarts": u.restarts().await.map_err(e)?,
-        "last_error": u.last_error().await.map_err(e)?,
-        "source_file": u.source_file().await.map_err(e)?,
-        "source_line": u.source_line().await.map_err(e)?,
-        "spec_hash": u.spec_hash().await.map_err(e)?,
-        "exposed_ports": u.exposed_ports().await.map_err(e)?,
-        "memory_bytes": u.memory_bytes().await.map_err(e)?,
-        "logs": u.logs(lines).await.map_err(e)?,
-    }))
+/// Everything about one unikernel, read from its object in one GetAll; JSON fields are
+/// named by the daemon's one property table, so a new property shows up here by itself.
+async fn describe(conn: &Connection, u: &UnikernelProxy<'_>, lines: u32) -> Result<serde_json::Value> {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(unikerneld::dbus::BUS_NAME)
+        .map_err(bus_error)?
+        .path(u.inner().path().clone())
+        .map_err(bus_error)?
+        .build()
+        .await
+        .map_err(bus_error)?;
+    let iface = zbus::names::InterfaceName::from_static_str_unchecked(properties::INTERFACE);
+    let all = props.get_all(iface).await.map_err(|e| bus_error(e.into()))?;
+    let mut v = serde_json::Map::new();
+    for (dbus_name, json_name) in properties::PROPERTIES {
+        if let Some(value) = all.get(dbus_name) {
+            v.insert(json_name.to_string(), properties::to_json(value));
+        }
+    }
+    v.insert("logs".into(), json!(u.logs(lines).await.map_err(bus_error)?));
+    Ok(serde_json::Value::Object(v))
 }
 
 fn print_status(v: &serde_json::Value) {
@@ -356,7 +359,7 @@ async fn run(command: Command) -> Result<u8> {
         } => {
             let conn = connect().await?;
             let u = unikernel(&conn, &name).await?;
-            let v = describe(&u, lines).await?;
+            let v = describe(&conn, &u, lines).await?;
             if json {
                 println!("{v:#}");
             } else {

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod manager;
 pub mod path;
+pub mod properties;
 pub mod server;
 pub mod unikernel;
 

@@ -2,7 +2,9 @@
 //! an object per service (added and removed with UnikernelNew / UnikernelRemoved) and
 //! PropertiesChanged for every property whose value changed, so `busctl monitor` and
 //! `gdbus monitor` follow a service live.
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -11,6 +13,7 @@ use zbus::Connection;
 
 use super::manager::{Manager, ManagerSignals};
 use super::path::{unikernel_path, MANAGER_PATH};
+use super::properties;
 use super::unikernel::Unikernel;
 use super::{Request, Shared, BUS_NAME};
 use crate::status::{Snapshot, State, Status};
@@ -18,17 +21,15 @@ use crate::status::{Snapshot, State, Status};
 /// The states each service went through between two snapshots.
 pub type Transitions = Vec<(String, Vec<State>)>;
 
+fn interface() -> zbus::names::InterfaceName<'static> {
+    zbus::names::InterfaceName::from_static_str_unchecked(properties::INTERFACE)
+}
+
 /// PropertiesChanged for State = `state`, with the value it had then (the getter would
 /// give today's).
 async fn emit_state(emitter: &SignalEmitter<'_>, state: State) -> zbus::Result<()> {
-    let changed = std::collections::HashMap::from([("State", zbus::zvariant::Value::from(state.as_str()))]);
-    zbus::fdo::Properties::properties_changed(
-        emitter,
-        zbus::names::InterfaceName::from_static_str_unchecked("org.unikerneld1.Unikernel"),
-        changed,
-        std::borrow::Cow::Borrowed(&[]),
-    )
-    .await
+    let changed = HashMap::from([("State", zbus::zvariant::Value::from(state.as_str()))]);
+    zbus::fdo::Properties::properties_changed(emitter, interface(), changed, Cow::Borrowed(&[])).await
 }
 
 /// Connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured), serves the manager
@@ -56,130 +57,139 @@ pub async fn connect(shared: Shared, requests: mpsc::UnboundedSender<Request>) -
     }
 }
 
-/// Follows the published snapshots and mirrors them on the bus, in order.
+/// After a failed sync, the next try comes this soon even if nothing new is published.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Follows the published snapshots and mirrors them on the bus, in order. A sync that
+/// fails part-way is repaired: the objects actually on the bus are tracked one by one, and
+/// the next sync (at the latest after [`RETRY`]) announces every property again.
 pub async fn run(
     conn: Connection,
     shared: Shared,
     requests: mpsc::UnboundedSender<Request>,
     mut snapshots: mpsc::UnboundedReceiver<(Snapshot, Transitions)>,
 ) {
-    let mut known = Snapshot::default();
-    while let Some((mut new, mut transitions)) = snapshots.recv().await {
+    let mut mirror = Mirror::default();
+    let mut latest = Snapshot::default();
+    let mut transitions = Transitions::new();
+    let mut failing = false;
+    loop {
+        let next = if failing {
+            match tokio::time::timeout(RETRY, snapshots.recv()).await {
+                Ok(next) => next,
+                Err(_) => Some((latest.clone(), Transitions::new())),
+            }
+        } else {
+            snapshots.recv().await
+        };
+        let Some((new, more)) = next else { return };
+        latest = new;
+        transitions.extend(more);
         // Only the newest snapshot matters when several queued up; every transition does.
         while let Ok((newer, more)) = snapshots.try_recv() {
-            new = newer;
+            latest = newer;
             transitions.extend(more);
         }
-        if let Err(e) = sync(&conn, &shared, &requests, &known, &new, &transitions).await {
-            warn!("D-Bus: cannot publish the status: {e}");
+        match mirror.sync(&conn, &shared, &requests, &latest, &transitions).await {
+            Ok(()) => {
+                failing = false;
+                transitions.clear();
+            }
+            Err(e) => {
+                if !failing {
+                    warn!("D-Bus: cannot publish the status ({e}); retrying");
+                }
+                failing = true;
+                // What the bus shows is now unknown: announce everything next time.
+                mirror.known = Snapshot::default();
+            }
         }
-        known = new;
     }
 }
 
-async fn sync(
-    conn: &Connection,
-    shared: &Shared,
-    requests: &mpsc::UnboundedSender<Request>,
-    old: &Snapshot,
-    new: &Snapshot,
-    transitions: &Transitions,
-) -> zbus::Result<()> {
-    let replayed: BTreeMap<&str, &Vec<State>> = transitions.iter().map(|(n, s)| (n.as_str(), s)).collect();
-    let server = conn.object_server();
-    let manager = SignalEmitter::new(conn, MANAGER_PATH)?;
-    let before: BTreeMap<&str, &Status> = old.services.iter().map(|s| (s.name.as_str(), s)).collect();
-    let after: BTreeMap<&str, &Status> = new.services.iter().map(|s| (s.name.as_str(), s)).collect();
-    for (name, status) in &after {
-        let path = unikernel_path(name);
-        match before.get(name) {
-            None => {
-                server
-                    .at(
-                        &path,
-                        Unikernel {
-                            name: name.to_string(),
-                            shared: shared.clone(),
-                            requests: requests.clone(),
-                        },
-                    )
-                    .await?;
+/// What the bus shows: the objects registered, and the status they last announced.
+#[derive(Default)]
+struct Mirror {
+    registered: BTreeSet<String>,
+    known: Snapshot,
+}
+
+impl Mirror {
+    async fn sync(
+        &mut self,
+        conn: &Connection,
+        shared: &Shared,
+        requests: &mpsc::UnboundedSender<Request>,
+        new: &Snapshot,
+        transitions: &Transitions,
+    ) -> zbus::Result<()> {
+        let replayed: BTreeMap<&str, &Vec<State>> = transitions.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let server = conn.object_server();
+        let manager = SignalEmitter::new(conn, MANAGER_PATH)?;
+        let before: BTreeMap<&str, &Status> = self.known.services.iter().map(|s| (s.name.as_str(), s)).collect();
+        for status in &new.services {
+            let name = status.name.as_str();
+            let path = unikernel_path(name);
+            let emitter = SignalEmitter::new(conn, &path)?;
+            let prev = before.get(name).copied();
+            let fresh = !self.registered.contains(name);
+            if fresh {
+                let object = Unikernel {
+                    name: name.to_string(),
+                    shared: shared.clone(),
+                    requests: requests.clone(),
+                };
+                server.at(&path, object).await?;
+                self.registered.insert(name.to_string());
                 manager.unikernel_new(name, path.as_ref()).await?;
-                if let Some(states) = replayed.get(name) {
-                    let emitter = SignalEmitter::new(conn, &path)?;
+            } else if prev == Some(status) && !replayed.contains_key(name) {
+                continue;
+            }
+            match replayed.get(name) {
+                Some(states) => {
                     for state in states.iter() {
                         emit_state(&emitter, *state).await?;
                     }
                 }
+                None if prev.map(|p| p.state) != Some(status.state) => emit_state(&emitter, status.state).await?,
+                None => {}
             }
-            Some(prev) if prev != status || replayed.contains_key(name) => {
-                let iface = server.interface::<_, Unikernel>(&path).await?;
-                let emitter = iface.signal_emitter();
-                let u = iface.get().await;
-                match replayed.get(name) {
-                    Some(states) => {
-                        for state in states.iter() {
-                            emit_state(emitter, *state).await?;
-                        }
-                    }
-                    None if prev.state != status.state => u.state_changed(emitter).await?,
-                    None => {}
-                }
-                if prev.pid != status.pid {
-                    u.pid_changed(emitter).await?;
-                }
-                if prev.address != status.address {
-                    u.address_changed(emitter).await?;
-                }
-                if prev.boot_ms != status.boot_ms {
-                    u.boot_time_u_sec_changed(emitter).await?;
-                }
-                if prev.restarts != status.restarts {
-                    u.restarts_changed(emitter).await?;
-                }
-                if prev.last_error != status.last_error {
-                    u.last_error_changed(emitter).await?;
-                }
-                if prev.source_file != status.source_file {
-                    u.source_file_changed(emitter).await?;
-                }
-                if prev.source_line != status.source_line {
-                    u.source_line_changed(emitter).await?;
-                }
-                if prev.spec_hash != status.spec_hash {
-                    u.spec_hash_changed(emitter).await?;
-                }
-                if prev.exposed != status.exposed {
-                    u.exposed_ports_changed(emitter).await?;
-                }
-                if prev.memory_bytes != status.memory_bytes {
-                    u.memory_bytes_changed(emitter).await?;
-                }
-                if prev.held != status.held {
-                    u.held_changed(emitter).await?;
-                }
+            let changed = properties::changed(prev, status);
+            // A new object is read whole by whoever cares (UnikernelNew); an existing one
+            // announces what changed (everything, after a failed sync).
+            if !fresh && !changed.is_empty() {
+                zbus::fdo::Properties::properties_changed(&emitter, interface(), changed, Cow::Borrowed(&[])).await?;
             }
-            Some(_) => {}
         }
-    }
-    for name in before.keys().filter(|n| !after.contains_key(*n)) {
-        let path = unikernel_path(name);
-        server.remove::<Unikernel, _>(&path).await?;
-        manager.unikernel_removed(name, path.as_ref()).await?;
-    }
-    if old.services.len() != new.services.len()
-        || old.summary() != new.summary()
-        || old.declaration_errors != new.declaration_errors
-    {
-        let iface = server.interface::<_, Manager>(MANAGER_PATH).await?;
-        let emitter = iface.signal_emitter();
-        let m = iface.get().await;
-        m.n_unikernels_changed(emitter).await?;
-        m.state_counts_changed(emitter).await?;
-        m.summary_changed(emitter).await?;
-        if old.declaration_errors != new.declaration_errors {
-            m.declaration_errors_changed(emitter).await?;
+        let after: BTreeSet<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .registered
+            .iter()
+            .filter(|n| !after.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            let path = unikernel_path(&name);
+            server.remove::<Unikernel, _>(&path).await?;
+            self.registered.remove(&name);
+            manager.unikernel_removed(&name, path.as_ref()).await?;
         }
+        let old = &self.known;
+        if old.services.len() != new.services.len()
+            || old.summary() != new.summary()
+            || old.declaration_errors != new.declaration_errors
+        {
+            let iface = server.interface::<_, Manager>(MANAGER_PATH).await?;
+            let emitter = iface.signal_emitter();
+            let m = iface.get().await;
+            m.n_unikernels_changed(emitter).await?;
+            m.state_counts_changed(emitter).await?;
+            m.summary_changed(emitter).await?;
+            if old.declaration_errors != new.declaration_errors {
+                m.declaration_errors_changed(emitter).await?;
+            }
+        }
+        self.known = new.clone();
+        Ok(())
     }
-    Ok(())
 }

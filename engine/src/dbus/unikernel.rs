@@ -7,9 +7,10 @@
 use tokio::sync::mpsc;
 use zbus::interface;
 
+use zbus::zvariant::OwnedValue;
+
 use super::manager::ask;
-use super::{Error, Request, Shared};
-use crate::status::Status;
+use super::{properties, Error, Request, Shared};
 
 pub struct Unikernel {
     pub name: String,
@@ -18,14 +19,15 @@ pub struct Unikernel {
 }
 
 impl Unikernel {
-    fn with<T: Default>(&self, f: impl FnOnce(&Status) -> T) -> T {
+    /// A property of the published status, through the one table (`properties`).
+    fn prop<T: Default + TryFrom<OwnedValue>>(&self, name: &str) -> T {
         let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
         published
             .snapshot
             .services
             .iter()
             .find(|s| s.name == self.name)
-            .map(f)
+            .and_then(|s| properties::get(s, name))
             .unwrap_or_default()
     }
 
@@ -88,72 +90,79 @@ impl Unikernel {
     /// pending, booting, running, stopping, stopped, backoff or failed.
     #[zbus(property)]
     async fn state(&self) -> String {
-        self.with(|s| s.state.to_string())
+        self.prop("State")
     }
 
     /// The guest's IPv4 address while a VM runs, else "".
     #[zbus(property)]
     async fn address(&self) -> String {
-        self.with(|s| s.address.map(|a| a.to_string()).unwrap_or_default())
+        self.prop("Address")
     }
 
     /// The VMM's process id, 0 when no VM runs.
     #[zbus(property)]
     async fn pid(&self) -> u32 {
-        self.with(|s| s.pid.unwrap_or(0))
+        self.prop("Pid")
     }
 
     /// Spawn -> running of the current VM, in microseconds (0 until running).
     #[zbus(property, name = "BootTimeUSec")]
     async fn boot_time_usec(&self) -> u64 {
-        self.with(|s| s.boot_ms.map(|ms| (ms * 1000.0) as u64).unwrap_or(0))
+        self.prop("BootTimeUSec")
     }
 
-    /// VMs started again after the first (crashes, operator restarts).
+    /// When the current VM was spawned, microseconds since the epoch (0: no VM).
+    #[zbus(property, name = "StartedUSec")]
+    async fn started_usec(&self) -> u64 {
+        self.prop("StartedUSec")
+    }
+
+    /// VMs started again after the first (crashes, operator restarts, repairs).
     #[zbus(property)]
     async fn restarts(&self) -> u32 {
-        self.with(|s| s.restarts)
+        self.prop("Restarts")
     }
 
     /// Why the last VM ended or could not start, with its last console lines when it failed.
     #[zbus(property)]
     async fn last_error(&self) -> String {
-        self.with(|s| s.last_error.clone().unwrap_or_default())
+        self.prop("LastError")
     }
 
     /// The declaration file.
     #[zbus(property)]
     async fn source_file(&self) -> String {
-        self.with(|s| s.source_file.display().to_string())
+        self.prop("SourceFile")
     }
 
     /// The line of the declaration in SourceFile.
     #[zbus(property)]
     async fn source_line(&self) -> u32 {
-        self.with(|s| s.source_line as u32)
+        self.prop("SourceLine")
     }
 
-    /// Hash of the declared spec (what `unikernelctl plan` compares).
+    /// Hash of the fields that make the VM (what `unikernelctl plan` compares); host
+    /// ports and the restart policy are not among them: they change in place.
     #[zbus(property)]
     async fn spec_hash(&self) -> String {
-        self.with(|s| s.spec_hash.clone())
+        self.prop("SpecHash")
     }
 
     /// (host port, guest port) pairs exposed on the host (TCP).
     #[zbus(property)]
     async fn exposed_ports(&self) -> Vec<(u16, u16)> {
-        self.with(|s| s.exposed.clone())
+        self.prop("ExposedPorts")
     }
 
     /// Guest memory in bytes.
     #[zbus(property)]
     async fn memory_bytes(&self) -> u64 {
-        self.with(|s| s.memory_bytes)
+        self.prop("MemoryBytes")
     }
 
     /// Stopped by an operator (Stop) and held so; see the interface's documentation.
     #[zbus(property)]
     async fn held(&self) -> bool {
-        self.with(|s| s.held)
+        self.prop("Held")
     }
 }
