@@ -101,6 +101,39 @@ impl From<&crate::decl::DeclError> for DeclarationError {
     }
 }
 
+impl DeclarationError {
+    /// The message with its help, as one text (what the bus carries).
+    pub fn message_with_help(&self) -> String {
+        match &self.help {
+            Some(h) => format!("{} ({h})", self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    /// As the bus carries it: (file, line, column, message with help).
+    pub fn to_bus(&self) -> (String, u32, u32, String) {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        (
+            self.file.display().to_string(),
+            n(self.line),
+            n(self.column),
+            self.message_with_help(),
+        )
+    }
+
+    /// Back from the bus (the help is part of the message there).
+    pub fn from_bus((file, line, column, message): (String, u32, u32, String)) -> Self {
+        DeclarationError {
+            file: file.into(),
+            line: line as usize,
+            column: column as usize,
+            message,
+            help: None,
+        }
+    }
+}
+
+/// `file:line:col: message (help)`: the one way a declaration error is written.
 impl fmt::Display for DeclarationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -109,12 +142,8 @@ impl fmt::Display for DeclarationError {
             self.file.display(),
             self.line,
             self.column,
-            self.message
-        )?;
-        if let Some(h) = &self.help {
-            write!(f, " ({h})")?;
-        }
-        Ok(())
+            self.message_with_help()
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
 use common::*;
-use unikerneld::net::{mac, AddressPool, HostNetwork, Mode};
+use unikerneld::net::{AddressPool, HostNetwork, Mode};
 
 #[test]
 fn a_vm_on_a_routed_tap_answers_on_its_pool_address() {
@@ -34,7 +34,7 @@ fn a_vm_on_a_routed_tap_answers_on_its_pool_address() {
             let mut cmd = std::process::Command::new(&vmm_path);
             cmd.arg("--kernel")
                 .arg(&kernel)
-                .args(["--net-fd", "3", "--mac", &mac::format(&a.mac)])
+                .args(["--net-fd", "3", "--mac", &a.mac.to_string()])
                 .args(["--cmdline", &format!("{} port=80 name=web", a.guest_cmdline())])
                 .stdout(Stdio::piped());
             // SAFETY: dup2 is async-signal-safe; fd 3 is the tap in the child.

@@ -55,8 +55,7 @@ pub enum Error {
     Net(String),
 }
 
-/// Most vCPUs a VM may have (APIC IDs fit in 8 bits; keep well clear of the broadcast ID).
-pub const MAX_VCPUS: u8 = 64;
+pub use contract::limits::MAX_VCPUS;
 
 /// Timestamps of the boot phases, printed with `--trace-boot`.
 pub struct BootTrace {

@@ -17,6 +17,6 @@ pub mod watchdog;
 #[macro_export]
 macro_rules! log_warn {
     ($($arg:tt)*) => {
-        eprintln!("unikernel-vmm: warning: {}", format_args!($($arg)*))
+        eprintln!("{}{}", contract::exit::WARNING_PREFIX, format_args!($($arg)*))
     };
 }

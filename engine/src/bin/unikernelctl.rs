@@ -11,6 +11,7 @@ use unikerneld::dbus::client::{ManagerProxy, UnikernelProxy};
 use unikerneld::dbus::properties;
 use unikerneld::decl::Loader;
 use unikerneld::plan::{plan, Observed};
+use unikerneld::status::DeclarationError;
 use zbus::Connection;
 
 const DEFAULT_CONFIG_DIR: &str = "/etc/unikernels";
@@ -346,8 +347,8 @@ async fn run(command: Command) -> Result<u8> {
             } else {
                 println!("● unikerneld {version}: {summary}");
                 println!("  Declarations: {dir}");
-                for (f, l, c, msg) in &errors {
-                    println!("  error: {f}:{l}:{c}: {msg}");
+                for e in errors {
+                    println!("  error: {}", DeclarationError::from_bus(e));
                 }
             }
             Ok(exit::OK)

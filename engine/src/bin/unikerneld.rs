@@ -61,9 +61,9 @@ struct Cli {
 fn default_vmm() -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("unikernel-vmm")))
+        .and_then(|p| p.parent().map(|d| d.join(contract::VMM_BINARY)))
         .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("unikernel-vmm"))
+        .unwrap_or_else(|| PathBuf::from(contract::VMM_BINARY))
 }
 
 /// Each VM costs the daemon a few fds (pidfd, console socket): use the whole hard limit.

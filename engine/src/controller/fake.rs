@@ -218,7 +218,7 @@ impl HostNet for FakeNet {
         Ok(Attachment {
             tap_name: format!("uk-{service}"),
             tap_fd: tap_fd.into(),
-            mac: net::mac::for_service(service),
+            mac: net::MacAddr::derived(service),
             address: explicit.unwrap_or(Ipv4Addr::new(10, 200, 0, 2)),
             prefix: 16,
             gateway: Ipv4Addr::new(10, 200, 0, 1),

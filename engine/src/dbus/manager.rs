@@ -8,7 +8,7 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 use super::path::unikernel_path;
 use super::{Error, Request, Shared};
 use crate::plan::Plan;
-use crate::status::State;
+use crate::status::{DeclarationError, State};
 
 pub struct Manager {
     pub shared: Shared,
@@ -152,13 +152,7 @@ impl Manager {
             .snapshot
             .declaration_errors
             .iter()
-            .map(|e| {
-                let msg = match &e.help {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message.clone(),
-                };
-                (e.file.display().to_string(), e.line as u32, e.column as u32, msg)
-            })
+            .map(DeclarationError::to_bus)
             .collect()
     }
 

@@ -101,14 +101,7 @@ impl DeclError {
 
     /// `file:line:col: message`, for logs and D-Bus.
     pub fn one_line(&self) -> String {
-        let help = self.help.as_deref().map(|h| format!(" ({h})")).unwrap_or_default();
-        format!(
-            "{}:{}:{}: {}{help}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        crate::status::DeclarationError::from(self).to_string()
     }
 }
 

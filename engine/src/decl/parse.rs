@@ -21,6 +21,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use contract::limits;
+use contract::size::MemSize;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
@@ -30,7 +32,6 @@ use super::spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
 const SERVICE_FIELDS: [&str; 8] = ["image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart"];
 const NET_FIELDS: [&str; 2] = ["address", "expose"];
 const DEFAULT_MEMORY: u64 = 16 << 20;
-const MAX_VCPUS: i128 = 64;
 
 /// Parses one file. Returns the specs it declares and every diagnostic (warnings too);
 /// the file counts as failed when any diagnostic is an error.
@@ -176,18 +177,6 @@ fn no_children(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) {
     }
 }
 
-/// `16M`, `512K`, `1G` or plain bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let (digits, shift) = match t.chars().last()? {
-        'K' | 'k' => (&t[..t.len() - 1], 10),
-        'M' | 'm' => (&t[..t.len() - 1], 20),
-        'G' | 'g' => (&t[..t.len() - 1], 30),
-        _ => (t, 0),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
-}
-
 fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
@@ -281,8 +270,8 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                         }
                     }
                     "cmdline" => cmdline = value.to_string(),
-                    "memory" => match parse_size(value) {
-                        Some(b) if b >= 2 << 20 && b % 4096 == 0 => memory_bytes = b,
+                    "memory" => match value.parse::<MemSize>().map(MemSize::bytes) {
+                        Ok(b) if b >= limits::MIN_MEMORY && b % limits::MEMORY_ALIGN == 0 => memory_bytes = b,
                         _ => diags.push(r.error(
                             entry.span(),
                             format!("invalid memory size {value:?}"),
@@ -307,7 +296,9 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                 }
             }
             "vcpus" => {
-                if let Some(v) = one_arg(r, child, diags).and_then(|e| integer(r, e, "vcpus", 1..=MAX_VCPUS, diags)) {
+                if let Some(v) = one_arg(r, child, diags)
+                    .and_then(|e| integer(r, e, "vcpus", 1..=i128::from(limits::MAX_VCPUS), diags))
+                {
                     vcpus = v as u8;
                 }
             }

@@ -162,7 +162,7 @@ impl Spec {
             // Length-prefixed, so no value can forge the boundary to the next field.
             text.push_str(&format!("{k} {} {v}\n", v.len()));
         }
-        format!("{:016x}", crate::net::mac::fnv1a(text.as_bytes()))
+        format!("{:016x}", contract::fnv1a(text.as_bytes()))
     }
 
     /// The guest command line: the declared one, then the environment.

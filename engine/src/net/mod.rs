@@ -3,7 +3,6 @@
 //! proxy ARP on its tap, which scales past a bridge's 1024 ports), addresses from a pool
 //! that are stable per service name, and the sysctls this needs. All through netlink
 //! (rtnetlink) and /proc/sys; the VMM only ever receives an open tap fd.
-pub mod mac;
 pub mod netlink;
 pub mod pool;
 pub mod sysctl;
@@ -13,6 +12,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
+pub use contract::mac::MacAddr;
 pub use pool::AddressPool;
 
 use crate::controller::host::{Drift, HostNet};
@@ -53,7 +53,7 @@ pub struct Attachment {
     pub tap_name: String,
     /// Open tap (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), for `unikernel-vmm --net-fd`.
     pub tap_fd: OwnedFd,
-    pub mac: [u8; 6],
+    pub mac: MacAddr,
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
@@ -98,7 +98,7 @@ impl HostNetwork {
         let tap_name = tap::name_for(service);
         let tap_fd = tap::create(&tap_name)?;
         let index = self.nl.link_index(&tap_name).await?;
-        let mac = mac::for_service(service);
+        let mac = MacAddr::derived(service);
         match &self.mode {
             Mode::Bridged { bridge } => {
                 let bridge_index = self.nl.link_index(bridge).await?;
@@ -111,14 +111,14 @@ impl HostNetwork {
                 }
                 self.nl.set_master(index, bridge_index).await?;
                 self.nl.set_up(index).await?;
-                self.nl.replace_neighbour(bridge_index, address, mac).await?;
+                self.nl.replace_neighbour(bridge_index, address, mac.bytes()).await?;
             }
             Mode::Routed => {
                 self.nl.add_address(index, self.pool.gateway(), 32).await?;
                 sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
                 self.nl.set_up(index).await?;
                 self.nl.replace_route_v4(address, 32, index).await?;
-                self.nl.replace_neighbour(index, address, mac).await?;
+                self.nl.replace_neighbour(index, address, mac.bytes()).await?;
             }
         }
         self.attached.insert(service.to_string(), tap_name.clone());
@@ -186,12 +186,12 @@ impl HostNetwork {
             .cloned()
             .unwrap_or_else(|| tap::name_for(service));
         let index = self.nl.link_index(&tap_name).await?;
-        let mac = mac::for_service(service);
+        let mac = MacAddr::derived(service);
         self.nl.set_up(index).await?;
         if let (Mode::Routed, Some(address)) = (&self.mode, self.pool.address_of(service)) {
             self.nl.add_address(index, self.pool.gateway(), 32).await?;
             self.nl.replace_route_v4(address, 32, index).await?;
-            self.nl.replace_neighbour(index, address, mac).await?;
+            self.nl.replace_neighbour(index, address, mac.bytes()).await?;
         }
         Ok(())
     }

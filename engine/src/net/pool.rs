@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::mac::fnv1a;
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("invalid address pool {0:?}: write it like 10.200.0.0/16 (prefix 8 to 29)")]
@@ -129,7 +127,7 @@ impl AddressPool {
             return Ok(*a);
         }
         let usable = self.size() - 3;
-        let start = (fnv1a(service.as_bytes()) % u64::from(usable)) as u32;
+        let start = (contract::fnv1a(service.as_bytes()) % u64::from(usable)) as u32;
         for i in 0..usable {
             let a = Ipv4Addr::from(self.network + 2 + (start + i) % usable);
             if !self.by_addr.contains_key(&a) {

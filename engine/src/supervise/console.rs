@@ -92,7 +92,7 @@ pub async fn follow(
     if reader.read_until(b'\n', &mut header).await.is_err() {
         return;
     }
-    let mut replay: usize = clean(&header).parse().unwrap_or(0);
+    let mut replay = contract::console::parse_replay_header(&header).unwrap_or(0);
     let mut line = Vec::new();
     loop {
         line.clear();

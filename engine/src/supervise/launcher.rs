@@ -1,9 +1,13 @@
 //! The real [`Launcher`]: `unikernel-vmm` processes watched through pidfds, their console
 //! followed from the VMM's console socket, readiness probed over TCP.
 use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use contract::args::VmmArgs;
+use contract::console::ConsoleTarget;
+use contract::size::MemSize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -61,13 +65,10 @@ pub struct Vmm {
     first_line: Option<oneshot::Receiver<()>>,
 }
 
-/// The VMM's own explanation of why it stopped (its last `error:` line), if any.
+/// The VMM's own explanation of why it stopped (its error line), if any.
 fn vmm_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("unikernel-vmm: error: "))
-        .map(str::to_string)
+    contract::exit::last_error(&text).map(str::to_string)
 }
 
 impl Launcher for VmmLauncher {
@@ -81,29 +82,23 @@ impl Launcher for VmmLauncher {
         if let Some(a) = &request.net {
             cmdline = format!("{cmdline} {}", a.guest_cmdline()).trim().to_string();
         }
-        let mut args = vec![
-            "--kernel".to_string(),
-            spec.image.display().to_string(),
-            "--memory".into(),
-            spec.memory_bytes.to_string(),
-            "--vcpus".into(),
-            spec.vcpus.to_string(),
-            "--cmdline".into(),
+        let tap = request.net.map(|a| (a.tap_fd, a.mac));
+        let args = VmmArgs {
+            initrd: spec.initrd.clone(),
             cmdline,
-            "--console".into(),
-            format!("unix:{}", self.state.console_socket(name).display()),
-        ];
-        if let Some(initrd) = &spec.initrd {
-            args.extend(["--initrd".into(), initrd.display().to_string()]);
-        }
-        if let Some(a) = &request.net {
-            args.extend(["--mac".into(), crate::net::mac::format(&a.mac)]);
-        }
+            memory: MemSize::from_bytes(spec.memory_bytes),
+            vcpus: spec.vcpus,
+            console: ConsoleTarget::Socket(self.state.console_socket(name)),
+            // Inherited under its own number (see `Launch::tap`).
+            net_fd: tap.as_ref().map(|(fd, _)| fd.as_raw_fd()),
+            mac: tap.as_ref().map(|(_, mac)| *mac),
+            ..VmmArgs::new(spec.image.clone())
+        };
         // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
         let launch = Launch {
             vmm: self.vmm.clone(),
-            args,
-            tap: request.net.map(|a| a.tap_fd),
+            args: args.to_argv(),
+            tap: tap.map(|(fd, _)| fd),
             stderr,
         };
         let process = Process::spawn(launch).map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;

@@ -1,6 +1,7 @@
 //! One `unikernel-vmm` process: spawned in its own process group (so neither the daemon's
 //! exit nor a Ctrl-C on its terminal reaches it), watched through a pidfd (no pid reuse races,
 //! works for VMs an earlier daemon started), stopped with a signal.
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -9,10 +10,11 @@ use std::process::{Command, Stdio};
 
 use tokio::io::unix::AsyncFd;
 
-/// What to run: the VMM command line, and a tap to hand over (`--net-fd` is added).
+/// What to run: the VMM and its arguments, and a tap to hand over.
 pub struct Launch {
     pub vmm: PathBuf,
-    pub args: Vec<String>,
+    pub args: Vec<OsString>,
+    /// Inherited by the VMM under its own fd number (which `args` names).
     pub tap: Option<OwnedFd>,
     /// Receives the VMM's stderr (its one-line error when it stops).
     pub stderr: std::fs::File,
@@ -49,7 +51,10 @@ impl Ended {
 impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Ended::Exited(c) => write!(f, "exit status {c}"),
+            Ended::Exited(c) => match contract::exit::ExitStatus::from_code(*c) {
+                Some(s) => write!(f, "exit status {c} ({})", s.meaning()),
+                None => write!(f, "exit status {c}"),
+            },
             Ended::Signaled(s) => write!(f, "killed by signal {s}"),
             Ended::Unknown => write!(f, "ended (status unknown: started by an earlier daemon)"),
         }
@@ -98,7 +103,6 @@ impl Process {
             if unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) } < 0 {
                 return Err(io::Error::last_os_error());
             }
-            cmd.arg("--net-fd").arg(tap.as_raw_fd().to_string());
         }
         let child = cmd.spawn();
         drop(launch.tap);
@@ -125,7 +129,7 @@ impl Process {
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let exe = cmdline.split(|b| *b == 0).next()?;
-        if !exe.ends_with(b"unikernel-vmm") {
+        if !exe.ends_with(contract::VMM_BINARY.as_bytes()) {
             return None;
         }
         Some(Process {
@@ -204,7 +208,7 @@ mod tests {
     fn launch(program: &str, args: &[&str]) -> Launch {
         Launch {
             vmm: program.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(OsString::from).collect(),
             tap: None,
             stderr: std::fs::File::create("/dev/null").unwrap(),
         }
@@ -240,7 +244,10 @@ mod tests {
         l.vmm = "/bin/sh".into();
         // `; :` keeps the shell itself running (no exec of the last command), so its
         // command line stays the one we gave.
-        l.args = vec!["-c".into(), "sleep 60; :".into(), "sh".into()];
+        let fd = l.tap.as_ref().unwrap().as_raw_fd().to_string();
+        l.args = ["-c", "sleep 60; :", "sh", "--net-fd", &fd]
+            .map(OsString::from)
+            .to_vec();
         let p = Process::spawn(l).unwrap();
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();

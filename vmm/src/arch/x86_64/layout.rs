@@ -18,7 +18,7 @@ pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 /// Kernel command line; [`CMDLINE_MAX_SIZE`] includes the NUL terminator.
 pub const CMDLINE_START: u64 = 0x20000;
-pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+pub const CMDLINE_MAX_SIZE: usize = contract::limits::MAX_CMDLINE;
 /// End of conventional low memory (the EBDA starts here) and start of high memory.
 pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x100000;

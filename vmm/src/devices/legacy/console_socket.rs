@@ -15,8 +15,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::event_loop::{EventLoop, Next};
 
-/// Output kept for replay.
-pub const RING_BYTES: usize = 64 * 1024;
+pub use contract::console::RING_BYTES;
 
 #[derive(Default)]
 struct Hub {
@@ -93,7 +92,7 @@ impl ConsoleSocket {
                 let mut hub = accept_hub.lock().unwrap_or_else(|p| p.into_inner());
                 let replay: Vec<u8> = hub.ring.iter().copied().collect();
                 hub.client = Some(stream);
-                hub.send(format!("{}\n", replay.len()).as_bytes());
+                hub.send(contract::console::replay_header(replay.len()).as_bytes());
                 hub.send(&replay);
             }
             Next::Keep

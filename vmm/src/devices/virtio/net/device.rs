@@ -4,9 +4,7 @@
 //! untouched (the tap speaks the same header). No offloads are offered, so headers carry
 //! no GSO or checksum work. Every chain is checked ([`chain::collect`]); one the device
 //! cannot accept puts it into the "needs reset" state and it stops until the driver resets it.
-use std::fmt;
 use std::io;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -28,43 +26,7 @@ const TX: usize = 1;
 /// Largest frame with its header: 64 KiB of payload, as the tap may hand over.
 const MAX_FRAME: usize = 65_562;
 
-/// An Ethernet address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("invalid MAC address {s:?}: write it like 52:54:00:12:34:56");
-        let mut mac = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut mac {
-            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        if mac[0] & 1 != 0 {
-            return Err(format!(
-                "MAC address {s} is a multicast address: the first byte must be even"
-            ));
-        }
-        Ok(MacAddr(mac))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
+pub use contract::mac::MacAddr;
 
 /// Counters, for tests and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,181 @@
+//! The VMM's command line, typed: the VMM parses it with clap, the daemon builds a
+//! [`VmmArgs`] and turns it into argv with [`VmmArgs::to_argv`]. A test checks that every
+//! field survives the round trip, so the two sides cannot drift apart.
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::console::ConsoleTarget;
+use crate::mac::MacAddr;
+use crate::size::MemSize;
+
+#[derive(Parser, Debug, Clone, PartialEq, Eq)]
+#[command(
+    name = "unikernel-vmm",
+    version,
+    about = "Boot one unikernel in one KVM VM and run it until it stops.",
+    after_help = "With --tap or --net-fd the guest gets a virtio-net device (virtio-mmio, announced on its \
+command line as virtio_mmio.device=4K@0xd0000000:5).\n\n\
+Kernel formats: ELF64 with a PVH note (32-bit PVH entry), ELF64 without one \
+(64-bit Linux boot protocol, as Firecracker boots a vmlinux), and bzImage.\n\n\
+Exit status: 0 the guest shut down or reset (i8042 0xFE, port 0x604); 1 the guest died \
+(triple fault, KVM internal error); 2 bad command line; 3 refused before start (bad image, \
+memory size, no /dev/kvm)."
+)]
+pub struct VmmArgs {
+    /// Kernel image to boot: PVH ELF, ELF64 vmlinux-style, or bzImage
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk, placed at the top of low memory and announced to the kernel
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line, passed verbatim
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+
+    /// Guest memory: bytes, or with a suffix K, M, G (e.g. 16M); must fit in host RAM
+    #[arg(long, value_name = "SIZE", default_value = "16M")]
+    pub memory: MemSize,
+
+    /// Number of vCPUs; vCPU 0 boots, the others wait for the guest to start them
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u8,
+
+    /// Where the serial console (COM1) goes: `stdout`, `off`, a file path (appended to), or
+    /// `unix:PATH`, a socket the VMM listens on: a client first gets "<n>\n" and the last n
+    /// bytes of output (at most 64 KiB), then the live output; a new client replaces the old
+    #[arg(long, value_name = "stdout|off|PATH|unix:PATH", default_value = "stdout")]
+    pub console: ConsoleTarget,
+
+    /// Give the guest a virtio-net NIC on this already-open tap fd (inherited; IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)
+    #[arg(long, value_name = "N", conflicts_with = "tap", requires = "mac")]
+    pub net_fd: Option<RawFd>,
+
+    /// Give the guest a virtio-net NIC on the tap of this name, opening or creating it (needs CAP_NET_ADMIN)
+    #[arg(long, value_name = "NAME", requires = "mac")]
+    pub tap: Option<String>,
+
+    /// The NIC's MAC address, like 52:54:00:12:34:56
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<MacAddr>,
+
+    /// Print the time spent in each boot phase to stderr when the VM stops
+    #[arg(long, hide = true)]
+    pub trace_boot: bool,
+}
+
+impl VmmArgs {
+    /// The arguments for a VM of `kernel` with every other setting at its default.
+    pub fn new(kernel: PathBuf) -> VmmArgs {
+        VmmArgs {
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            memory: MemSize::from_bytes(16 * MemSize::MIB),
+            vcpus: 1,
+            console: ConsoleTarget::Stdout,
+            net_fd: None,
+            tap: None,
+            mac: None,
+            trace_boot: false,
+        }
+    }
+
+    /// argv without the program name, in the form [`VmmArgs`] parses.
+    pub fn to_argv(&self) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = Vec::new();
+        let mut arg = |name: &str, value: OsString| {
+            argv.push(format!("--{name}").into());
+            argv.push(value);
+        };
+        arg("kernel", self.kernel.clone().into());
+        if let Some(initrd) = &self.initrd {
+            arg("initrd", initrd.clone().into());
+        }
+        arg("cmdline", self.cmdline.clone().into());
+        arg("memory", self.memory.bytes().to_string().into());
+        arg("vcpus", self.vcpus.to_string().into());
+        arg("console", console_arg(&self.console));
+        if let Some(fd) = self.net_fd {
+            arg("net-fd", fd.to_string().into());
+        }
+        if let Some(tap) = &self.tap {
+            arg("tap", tap.into());
+        }
+        if let Some(mac) = self.mac {
+            arg("mac", mac.to_string().into());
+        }
+        if self.trace_boot {
+            argv.push("--trace-boot".into());
+        }
+        argv
+    }
+}
+
+/// The console target as an argument, without going through UTF-8 (paths need not be).
+fn console_arg(target: &ConsoleTarget) -> OsString {
+    match target {
+        ConsoleTarget::Socket(p) => {
+            let mut s = OsString::from("unix:");
+            s.push(p);
+            s
+        }
+        ConsoleTarget::File(p) => p.clone().into(),
+        other => other.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(args: &VmmArgs) -> VmmArgs {
+        let mut argv = vec![OsString::from("unikernel-vmm")];
+        argv.extend(args.to_argv());
+        VmmArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn every_field_survives_argv() {
+        let minimal = VmmArgs::new("/images/hello".into());
+        assert_eq!(round_trip(&minimal), minimal);
+        let full = VmmArgs {
+            kernel: "/images/http".into(),
+            initrd: Some("/srv/initrd".into()),
+            cmdline: "ip=10.0.0.2/24 gw=10.0.0.1 -- --app arg".into(),
+            memory: "32M".parse().unwrap(),
+            vcpus: 4,
+            console: ConsoleTarget::Socket("/run/unikerneld/services/web/console.sock".into()),
+            net_fd: Some(7),
+            tap: None,
+            mac: Some(MacAddr::derived("web")),
+            trace_boot: true,
+        };
+        assert_eq!(round_trip(&full), full);
+        let by_name = VmmArgs {
+            tap: Some("uk-web".into()),
+            mac: Some("52:54:00:00:00:02".parse().unwrap()),
+            console: ConsoleTarget::File("/tmp/console log".into()),
+            ..minimal
+        };
+        assert_eq!(round_trip(&by_name), by_name);
+    }
+
+    #[test]
+    fn the_parser_refuses_what_the_vmm_cannot_run() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["unikernel-vmm", "--kernel", "/k"];
+            argv.extend(extra);
+            VmmArgs::try_parse_from(argv)
+        };
+        assert!(parse(&["--net-fd", "3"]).is_err(), "a NIC needs a MAC");
+        assert!(parse(&["--net-fd", "3", "--tap", "t", "--mac", "52:54:00:00:00:01"]).is_err());
+        assert!(parse(&["--memory", "lots"]).is_err());
+        assert!(parse(&["--mac", "01:00:00:00:00:00"]).is_err(), "multicast");
+        assert!(parse(&[]).is_ok());
+    }
+}
