@@ -4,27 +4,22 @@
 //! initrd) is checked and loaded into guest memory before KVM is asked for a VM.
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use kvm_ioctls::IoEventAddress;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
 use crate::arch::x86_64::{bootinfo, mptable};
-use crate::config::{ConsoleTarget, NetBackend, NetConfig, VmConfig};
-use crate::devices::legacy::{self, cmos::Cmos, i8042::I8042, power::PowerPort, serial::Serial};
-use crate::devices::virtio::net::{event_handler, Net, Tap};
-use crate::devices::virtio::transport::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
-use crate::devices::virtio::Interrupt;
+use crate::config::{ConsoleTarget, VmConfig};
+use crate::device_manager::{self, DeviceManager, Legacy, NetDevice};
+use crate::devices::legacy::serial::Serial;
 use crate::devices::Bus;
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitRequest, GuestFault, StopReason};
 use crate::loader;
 use crate::vstate::memory::{self, GuestMemoryMmap};
 use crate::vstate::vcpu::{self, Entry, Vcpu};
+use crate::vstate::vcpu_handle::VcpuHandle;
 use crate::vstate::vm::{self, Vm};
 
 /// Anything that stops a VM from being built.
@@ -49,10 +44,10 @@ pub enum Error {
     },
     #[error("--vcpus must be between 1 and {max}, not {given}")]
     Vcpus { given: u8, max: u8 },
-    #[error("device setup failed: {0}")]
-    Device(String),
-    #[error("network device: {0}")]
-    Net(String),
+    #[error(transparent)]
+    Devices(#[from] device_manager::Error),
+    #[error("{0}")]
+    Threads(String),
 }
 
 pub use contract::limits::MAX_VCPUS;
@@ -97,6 +92,9 @@ pub struct Machine {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Arc<Mutex<Serial>>,
+    /// The devices by type (pausing and saving them comes with snapshots).
+    pub legacy: Legacy,
+    pub net: Option<NetDevice>,
     exit: ExitRequest,
     /// Every device's fds, run on one thread once the VM starts.
     events: EventLoop,
@@ -135,8 +133,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
             max: MAX_VCPUS,
         });
     }
-    let device_err = |e: &dyn std::fmt::Display| Error::Device(e.to_string());
-    let mut events = EventLoop::new().map_err(|e| device_err(&e))?;
+    let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
     let console = console_out(&config.console, &mut events)?;
 
     let mem = memory::create(config.memory)?;
@@ -169,33 +166,9 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     trace.mark("vm");
 
     let exit = ExitRequest::default();
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| device_err(&e))?;
-    vm.fd()
-        .register_irqfd(&serial_irq, legacy::COM1_IRQ)
-        .map_err(|e| device_err(&e))?;
-    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, console)));
-    let mem_bytes = config.memory.bytes();
-    let below_4g = crate::arch::x86_64::layout::low_ram_end(mem_bytes);
-    let mut pio = Bus::new("port");
-    pio.insert(legacy::COM1_BASE, 8, serial.clone())
-        .map_err(|e| device_err(&e))?;
-    pio.insert(legacy::I8042_BASE, 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))
-        .map_err(|e| device_err(&e))?;
-    pio.insert(
-        legacy::CMOS_BASE,
-        2,
-        Arc::new(Mutex::new(Cmos::new(below_4g, mem_bytes - below_4g))),
-    )
-    .map_err(|e| device_err(&e))?;
-    pio.insert(
-        legacy::POWER_PORT,
-        2,
-        Arc::new(Mutex::new(PowerPort::new(exit.clone()))),
-    )
-    .map_err(|e| device_err(&e))?;
-    let mut mmio = Bus::new("MMIO");
+    let mut devices = DeviceManager::new(&vm, console, &exit, config.memory.bytes())?;
     if let Some(net) = &config.net {
-        attach_net(&vm, &mem, &mut mmio, &mut events, net)?;
+        devices.attach_net(&vm, &mem, &mut events, net)?;
     }
     trace.mark("devices");
 
@@ -215,9 +188,11 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
 
     Ok(Machine {
         vcpus,
-        pio: Arc::new(pio),
-        mmio: Arc::new(mmio),
-        serial,
+        pio: Arc::new(devices.pio),
+        mmio: Arc::new(devices.mmio),
+        serial: devices.legacy.serial.clone(),
+        legacy: devices.legacy,
+        net: devices.net,
         exit,
         events,
         _vm: vm,
@@ -226,57 +201,22 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     })
 }
 
-/// Creates a virtio-net device on `net`'s tap at the first virtio-mmio slot: its
-/// interrupt on an irqfd, its queue notifications on ioeventfds, its I/O on the event loop.
-fn attach_net(
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
-    events: &mut EventLoop,
-    net: &NetConfig,
-) -> Result<(), Error> {
-    let err = |e: &dyn std::fmt::Display| Error::Net(e.to_string());
-    let tap = match &net.backend {
-        NetBackend::Tap(name) => Tap::open(name),
-        // SAFETY: the caller promised, with --net-fd, that this fd is open and ours.
-        NetBackend::Fd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
-    }
-    .map_err(|e| err(&e))?;
-    let device = Arc::new(Mutex::new(Net::new(tap, net.mac).map_err(|e| err(&e))?));
-    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
-    vm.fd().register_irqfd(&irqfd, VIRTIO_IRQ_BASE).map_err(|e| err(&e))?;
-    let mut queue_evts = Vec::new();
-    for queue in 0..2u32 {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
-        let addr = IoEventAddress::Mmio(VIRTIO_MMIO_BASE + NOTIFY_OFFSET);
-        vm.fd().register_ioevent(&evt, &addr, queue).map_err(|e| err(&e))?;
-        queue_evts.push(evt);
-    }
-    let clones: Vec<EventFd> = queue_evts
-        .iter()
-        .map(EventFd::try_clone)
-        .collect::<Result<_, _>>()
-        .map_err(|e| err(&e))?;
-    let transport = MmioTransport::new(device.clone(), mem.clone(), Interrupt::new(irqfd), clones);
-    mmio.insert(VIRTIO_MMIO_BASE, MMIO_LEN, Arc::new(Mutex::new(transport)))
-        .map_err(|e| err(&e))?;
-    let (Some(tx_evt), Some(rx_evt)) = (queue_evts.pop(), queue_evts.pop()) else {
-        return Err(Error::Net("two queue eventfds were made".into()));
-    };
-    event_handler::register(events, device, rx_evt, tx_evt).map_err(|e| err(&e))?;
-    Ok(())
-}
-
 /// How a run ended.
 pub type Outcome = Result<StopReason, GuestFault>;
 
 impl Machine {
+    /// Handles that pause and resume each vCPU while the machine runs (for snapshots);
+    /// take them before [`Machine::run`].
+    pub fn vcpu_handles(&mut self) -> Vec<VcpuHandle> {
+        self.vcpus.iter_mut().map(Vcpu::handle).collect()
+    }
+
     /// Runs the VM until it stops; the boot vCPU runs on this thread, the event loop and
     /// the other vCPUs on their own threads (the other vCPUs end the process themselves
     /// if they see the guest stop). A thread that cannot be created (the host is out of
     /// threads) is an error before the guest runs, never a panic.
     pub fn run(mut self, on_ap_exit: fn(Outcome, &Mutex<Serial>) -> !) -> Result<(Outcome, BootTrace), Error> {
-        let threads = |e: std::io::Error| Error::Device(format!("cannot start a thread: {e}"));
+        let threads = |e: std::io::Error| Error::Threads(format!("cannot start a thread: {e}"));
         // Only the boot vCPU is watched: the others may legitimately wait for INIT/SIPI.
         let Machine { mut events, .. } = self;
         crate::watchdog::install()

@@ -5,6 +5,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::memory::GuestMemoryMmap;
+use super::vcpu_handle::{self, Control, VcpuHandle};
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::devices::Bus;
@@ -25,6 +26,8 @@ pub enum Error {
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
+    /// Pause/resume requests, once a handle was taken ([`Vcpu::handle`]).
+    control: Option<Control>,
 }
 
 /// Where and how the boot vCPU enters the kernel.
@@ -41,7 +44,14 @@ impl Vcpu {
             what: "KVM_CREATE_VCPU",
             source,
         })?;
-        Ok(Vcpu { fd, id })
+        Ok(Vcpu { fd, id, control: None })
+    }
+
+    /// The handle that pauses and resumes this vCPU while it runs (one per vCPU).
+    pub fn handle(&mut self) -> VcpuHandle {
+        let (handle, control) = vcpu_handle::pair(self.id);
+        self.control = Some(control);
+        handle
     }
 
     pub fn id(&self) -> u8 {
@@ -111,6 +121,9 @@ impl Vcpu {
         }
         // Consecutive watchdog kicks that found the vCPU halted with interrupts off.
         let mut dead_kicks = 0u32;
+        if let Some(c) = &self.control {
+            c.register_thread();
+        }
         loop {
             let next = match self.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -147,6 +160,12 @@ impl Vcpu {
                 }
                 Err(e) => Next::Unexpected(format!("KVM_RUN failed: {e}")),
             };
+            // A kick may carry a pause or resume rather than the watchdog's look.
+            if let (Next::Kicked, Some(c)) = (&next, &self.control) {
+                if c.serve() {
+                    continue;
+                }
+            }
             match next {
                 Next::Continue => {}
                 Next::Kicked if self.halted_with_interrupts_off() => {
