@@ -14,7 +14,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// Call once, before the first [`Controller::reload`].
     pub async fn adopt(&mut self) {
         let desired = self.loader.load_dir(&self.config_dir).specs;
-        for (name, record) in self.state.records() {
+        for (name, record) in self.state_dir.records() {
             let declared = desired.get(&name).cloned();
             let mut svc = declared.map(Service::new);
             let console = svc
@@ -23,7 +23,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 .unwrap_or_else(ConsoleRing::default);
             let Some(process) = self.launcher.adopt(&name, &record, console) else {
                 info!(UNIKERNEL = %name, "recorded VM (pid {}) is gone", record.pid);
-                self.state.clear_record(&name);
+                self.state_dir.clear_record(&name);
                 if svc.is_none() {
                     self.release(&name, record.tap.is_some()).await;
                 }
@@ -66,9 +66,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             self.sync_listeners(&name);
         }
         // Folders of services that no record explains (removed while no daemon ran).
-        for name in self.state.service_names() {
+        for name in self.state_dir.service_names() {
             if !self.services.contains_key(&name) && !self.leaving.contains_key(&name) && !desired.contains_key(&name) {
-                self.state.remove(&name);
+                self.state_dir.remove(&name);
             }
         }
     }

@@ -68,6 +68,8 @@ pub struct HostState {
     pub rewired: Vec<String>,
     /// Host port -> service, for every open listener.
     pub listeners: BTreeMap<u16, String>,
+    /// Ports someone else holds: listening on them fails.
+    pub taken_ports: BTreeSet<u16>,
 }
 
 /// The host both fakes share, and the test inspects.
@@ -246,7 +248,7 @@ impl HostNet for FakeNet {
 
     fn listen(&mut self, service: &str, host_port: u16, _guest: u16, _target: Target) -> io::Result<JoinHandle<()>> {
         let mut host = self.0.get();
-        if host.listeners.get(&host_port).is_some_and(|s| s != service) {
+        if host.taken_ports.contains(&host_port) || host.listeners.get(&host_port).is_some_and(|s| s != service) {
             return Err(io::Error::from(io::ErrorKind::AddrInUse));
         }
         host.listeners.insert(host_port, service.to_string());

@@ -36,7 +36,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             None => None,
         };
         let t_net = t0.elapsed();
-        if let Err(e) = self.state.prepare(name) {
+        if let Err(e) = self.state_dir.prepare(name) {
             return self.start_failed(name, format!("state directory: {e}"));
         }
         let Some(svc) = self.services.get_mut(name) else { return };
@@ -64,7 +64,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             boot_ms: None,
             tasks: Vec::new(),
         };
-        if let Err(e) = self.state.write_record(name, &vm.record()) {
+        if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
             warn!(UNIKERNEL = %name, "cannot record the VM (a daemon restart would not adopt it): {e}");
         }
         info!(
@@ -171,7 +171,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
             }
         }
-        self.state.remove(name);
+        self.state_dir.remove(name);
     }
 
     pub async fn handle(&mut self, event: Event) {
@@ -194,7 +194,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 let _ = svc.target.send(None);
                 let ran = old.started.elapsed();
                 drop(old);
-                self.state.clear_record(&name);
+                self.state_dir.clear_record(&name);
                 let Some(svc) = self.services.get_mut(&name) else {
                     return;
                 };
@@ -249,7 +249,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         };
         if v.boot_ms.is_none() {
             v.boot_ms = Some(v.started.elapsed().as_secs_f64() * 1e3);
-            let _ = self.state.write_record(name, &v.record());
+            let _ = self.state_dir.write_record(name, &v.record());
         }
         let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
         svc.set_state(State::Running);

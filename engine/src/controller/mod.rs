@@ -63,7 +63,7 @@ pub struct Controller<L: Launcher, N: HostNet> {
     loader: Loader,
     launcher: L,
     net: N,
-    state: StateDir,
+    state_dir: StateDir,
     services: BTreeMap<String, Service<L::Vm>>,
     /// VMs an earlier daemon left running for services no longer declared: stopping,
     /// with no spec to supervise them by. Their host side is released when they end.
@@ -83,18 +83,18 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// Takes the state directory for this daemon alone (see [`StateDir::lock`]).
     pub fn new(
         config_dir: PathBuf,
-        state: StateDir,
+        state_dir: StateDir,
         launcher: L,
         net: N,
         events: mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<Self> {
-        let lock = state.lock()?;
+        let lock = state_dir.lock()?;
         Ok(Controller {
             config_dir,
             loader: Loader::default(),
             launcher,
             net,
-            state,
+            state_dir,
             services: BTreeMap::new(),
             leaving: BTreeMap::new(),
             events,
@@ -111,7 +111,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     }
 
     pub fn state_dir(&self) -> &std::path::Path {
-        self.state.root()
+        self.state_dir.root()
     }
 
     /// Loads the declarations and applies the plan. Returns the plan it applied.
@@ -280,11 +280,20 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             match self.net.listen(name, host, guest, svc.target.subscribe()) {
                 Ok(task) => {
                     svc.listeners.insert(host, (guest, task));
+                    let bind_error = format!("cannot listen on host port {host}: ");
+                    if svc.last_error.as_ref().is_some_and(|e| e.starts_with(&bind_error)) {
+                        info!(UNIKERNEL = %name, "listening on host port {host} now");
+                        svc.last_error = None;
+                        self.status_dirty = true;
+                    }
                 }
                 Err(e) => {
                     let msg = format!("cannot listen on host port {host}: {e}");
-                    warn!(UNIKERNEL = %name, "{msg}");
-                    svc.last_error = Some(msg);
+                    if svc.last_error.as_ref() != Some(&msg) {
+                        warn!(UNIKERNEL = %name, "{msg} (tried again at every resync)");
+                        svc.last_error = Some(msg);
+                        self.status_dirty = true;
+                    }
                 }
             }
         }
@@ -356,8 +365,8 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         crate::systemd::status(&snap.summary());
         match serde_json::to_vec_pretty(&snap) {
             Ok(json) => {
-                if let Err(e) = write_atomic(&self.state.status_file(), &json) {
-                    warn!("cannot write {}: {e}", self.state.status_file().display());
+                if let Err(e) = write_atomic(&self.state_dir.status_file(), &json) {
+                    warn!("cannot write {}: {e}", self.state_dir.status_file().display());
                 }
             }
             Err(e) => warn!("cannot encode the status: {e}"),

@@ -1,7 +1,8 @@
 //! Drift repair, run by every resync: what the host shows is compared with what the
 //! controller set up, and the difference is repaired. A tap deleted behind the daemon's
 //! back leaves its VMM with a dead fd: that VM is restarted on a new tap. A tap that is
-//! down or lost its route is wired again in place.
+//! down or lost its route is wired again in place. A host port that could not be bound
+//! (taken by someone else) is tried again.
 use tracing::warn;
 
 use super::host::{Drift, HostNet, Launcher};
@@ -10,6 +11,10 @@ use crate::status::State;
 
 impl<L: Launcher, N: HostNet> Controller<L, N> {
     pub(super) async fn repair(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in &names {
+            self.sync_listeners(name);
+        }
         let drift = match self.net.drift().await {
             Ok(d) => d,
             Err(e) => {

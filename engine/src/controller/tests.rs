@@ -510,3 +510,20 @@ async fn a_burst_of_1000_changes_ends_in_exactly_the_declared_state() {
     let taps: Vec<String> = h.host.get().taps.iter().cloned().collect();
     assert_eq!(taps, declared.keys().cloned().collect::<Vec<_>>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_host_port_taken_at_start_is_bound_by_a_later_resync() {
+    let mut h = Harness::new("portretry").await;
+    h.host.get().taken_ports.insert(8080);
+    h.write("web.kdl", &decl("web", "net { expose 8080 guest=80 }\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running), "the VM runs without its port");
+    let err = h.status("web").last_error.unwrap();
+    assert!(err.contains("cannot listen on host port 8080"), "{err}");
+    assert!(h.host.get().listeners.is_empty());
+    h.host.get().taken_ports.clear();
+    h.ctl().resync().await;
+    assert_eq!(h.host.get().listeners.get(&8080).map(String::as_str), Some("web"));
+    assert_eq!(h.status("web").last_error, None, "the bind error is cleared");
+}
