@@ -45,6 +45,8 @@ pub enum Error {
         "bridge {bridge} already has {max} ports, the most a Linux bridge takes: use routed networking for more VMs"
     )]
     BridgeFull { bridge: String, max: usize },
+    #[error("cannot look at the host's links: {0}")]
+    Probe(std::io::Error),
 }
 
 /// What a VM needs to be on the network.
@@ -152,19 +154,20 @@ impl HostNetwork {
 
     /// Every attached service whose tap is gone, down, or (routed) without its /32 route.
     pub async fn drift(&mut self) -> Result<Vec<(String, Drift)>, Error> {
-        let links = self.nl.links().await?;
+        let probe = tap::LinkProbe::new().map_err(Error::Probe)?;
         let routes = match self.mode {
             Mode::Routed => Some(self.nl.host_routes_v4().await?),
             Mode::Bridged { .. } => None,
         };
         let mut out = Vec::new();
         for (service, tap) in &self.attached {
-            let drift = match links.get(tap) {
+            let drift = match probe.state(tap).map_err(Error::Probe)? {
                 None => Some(Drift::TapGone),
-                Some((_, false)) => Some(Drift::Unwired),
-                Some((index, true)) => {
+                Some(link) if !link.up => Some(Drift::Unwired),
+                Some(link) => {
+                    // Routed: the guest's /32 must still go out of its tap.
                     let routed = match (&routes, self.pool.address_of(service)) {
-                        (Some(r), Some(a)) => r.get(&a) == Some(index),
+                        (Some(r), Some(a)) => r.get(&a) == Some(&link.index),
                         _ => true,
                     };
                     (!routed).then_some(Drift::Unwired)

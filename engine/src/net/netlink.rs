@@ -4,7 +4,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
@@ -165,21 +164,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(request(format!("neighbour {address} on link {index}")))
-    }
-
-    /// Every link: name -> (index, administratively up). One dump, for drift checks.
-    pub async fn links(&self) -> Result<HashMap<String, (u32, bool)>, Error> {
-        let mut out = HashMap::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(link) = links.try_next().await.map_err(request("list links"))? {
-            let up = link.header.flags.contains(LinkFlags::Up);
-            for attr in &link.attributes {
-                if let LinkAttribute::IfName(name) = attr {
-                    out.insert(name.clone(), (link.header.index, up));
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Every IPv4 host route (/32) in the main table: destination -> output link.

@@ -65,10 +65,19 @@ pub struct Vmm {
     first_line: Option<oneshot::Receiver<()>>,
 }
 
-/// The VMM's own explanation of why it stopped (its error line), if any.
+/// How much of the end of the VMM's stderr is searched for its error line.
+const LOG_TAIL: u64 = 4096;
+
+/// The VMM's own explanation of why it stopped (its error line), if any. Reads only the
+/// end of the log, a small file in the state directory (tmpfs): no blocking thread needed.
 fn vmm_error(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    contract::exit::last_error(&text).map(str::to_string)
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL))).ok()?;
+    let mut tail = Vec::new();
+    file.take(LOG_TAIL).read_to_end(&mut tail).ok()?;
+    contract::exit::last_error(&String::from_utf8_lossy(&tail)).map(str::to_string)
 }
 
 impl Launcher for VmmLauncher {
@@ -139,10 +148,7 @@ impl VmProcess for Vmm {
             if let Some(mut c) = console {
                 let _ = tokio::time::timeout(CONSOLE_DRAIN, &mut c.0).await;
             }
-            let reason = tokio::task::spawn_blocking(move || vmm_error(&log))
-                .await
-                .ok()
-                .flatten();
+            let reason = vmm_error(&log);
             Exit { ended, reason }
         })
     }
@@ -169,5 +175,26 @@ impl VmProcess for Vmm {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_line_is_found_at_the_end_of_a_long_log() {
+        let dir = std::env::temp_dir().join(format!("uk-vmmlog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("vmm.log");
+        let mut text = "unikernel-vmm: warning: noise\n".repeat(1000);
+        text.push_str(&contract::exit::error_line(&"triple fault at rip 0x1000"));
+        text.push('\n');
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(vmm_error(&log).as_deref(), Some("triple fault at rip 0x1000"));
+        std::fs::write(&log, "").unwrap();
+        assert_eq!(vmm_error(&log), None);
+        assert_eq!(vmm_error(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
