@@ -10,7 +10,9 @@ use std::time::Instant;
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
 use crate::arch::x86_64::{bootinfo, mptable};
+use crate::cmdline;
 use crate::config::{ConsoleTarget, VmConfig};
+use crate::devices::virtio::transport::mmio::MMIO_LEN;
 use crate::device_manager::{self, DeviceManager, Legacy, NetDevice};
 use crate::devices::legacy::serial::Serial;
 use crate::devices::Bus;
@@ -46,6 +48,8 @@ pub enum Error {
     Vcpus { given: u8, max: u8 },
     #[error(transparent)]
     Devices(#[from] device_manager::Error),
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::Error),
     #[error("{0}")]
     Threads(String),
 }
@@ -143,15 +147,16 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         None => None,
     };
     // Guests find virtio-mmio devices on their command line, as with Firecracker.
-    let mut cmdline = config.cmdline.clone();
-    if config.net.is_some() {
-        let device = format!("virtio_mmio.device=4K@{VIRTIO_MMIO_BASE:#x}:{VIRTIO_IRQ_BASE}");
-        cmdline = if cmdline.is_empty() {
-            device
-        } else {
-            format!("{cmdline} {device}")
-        };
-    }
+    let devices: Vec<cmdline::MmioDevice> = config
+        .net
+        .iter()
+        .map(|_| cmdline::MmioDevice {
+            base: VIRTIO_MMIO_BASE,
+            len: MMIO_LEN,
+            irq: VIRTIO_IRQ_BASE,
+        })
+        .collect();
+    let cmdline = cmdline::with_devices(&config.cmdline, &devices)?;
     let cmdline_len = bootinfo::write_cmdline(&mem, &cmdline)?;
     mptable::write(&mem, config.vcpus)?;
     match kernel.mode {

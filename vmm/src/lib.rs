@@ -5,6 +5,7 @@
 //! It knows nothing about KDL, D-Bus, netlink or systemd.
 pub mod arch;
 pub mod builder;
+pub mod cmdline;
 pub mod config;
 pub mod device_manager;
 pub mod devices;

@@ -40,6 +40,8 @@ pub struct MmioTransport {
     config_generation: u32,
     activated: bool,
     warned: bool,
+    /// Un-offered feature bits were acknowledged (and dropped) once already.
+    masked_warned: bool,
 }
 
 impl MmioTransport {
@@ -71,6 +73,7 @@ impl MmioTransport {
             config_generation: 0,
             activated: false,
             warned: false,
+            masked_warned: false,
         }
     }
 
@@ -128,10 +131,25 @@ impl MmioTransport {
         let added = value & !self.status;
         if added & status::FEATURES_OK != 0 {
             let offered = lock(&self.device).avail_features();
-            if self.acked_features & !offered != 0 || self.acked_features & VIRTIO_F_VERSION_1 == 0 {
-                // Not setting FEATURES_OK tells the driver the features were refused.
+            let unoffered = self.acked_features & !offered;
+            if unoffered != 0 {
+                // Real drivers do this (Unikraft's virtio-net acknowledges GUEST_ANNOUNCE,
+                // which nobody offered). The spec lets a device refuse; like Firecracker and
+                // cloud-hypervisor we drop those bits and go on: they turn on nothing here.
+                if !self.masked_warned {
+                    self.masked_warned = true;
+                    crate::log_warn!(
+                        "virtio-mmio: the driver acknowledged features {unoffered:#x} that were not offered \
+                         (offered {offered:#x}); ignoring them"
+                    );
+                }
+                self.acked_features &= offered;
+            }
+            if self.acked_features & VIRTIO_F_VERSION_1 == 0 {
+                // A legacy driver cannot drive this modern-only device. Not setting
+                // FEATURES_OK tells the driver the features were refused.
                 self.warn(&format!(
-                    "driver accepted features {:#x} of {offered:#x}",
+                    "driver accepted features {:#x} of {offered:#x}, without VERSION_1",
                     self.acked_features
                 ));
                 self.status = value & !status::FEATURES_OK;
@@ -413,10 +431,27 @@ mod tests {
     }
 
     #[test]
-    fn features_the_device_does_not_offer_are_refused() {
-        let (mut t, _, _) = rig();
-        negotiate(&mut t, 1 | 2);
-        assert_eq!(r(&mut t, 0x070) & status::FEATURES_OK, 0);
+    fn features_the_device_did_not_offer_are_dropped_and_the_device_still_works() {
+        let (mut t, probe, _) = rig();
+        w(&mut t, 0x070, status::ACKNOWLEDGE);
+        w(&mut t, 0x070, status::ACKNOWLEDGE | status::DRIVER);
+        // Low word: the offered bit 5 and an un-offered bit 21 (like GUEST_ANNOUNCE, as
+        // Unikraft's driver does); high word: VERSION_1 and an un-offered bit.
+        w(&mut t, 0x024, 0);
+        w(&mut t, 0x020, 1 << 5 | 1 << 21);
+        w(&mut t, 0x024, 1);
+        w(&mut t, 0x020, 1 | 2);
+        w(&mut t, 0x070, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        assert_ne!(r(&mut t, 0x070) & status::FEATURES_OK, 0, "accepted");
+        setup_queue(&mut t, 16, 0x1000);
+        w(
+            &mut t,
+            0x070,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        let p = probe.lock().unwrap();
+        assert_eq!(p.acked, VIRTIO_F_VERSION_1 | 1 << 5, "only what was offered");
+        assert_eq!(p.activated, 1);
     }
 
     #[test]
