@@ -52,14 +52,15 @@ pub struct VmmArgs {
     pub console: ConsoleTarget,
 
     /// Give the guest a virtio-net NIC on this already-open tap fd (inherited; IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)
-    #[arg(long, value_name = "N", conflicts_with = "tap", requires = "mac")]
+    #[arg(long, value_name = "N", conflicts_with = "tap")]
     pub net_fd: Option<RawFd>,
 
     /// Give the guest a virtio-net NIC on the tap of this name, opening or creating it (needs CAP_NET_ADMIN)
-    #[arg(long, value_name = "NAME", requires = "mac")]
+    #[arg(long, value_name = "NAME")]
     pub tap: Option<String>,
 
-    /// The NIC's MAC address, like 52:54:00:12:34:56
+    /// The NIC's MAC address, like 52:54:00:12:34:56 [default: a locally administered
+    /// address derived from the tap's name, the same at every start]
     #[arg(long, value_name = "MAC")]
     pub mac: Option<MacAddr>,
 
@@ -172,7 +173,7 @@ mod tests {
             argv.extend(extra);
             VmmArgs::try_parse_from(argv)
         };
-        assert!(parse(&["--net-fd", "3"]).is_err(), "a NIC needs a MAC");
+        assert!(parse(&["--net-fd", "3"]).is_ok(), "the MAC is derived when not given");
         assert!(parse(&["--net-fd", "3", "--tap", "t", "--mac", "52:54:00:00:00:01"]).is_err());
         assert!(parse(&["--memory", "lots"]).is_err());
         assert!(parse(&["--mac", "01:00:00:00:00:00"]).is_err(), "multicast");

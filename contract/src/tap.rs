@@ -70,8 +70,8 @@ pub fn open(name: &str, persist: bool) -> Result<OwnedFd, Error> {
     Ok(fd)
 }
 
-/// Checks that `fd` is a tap with [`FLAGS`] (what `--net-fd` promises).
-pub fn check(fd: &impl AsRawFd) -> Result<(), Error> {
+/// Checks that `fd` is a tap with [`FLAGS`] (what `--net-fd` promises); returns its name.
+pub fn check(fd: &impl AsRawFd) -> Result<String, Error> {
     let raw = fd.as_raw_fd();
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
@@ -91,7 +91,8 @@ pub fn check(fd: &impl AsRawFd) -> Result<(), Error> {
             reason: format!("flags {:#x}", req.flags),
         });
     }
-    Ok(())
+    let len = req.name.iter().position(|&b| b == 0).unwrap_or(req.name.len());
+    Ok(String::from_utf8_lossy(&req.name[..len]).into_owned())
 }
 
 #[cfg(test)]

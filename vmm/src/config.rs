@@ -17,7 +17,8 @@ pub enum NetBackend {
 #[derive(Clone, Debug)]
 pub struct NetConfig {
     pub backend: NetBackend,
-    pub mac: contract::mac::MacAddr,
+    /// `None`: derived from the tap's name ([`contract::mac::MacAddr::derived`]).
+    pub mac: Option<contract::mac::MacAddr>,
 }
 
 /// Everything needed to build and run one VM.

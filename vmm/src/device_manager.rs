@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::layout::{low_ram_end, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::config::{NetBackend, NetConfig};
 use crate::devices::legacy::{self, cmos::Cmos, i8042::I8042, power::PowerPort, serial::Serial};
-use crate::devices::virtio::net::{event_handler, Net, Tap};
+use crate::devices::virtio::net::{event_handler, MacAddr, Net, Tap};
 use crate::devices::virtio::transport::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use crate::devices::virtio::Interrupt;
 use crate::devices::Bus;
@@ -102,7 +102,8 @@ impl DeviceManager {
             NetBackend::Fd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
         }
         .map_err(|e| err(&e))?;
-        let device = Arc::new(Mutex::new(Net::new(tap, net.mac).map_err(|e| err(&e))?));
+        let mac = net.mac.unwrap_or_else(|| MacAddr::derived(tap.name()));
+        let device = Arc::new(Mutex::new(Net::new(tap, mac).map_err(|e| err(&e))?));
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
         vm.fd().register_irqfd(&irqfd, VIRTIO_IRQ_BASE).map_err(|e| err(&e))?;
         let mut queue_evts = Vec::new();

@@ -39,7 +39,7 @@ fn net_config(fd: Option<i32>, tap: Option<String>, mac: Option<contract::mac::M
         (None, Some(name)) => NetBackend::Tap(name),
         (None, None) => return None,
     };
-    Some(NetConfig { backend, mac: mac? })
+    Some(NetConfig { backend, mac })
 }
 
 fn main() -> ExitCode {

@@ -87,7 +87,9 @@ fn http_guest_serves_sequential_and_concurrent_requests_and_idles_for_free() {
     counters.dedup();
     assert_eq!(counters.len(), 50, "every concurrent request counted once");
 
-    // Idle: no requests for 5 s; the VM must stay below 1% of a CPU.
+    // Idle: no requests for 5 s; the VM must stay below 1% of a CPU. The 50 connections
+    // just closed: let their last segments pass first (a second), then measure.
+    std::thread::sleep(Duration::from_secs(1));
     // SAFETY: sysconf takes a name and has no other preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     let before = cpu_ticks(vm.0.id());
@@ -119,8 +121,10 @@ fn a_tap_fd_can_be_handed_over() {
     child
         .arg("--kernel")
         .arg(&http)
-        .args(["--net-fd", &fd.to_string(), "--mac", "52:54:00:00:00:03"])
-        .args(["--cmdline", "ip=10.0.0.2/24 port=80 name=byfd"])
+        // No --mac: derived from the tap's name. Application arguments after ` -- `: the
+        // VMM's device parameter must go before them, or the guest never finds its NIC.
+        .args(["--net-fd", &fd.to_string()])
+        .args(["--cmdline", "ip=10.0.0.2/24 port=80 name=byfd -- --app-flag x"])
         .stdout(Stdio::piped());
     let mut vm = KillOnDrop(child.spawn().unwrap());
     // SAFETY: the child has its copy; ours is no longer needed.
@@ -129,9 +133,20 @@ fn a_tap_fd_can_be_handed_over() {
     BufReader::new(vm.0.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line, "http: byfd listening on port 80\n");
+    assert_eq!(
+        line,
+        "http: byfd listening on port 80 (application arguments: --app-flag x)\n"
+    );
     let (status, body) = ns.run(|| http_get("10.0.0.2:80").unwrap());
     assert_eq!((status, body.as_str()), (200, "byfd 1\n"));
+    // The guest answered from the MAC derived from "uk-fd".
+    let neigh = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "neigh", "show", "dev", "uk-fd"])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    let mac = contract::mac::MacAddr::derived("uk-fd").to_string();
+    assert!(neigh.contains(&mac), "{mac} not in {neigh}");
 }
 
 /// Opens tap `name` with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, inheritable (no CLOEXEC).

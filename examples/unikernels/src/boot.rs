@@ -62,11 +62,29 @@ pub unsafe fn from_linux(zero_page: u64) -> BootInfo {
 }
 
 impl BootInfo {
-    /// The value of `key=value` on the command line, if present.
+    /// The kernel's part of the command line and the application's (after ` -- `), as
+    /// Linux and Unikraft split it.
+    fn parts(&self) -> (&'static str, Option<&'static str>) {
+        let cmdline = core::str::from_utf8(self.cmdline).unwrap_or("");
+        if let Some(app) = cmdline.strip_prefix("-- ") {
+            return ("", Some(app));
+        }
+        match cmdline.split_once(" -- ") {
+            Some((kernel, app)) => (kernel, Some(app)),
+            None => (cmdline.strip_suffix(" --").unwrap_or(cmdline), None),
+        }
+    }
+
+    /// The value of `key=value` among the kernel parameters (before ` -- `), if present.
     pub fn param(&self, key: &str) -> Option<&'static str> {
-        let cmdline = core::str::from_utf8(self.cmdline).ok()?;
-        cmdline
+        self.parts()
+            .0
             .split(' ')
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// The application's arguments (after ` -- `), if the command line has them.
+    pub fn app_args(&self) -> Option<&'static str> {
+        self.parts().1
     }
 }

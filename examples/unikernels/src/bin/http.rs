@@ -333,6 +333,12 @@ fn main(boot: &BootInfo) -> ! {
     console::write_str(name);
     console::write_str(" listening on port ");
     console::write_u64(u64::from(port));
+    // What follows ` -- ` is the application's, as with Linux and Unikraft.
+    if let Some(args) = boot.app_args() {
+        console::write_str(" (application arguments: ");
+        console::write_str(args);
+        console::write_str(")");
+    }
     console::write_str("\n");
 
     loop {

@@ -19,6 +19,7 @@ pub enum Error {
 
 pub struct Tap {
     fd: OwnedFd,
+    name: String,
 }
 
 fn ioctl(fd: RawFd, request: libc::c_ulong, arg: *mut libc::c_void) -> io::Result<()> {
@@ -32,17 +33,17 @@ fn ioctl(fd: RawFd, request: libc::c_ulong, arg: *mut libc::c_void) -> io::Resul
 impl Tap {
     /// Opens (or creates) the tap `name`.
     pub fn open(name: &str) -> Result<Tap, Error> {
-        Self::configure(contract::tap::open(name, false)?)
+        Self::configure(contract::tap::open(name, false)?, name.to_string())
     }
 
     /// Takes over an open tap fd (for example inherited from the engine).
     pub fn from_fd(fd: OwnedFd) -> Result<Tap, Error> {
-        contract::tap::check(&fd)?;
-        Self::configure(fd)
+        let name = contract::tap::check(&fd)?;
+        Self::configure(fd, name)
     }
 
     /// Non-blocking (the event loop reads until EAGAIN) and the 12-byte header.
-    fn configure(fd: OwnedFd) -> Result<Tap, Error> {
+    fn configure(fd: OwnedFd, name: String) -> Result<Tap, Error> {
         let raw = fd.as_raw_fd();
         // SAFETY: F_GETFL/F_SETFL on an fd we own.
         let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
@@ -60,13 +61,21 @@ impl Tap {
                 source,
             }
         })?;
-        Ok(Tap { fd })
+        Ok(Tap { fd, name })
     }
 
     /// Any fd that keeps frame boundaries (a SOCK_DGRAM socket pair in tests).
     #[cfg(test)]
     pub fn from_datagram_fd(fd: OwnedFd) -> Tap {
-        Tap { fd }
+        Tap {
+            fd,
+            name: "test".into(),
+        }
+    }
+
+    /// The tap's interface name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
