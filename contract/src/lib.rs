@@ -3,11 +3,13 @@
 //! so neither side assembles or parses it by hand.
 //!
 //! - [`args`]: the VMM's command line, typed both ways (argv -> [`args::VmmArgs`] -> argv).
+//! - [`cmdline`]: the guest's command line: kernel parameters, then ` -- ` and the app's.
 //! - [`exit`]: its exit statuses and its one-line error on stderr.
 //! - [`console`]: where the console goes and the replay protocol of the console socket.
 //! - [`size`], [`mac`], [`tap`]: memory sizes, MAC addresses, and tap devices.
 //! - [`limits`]: bounds both sides check.
 pub mod args;
+pub mod cmdline;
 pub mod console;
 pub mod exit;
 pub mod limits;

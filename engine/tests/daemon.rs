@@ -370,3 +370,21 @@ fn a_host_port_change_keeps_the_vm_and_the_resync_repairs_the_network() {
     assert_eq!(d.taps(), vec!["uk-web".to_string()]);
     assert_eq!(d.get(8090).unwrap().1.trim(), "web 1", "a fresh guest serves");
 }
+
+#[test]
+fn placeholders_spell_the_network_the_guests_way_and_app_arguments_stay_last() {
+    let mut d = Daemon::new("placeholders");
+    d.start();
+    let decl = format!(
+        "unikernel \"web\" {{\n    image \"{}\"\n    cmdline \"ip={{address}}/{{prefix}} gw={{gateway}} port=80 name={{name}} -- --app-flag\"\n    net {{ expose 8080 guest=80 }}\n}}\n",
+        image("http").display()
+    );
+    d.declare("web.kdl", &decl);
+    d.running("web");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+    let log = d.log_text();
+    assert!(
+        log.contains("http: web listening on port 80 (application arguments: --app-flag)"),
+        "the guest found its NIC before ` -- ` and got its arguments after it: {log}"
+    );
+}

@@ -58,7 +58,7 @@ fn a_full_declaration_parses_into_a_spec() {
     assert_eq!(s.memory_bytes, 32 << 20);
     assert_eq!(s.vcpus, 2);
     assert_eq!(s.restart, RestartPolicy::OnFailure);
-    assert_eq!(s.full_cmdline(), "name=web LOG=info MODE=prod");
+    assert_eq!(s.guest_cmdline(None), "name=web LOG=info MODE=prod");
     let net = s.net.as_ref().unwrap();
     assert_eq!(
         net.expose.iter().map(|e| (e.host, e.guest)).collect::<Vec<_>>(),
@@ -120,6 +120,34 @@ fn mistakes_are_reported_where_they_are_with_help() {
 
     let e = first_error("unikernel \"bad name!\" { image \"/x\" }\n");
     assert!(e.message.contains("invalid service name"));
+}
+
+#[test]
+fn placeholders_are_checked_where_they_are_written() {
+    // Column 24 is the `{` of the misspelt placeholder itself.
+    let e = first_error(
+        "unikernel \"web\" {\n    image \"/x\"\n    cmdline \"netdev.ip={adress}/{prefix}\"\n    net { }\n}\n",
+    );
+    assert_eq!((e.line, e.column), (3, 24), "{}", e.one_line());
+    assert!(e.message.contains("unknown placeholder {adress}"), "{}", e.message);
+    assert!(e.help.as_deref().unwrap().contains("did you mean {address}?"));
+
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    env IP=\"{address}\"\n}\n");
+    assert_eq!(e.line, 3);
+    assert!(
+        e.message.contains("{address} needs the service's network"),
+        "{}",
+        e.message
+    );
+
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    cmdline \"a } b\"\n}\n");
+    assert!(e.help.as_deref().unwrap().contains("}}"), "{:?}", e.help);
+
+    // `net` after the cmdline that uses it, and literal braces: fine.
+    let (specs, diags) =
+        parse("unikernel \"web\" {\n    image \"/x\"\n    cmdline \"ip={address} j={{1}}\"\n    net { }\n}\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(specs.len(), 1);
 }
 
 #[test]

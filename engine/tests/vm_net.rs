@@ -35,7 +35,10 @@ fn a_vm_on_a_routed_tap_answers_on_its_pool_address() {
             cmd.arg("--kernel")
                 .arg(&kernel)
                 .args(["--net-fd", "3", "--mac", &a.mac.to_string()])
-                .args(["--cmdline", &format!("{} port=80 name=web", a.guest_cmdline())])
+                .args([
+                    "--cmdline",
+                    &format!("ip={}/{} gw={} port=80 name=web", a.address, a.prefix, a.gateway),
+                ])
                 .stdout(Stdio::piped());
             // SAFETY: dup2 is async-signal-safe; fd 3 is the tap in the child.
             unsafe {

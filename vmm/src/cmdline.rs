@@ -25,28 +25,6 @@ pub struct MmioDevice {
     pub irq: u32,
 }
 
-/// Splits at the first ` -- ` outside double quotes (or a leading `-- `): boot arguments,
-/// then the application's.
-fn split(cmdline: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = cmdline.strip_prefix("-- ") {
-        return ("", Some(rest));
-    }
-    let mut quoted = false;
-    for (i, c) in cmdline.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ' ' if !quoted && cmdline[i..].starts_with(" -- ") => {
-                return (&cmdline[..i], Some(&cmdline[i + 4..]));
-            }
-            _ => {}
-        }
-    }
-    if let Some(head) = cmdline.strip_suffix(" --") {
-        return (head, Some(""));
-    }
-    (cmdline, None)
-}
-
 /// `user` with `devices` announced among its boot arguments. Without devices the user's
 /// command line goes to the guest verbatim.
 pub fn with_devices(user: &str, devices: &[MmioDevice]) -> Result<String, Error> {
@@ -54,7 +32,7 @@ pub fn with_devices(user: &str, devices: &[MmioDevice]) -> Result<String, Error>
         return Ok(user.to_string());
     }
     let invalid = |e: linux_loader::cmdline::Error| Error::Invalid(e.to_string());
-    let (boot, init) = split(user);
+    let (boot, init) = contract::cmdline::split(user);
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(invalid)?;
     if !boot.trim().is_empty() {
         cl.insert_str(boot).map_err(invalid)?;
@@ -63,7 +41,11 @@ pub fn with_devices(user: &str, devices: &[MmioDevice]) -> Result<String, Error>
         cl.add_virtio_mmio_device(d.len, GuestAddress(d.base), d.irq, None)
             .map_err(invalid)?;
     }
-    let mut out = cl.as_cstring().map_err(invalid)?.into_string().map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut out = cl
+        .as_cstring()
+        .map_err(invalid)?
+        .into_string()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     // The separator stays even with nothing after it: some guests look for it.
     if let Some(init) = init {
         out.push_str(" --");

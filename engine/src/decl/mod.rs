@@ -5,6 +5,7 @@ pub mod diagnostic;
 pub mod load;
 pub mod parse;
 pub mod spec;
+pub mod template;
 
 pub use diagnostic::DeclError;
 pub use load::{Loaded, Loader};

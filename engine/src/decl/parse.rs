@@ -28,6 +28,7 @@ use miette::SourceSpan;
 
 use super::diagnostic::{did_you_mean, line_col, DeclError, Reporter};
 use super::spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
+use super::template;
 
 const SERVICE_FIELDS: [&str; 8] = ["image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart"];
 const NET_FIELDS: [&str; 2] = ["address", "expose"];
@@ -210,6 +211,9 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
     let mut initrd = None;
     let mut cmdline = String::new();
     let mut env = BTreeMap::new();
+    // Values that may hold placeholders, with where they were written (checked once the
+    // whole declaration is read: `net` may come after them).
+    let mut templated: Vec<(SourceSpan, String)> = Vec::new();
     let mut memory_bytes = DEFAULT_MEMORY;
     let mut vcpus = 1u8;
     let mut net = None;
@@ -269,7 +273,10 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                             initrd = Some(path);
                         }
                     }
-                    "cmdline" => cmdline = value.to_string(),
+                    "cmdline" => {
+                        cmdline = value.to_string();
+                        templated.push((entry.span(), cmdline.clone()));
+                    }
                     "memory" => match value.parse::<MemSize>().map(MemSize::bytes) {
                         Ok(b) if b >= limits::MIN_MEMORY && b % limits::MEMORY_ALIGN == 0 => memory_bytes = b,
                         _ => diags.push(r.error(
@@ -321,6 +328,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                                         None,
                                     ));
                                 } else {
+                                    templated.push((e.span(), v.to_string()));
                                     env.insert(key.value().to_string(), v.to_string());
                                 }
                             }
@@ -330,6 +338,9 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
             }
             _ => net = net_block(r, child, diags),
         }
+    }
+    for (span, value) in &templated {
+        check_placeholders(r, *span, value, net.is_some(), diags);
     }
     let errors_after = diags.iter().filter(|d| d.is_error()).count();
     if image.is_none() && !seen.contains(&"image") {
@@ -362,6 +373,36 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
         },
         hash_cache: Default::default(),
     })
+}
+
+/// Placeholders in a `cmdline` or `env` value: known names only, and network ones only
+/// with a `net` block. Points at the placeholder itself when the value is written plainly.
+fn check_placeholders(r: &Reporter, span: SourceSpan, value: &str, has_net: bool, diags: &mut Vec<DeclError>) {
+    let at = |offset: usize, len: usize| {
+        let written = r.text().get(span.offset()..span.offset() + span.len()).unwrap_or("");
+        match written.find(value) {
+            Some(start) if !value.is_empty() => SourceSpan::from((span.offset() + start + offset, len)),
+            _ => span,
+        }
+    };
+    match template::placeholders(value) {
+        Err(p) => diags.push(r.error(at(p.offset, p.len), p.message, "here", Some(p.help))),
+        Ok(used) if !has_net && template::uses_network(&used) => {
+            let first = used
+                .iter()
+                .find(|n| template::uses_network(&[n]))
+                .copied()
+                .unwrap_or("address");
+            let offset = value.find(&format!("{{{first}}}")).unwrap_or(0);
+            diags.push(r.error(
+                at(offset, first.len() + 2),
+                format!("{{{first}}} needs the service's network, and it declares none"),
+                "no network",
+                Some("add a net block (net { }) or remove the placeholder".into()),
+            ));
+        }
+        Ok(_) => {}
+    }
 }
 
 fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<NetSpec> {

@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use super::template::{self, Values};
+
 /// Where a declaration was written (for status and errors).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
@@ -75,6 +77,21 @@ pub struct Spec {
     pub source: Source,
     /// [`Spec::hash`], computed once (plans ask for it for every service on every reload).
     pub hash_cache: HashCache,
+}
+
+/// The guest's network, as placeholders and the default parameters spell it.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestNet {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: contract::mac::MacAddr,
+}
+
+impl GuestNet {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+    }
 }
 
 /// A memo of [`Spec::hash`] that takes no part in comparing specs.
@@ -165,12 +182,31 @@ impl Spec {
         format!("{:016x}", contract::fnv1a(text.as_bytes()))
     }
 
-    /// The guest command line: the declared one, then the environment.
-    pub fn full_cmdline(&self) -> String {
-        let mut parts = vec![self.cmdline.clone()];
-        parts.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
-        parts.retain(|p| !p.is_empty());
-        parts.join(" ")
+    /// The guest command line: the declared one with its placeholders filled in, then the
+    /// environment as `KEY=VALUE`, then, when the guest has a network and the declaration
+    /// did not say how to spell it (no network placeholder), `ip=A/P gw=G` as our example
+    /// guests read it. Everything added is a kernel parameter: it goes before any ` -- `.
+    pub fn guest_cmdline(&self, net: Option<&GuestNet>) -> String {
+        let values = Values {
+            name: &self.name,
+            address: net.map(|n| n.address.to_string()),
+            prefix: net.map(|n| n.prefix.to_string()),
+            gateway: net.map(|n| n.gateway.to_string()),
+            netmask: net.map(|n| n.netmask().to_string()),
+            mac: net.map(|n| n.mac.to_string()),
+        };
+        let mut added: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", template::expand(v, &values)))
+            .collect();
+        let spelled = std::iter::once(&self.cmdline)
+            .chain(self.env.values())
+            .any(|t| template::placeholders(t).is_ok_and(|used| template::uses_network(&used)));
+        if let (Some(n), false) = (net, spelled) {
+            added.push(format!("ip={}/{} gw={}", n.address, n.prefix, n.gateway));
+        }
+        contract::cmdline::add_kernel_params(&template::expand(&self.cmdline, &values), &added)
     }
 }
 
@@ -219,5 +255,46 @@ mod tests {
         let c = one("unikernel \"w\" { image \"/a\" }\n");
         assert_ne!(a.hash(), c.hash(), "a NIC is part of the VM");
         assert_eq!(c.changed_fields(&a), vec!["net"]);
+    }
+
+    fn net() -> super::GuestNet {
+        super::GuestNet {
+            address: "10.200.0.5".parse().unwrap(),
+            prefix: 16,
+            gateway: "10.200.0.1".parse().unwrap(),
+            mac: contract::mac::MacAddr::derived("web"),
+        }
+    }
+
+    #[test]
+    fn the_guest_command_line_fills_placeholders_and_keeps_app_arguments_last() {
+        let plain = one("unikernel \"web\" { image \"/a\"; cmdline \"port=80\"; env LOG=\"info\"; net { } }\n");
+        assert_eq!(
+            plain.guest_cmdline(Some(&net())),
+            "port=80 LOG=info ip=10.200.0.5/16 gw=10.200.0.1",
+            "no network placeholder: our own ip= gw= is added"
+        );
+        let unikraft = one(
+            "unikernel \"web\" { image \"/a\"; cmdline \"netdev.ip={address}/{prefix}:{gateway} -- -p 80\"; env LOG=\"info\"; net { } }\n",
+        );
+        assert_eq!(
+            unikraft.guest_cmdline(Some(&net())),
+            "netdev.ip=10.200.0.5/16:10.200.0.1 LOG=info -- -p 80"
+        );
+        let linux = one(
+            "unikernel \"web\" { image \"/a\"; cmdline \"console=ttyS0 ip={address}::{gateway}:{netmask}::eth0:off\"; env HOST=\"{name}\"; net { } }\n",
+        );
+        assert_eq!(
+            linux.guest_cmdline(Some(&net())),
+            "console=ttyS0 ip=10.200.0.5::10.200.0.1:255.255.0.0::eth0:off HOST=web"
+        );
+        let by_env = one("unikernel \"web\" { image \"/a\"; env IP=\"{address}\" MAC=\"{mac}\"; net { } }\n");
+        assert_eq!(
+            by_env.guest_cmdline(Some(&net())),
+            format!("IP=10.200.0.5 MAC={}", contract::mac::MacAddr::derived("web")),
+            "a network placeholder in env says how too"
+        );
+        let no_net = one("unikernel \"web\" { image \"/a\"; cmdline \"name={name} -- x\" }\n");
+        assert_eq!(no_net.guest_cmdline(None), "name=web -- x");
     }
 }

@@ -62,9 +62,14 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// The guest's network settings, as the example unikernels read them.
-    pub fn guest_cmdline(&self) -> String {
-        format!("ip={}/{} gw={}", self.address, self.prefix, self.gateway)
+    /// The guest's side of it, for its command line.
+    pub fn guest_net(&self) -> crate::decl::spec::GuestNet {
+        crate::decl::spec::GuestNet {
+            address: self.address,
+            prefix: self.prefix,
+            gateway: self.gateway,
+            mac: self.mac,
+        }
     }
 }
 

@@ -87,10 +87,7 @@ impl Launcher for VmmLauncher {
         let name = request.name;
         let spec = request.spec;
         let stderr = std::fs::File::create(self.state.vmm_log(name)).map_err(|e| format!("state directory: {e}"))?;
-        let mut cmdline = spec.full_cmdline();
-        if let Some(a) = &request.net {
-            cmdline = format!("{cmdline} {}", a.guest_cmdline()).trim().to_string();
-        }
+        let cmdline = spec.guest_cmdline(request.net.as_ref().map(|a| a.guest_net()).as_ref());
         let tap = request.net.map(|a| (a.tap_fd, a.mac));
         let args = VmmArgs {
             initrd: spec.initrd.clone(),

@@ -441,7 +441,11 @@ mod tests {
         w(&mut t, 0x020, 1 << 5 | 1 << 21);
         w(&mut t, 0x024, 1);
         w(&mut t, 0x020, 1 | 2);
-        w(&mut t, 0x070, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        w(
+            &mut t,
+            0x070,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
         assert_ne!(r(&mut t, 0x070) & status::FEATURES_OK, 0, "accepted");
         setup_queue(&mut t, 16, 0x1000);
         w(
