@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
-use crate::arch::x86_64::{bootinfo, mptable};
+use crate::arch::x86_64::{bootinfo, mptable, multiboot_info};
 use crate::cmdline;
 use crate::config::{ConsoleTarget, VmConfig};
 use crate::device_manager::{self, DeviceManager, Legacy, NetDevice};
@@ -50,6 +50,8 @@ pub enum Error {
     Devices(#[from] device_manager::Error),
     #[error(transparent)]
     Cmdline(#[from] cmdline::Error),
+    #[error(transparent)]
+    Multiboot(#[from] multiboot_info::Error),
     #[error("{0}")]
     Threads(String),
 }
@@ -161,6 +163,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     mptable::write(&mem, config.vcpus)?;
     match kernel.mode {
         BootMode::Pvh => bootinfo::write_pvh_start_info(&mem, config.memory.bytes(), initrd)?,
+        BootMode::Multiboot => multiboot_info::write(&mem, config.memory.bytes(), initrd)?,
         BootMode::Linux64 => {
             bootinfo::write_zero_page(&mem, config.memory.bytes(), cmdline_len, initrd, kernel.setup_header)?
         }

@@ -144,3 +144,57 @@ fn bad_sizes_are_usage_errors() {
         text(&out.stderr)
     );
 }
+
+/// A flat multiboot image: a header with the a.out kludge fields, then `code`.
+fn multiboot_image(flags: u32, aout: [u32; 5], code: &[u8]) -> Vec<u8> {
+    let magic = 0x1bad_b002u32;
+    let mut v = Vec::new();
+    for w in [magic, flags, 0u32.wrapping_sub(magic).wrapping_sub(flags)]
+        .iter()
+        .chain(&aout)
+    {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v.extend_from_slice(code);
+    v
+}
+
+#[test]
+fn multiboot_images_that_cannot_boot_are_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("ukvmm-mbref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let hlt = [0xf4u8; 16];
+    let outside = write(
+        "entry-outside",
+        &multiboot_image(0x1_0003, [0x100000, 0x100000, 0, 0, 0x300000], &hlt),
+    );
+    let err = refused(&outside, &[]);
+    assert!(err.contains("entry_addr 0x300000 is not inside"), "{err}");
+    let low = write(
+        "below-1m",
+        &multiboot_image(0x1_0003, [0x8000, 0x8000, 0, 0, 0x8020], &hlt),
+    );
+    let err = refused(&low, &[]);
+    assert!(err.contains("below 1 MiB"), "{err}");
+    let needs = write(
+        "needs-more",
+        &multiboot_image(0x1_0003 | 1 << 4, [0x100000, 0x100000, 0, 0, 0x100020], &hlt),
+    );
+    let err = refused(&needs, &[]);
+    assert!(err.contains("requires features 0x10"), "{err}");
+    let big = write(
+        "bss-too-big",
+        &multiboot_image(0x1_0003, [0x100000, 0x100000, 0, 0x4000000, 0x100020], &hlt),
+    );
+    let err = refused(&big, &["--memory", "16M"]);
+    assert!(err.contains("raise --memory"), "{err}");
+    let no_elf = write("no-aout-no-elf", &multiboot_image(0x3, [0; 5], &hlt));
+    let err = refused(&no_elf, &[]);
+    assert!(err.contains("neither an ELF nor has an a.out kludge"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

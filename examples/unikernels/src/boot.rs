@@ -1,4 +1,4 @@
-//! Boot information handed over by the two boot protocols.
+//! Boot information handed over by the boot protocols.
 
 /// What a program gets from the VMM, whichever way it was entered.
 pub struct BootInfo {
@@ -11,6 +11,7 @@ pub struct BootInfo {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Pvh,
+    Multiboot,
     Linux64,
 }
 
@@ -46,6 +47,25 @@ pub unsafe fn from_pvh(start_info: u64) -> BootInfo {
     BootInfo {
         cmdline,
         protocol: Protocol::Pvh,
+    }
+}
+
+/// What a multiboot loader puts in EAX.
+const MULTIBOOT_MAGIC: u32 = 0x2bad_b002;
+
+/// # Safety
+/// `info` is the multiboot information address a loader passed in EBX (with `magic` from
+/// EAX); it is read only when the magic says a multiboot loader started us.
+pub unsafe fn from_multiboot(info: u64, magic: u32) -> BootInfo {
+    let base = info as *const u8;
+    let cmdline = if magic == MULTIBOOT_MAGIC && (base as *const u32).read_unaligned() & (1 << 2) != 0 {
+        c_str(u64::from((base.add(16) as *const u32).read_unaligned()))
+    } else {
+        &[]
+    };
+    BootInfo {
+        cmdline,
+        protocol: Protocol::Multiboot,
     }
 }
 

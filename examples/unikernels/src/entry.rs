@@ -1,6 +1,7 @@
-//! The ways in. A binary picks one with `entry_pvh!` or `entry_linux64!`, naming its main.
+//! The ways in. A binary picks one with `entry_pvh!`, `entry_multiboot!`, `entry_linux64!`
+//! or `entry_bzimage64!`, naming its main.
 //!
-//! The PVH path starts in 32-bit protected mode with paging off: it loads our GDT and
+//! The PVH and multiboot paths start in 32-bit protected mode with paging off: they load our GDT and
 //! the static identity page tables below (first GiB with 2 MiB pages, plus 3-4 GiB
 //! uncached for MMIO devices), enables long mode and jumps to 64-bit code. The Linux path
 //! starts in long mode already, on the VMM's page tables. Both switch to our stack.
@@ -12,8 +13,23 @@ core::arch::global_asm!(
     .code32
     .globl ukrt_pvh_start32
 ukrt_pvh_start32:
-    cli
     movl %ebx, %esi
+    movl $ukrt_pvh_start64, %edi
+    jmp ukrt_start32
+
+    .globl ukrt_mb_start32
+ukrt_mb_start32:
+    movl %ebx, %esi
+    movl %eax, %ebp
+    movl $ukrt_mb_start64, %edi
+    jmp ukrt_start32
+
+    # 32-bit protected mode, paging off. ESI: boot information, EDI: the 64-bit code to
+    # continue at, EBP: kept for it.
+ukrt_start32:
+    cli
+    # Neither PVH nor multiboot gives us a stack.
+    movl $ukrt_stack_top, %esp
     lgdt (ukrt_gdt_ptr)
     movl %cr4, %eax
     orl $0x20, %eax
@@ -27,20 +43,36 @@ ukrt_pvh_start32:
     movl %cr0, %eax
     orl $0x80000001, %eax
     movl %eax, %cr0
-    ljmpl $0x08, $ukrt_pvh_start64
+    # A far return into the 64-bit code segment, at EDI.
+    pushl $0x08
+    pushl %edi
+    lret
 
     .code64
-ukrt_pvh_start64:
+ukrt_segments64:
     movw $0x10, %ax
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
     movw %ax, %fs
     movw %ax, %gs
+    ret
+
+ukrt_pvh_start64:
     movq $ukrt_stack_top, %rsp
+    call ukrt_segments64
     movl %esi, %edi
     xorl %ebp, %ebp
     call ukrt_pvh_main
+    ud2
+
+ukrt_mb_start64:
+    movq $ukrt_stack_top, %rsp
+    call ukrt_segments64
+    movl %esi, %edi
+    movl %ebp, %esi
+    xorl %ebp, %ebp
+    call ukrt_mb_main
     ud2
 
     .globl ukrt_linux_start64
@@ -110,6 +142,15 @@ extern "C" fn ukrt_pvh_main(start_info: u64) -> ! {
 }
 
 #[no_mangle]
+extern "C" fn ukrt_mb_main(info: u64, magic: u64) -> ! {
+    // SAFETY: a multiboot loader put the magic in EAX and the information address in EBX;
+    // we passed both through.
+    let boot = unsafe { crate::boot::from_multiboot(info, magic as u32) };
+    // SAFETY: defined by the binary through `entry_multiboot!`.
+    unsafe { ukrt_main(&boot) }
+}
+
+#[no_mangle]
 extern "C" fn ukrt_linux_main(zero_page: u64) -> ! {
     // SAFETY: the Linux boot protocol put the boot_params address in RSI.
     let boot = unsafe { crate::boot::from_linux(zero_page) };
@@ -138,6 +179,39 @@ macro_rules! entry_pvh {
             .asciz "Xen"
             .balign 4
             .long ukrt_pvh_start32
+            .text
+            "#,
+            $main
+        );
+    };
+}
+
+/// Enter through multiboot (v1): the header (with the a.out kludge fields, so the image
+/// also boots as a flat binary from `objcopy -O binary`) opens `.text.entry`, within the
+/// first 8 KiB of the file; `_start` is entered in 32-bit protected mode with the magic in
+/// EAX and the multiboot information in EBX. `objcopy -O elf32-i386` makes it the ELF32
+/// that GRUB, QEMU and Unikraft's KVM target use.
+#[macro_export]
+macro_rules! entry_multiboot {
+    ($main:path) => {
+        $crate::__entry!(
+            r#"
+            .section .text.entry, "ax"
+            .balign 4
+        ukrt_mb_header:
+            .long 0x1badb002
+            .long 0x00010003
+            .long -(0x1badb002 + 0x00010003)
+            .long ukrt_mb_header
+            .long __ukrt_load_start
+            .long __ukrt_load_end
+            .long __ukrt_bss_end
+            .long _start
+            .code32
+            .globl _start
+        _start:
+            jmp ukrt_mb_start32
+            .code64
             .text
             "#,
             $main

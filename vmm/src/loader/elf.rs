@@ -28,6 +28,55 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from(u32_at(b, off)) | u64::from(u32_at(b, off + 4)) << 32
 }
 
+const PT_NOTE: u32 = 4;
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+/// Longest note segment we read.
+const MAX_NOTES: u64 = 64 * 1024;
+
+/// Whether an ELF64 image carries the PVH entry note (`Xen`, type 18), which makes PVH the
+/// protocol even when the image also has a multiboot header. Unreadable means no.
+pub fn has_pvh_note(file: &File, len: u64) -> bool {
+    let mut ehdr = [0u8; EHDR_SIZE];
+    if read_at(file, 0, &mut ehdr).ok() != Some(EHDR_SIZE) || ehdr[4] != ELFCLASS64 {
+        return false;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(&ehdr, 32), u16_at(&ehdr, 54), u16_at(&ehdr, 56));
+    if usize::from(phentsize) != PHDR_SIZE || phnum > MAX_PHDRS {
+        return false;
+    }
+    let mut phdrs = vec![0u8; usize::from(phnum) * PHDR_SIZE];
+    if phoff.checked_add(phdrs.len() as u64).is_none_or(|e| e > len) || read_at(file, phoff, &mut phdrs).is_err() {
+        return false;
+    }
+    phdrs.chunks_exact(PHDR_SIZE).any(|ph| {
+        let (offset, size) = (u64_at(ph, 8), u64_at(ph, 32).min(MAX_NOTES));
+        if u32_at(ph, 0) != PT_NOTE || offset.checked_add(size).is_none_or(|e| e > len) {
+            return false;
+        }
+        let mut notes = vec![0u8; size as usize];
+        if read_at(file, offset, &mut notes).is_err() {
+            return false;
+        }
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let (namesz, descsz, kind) = (
+                u32_at(&notes, at) as usize,
+                u32_at(&notes, at + 4) as usize,
+                u32_at(&notes, at + 8),
+            );
+            let name_end = at + 12 + namesz;
+            if name_end > notes.len() {
+                return false;
+            }
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY && notes[at + 12..name_end].starts_with(b"Xen") {
+                return true;
+            }
+            at = name_end.next_multiple_of(4) + descsz.next_multiple_of(4);
+        }
+        false
+    })
+}
+
 /// The loadable extent of a checked image.
 #[derive(Debug)]
 pub struct Summary {

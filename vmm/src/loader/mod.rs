@@ -3,11 +3,14 @@
 //!
 //! Formats, in the order they are tried:
 //! - ELF64 x86-64 with a `XEN_ELFNOTE_PHYS32_ENTRY` note: PVH boot;
+//! - anything with a multiboot (v1) header in its first 8 KiB (ELF32, ELF64 without a
+//!   PVH note, or a flat image with the a.out kludge): multiboot;
 //! - ELF64 x86-64 without it: the 64-bit Linux boot protocol at `e_entry` (vmlinux,
 //!   Unikraft's Firecracker images);
 //! - bzImage: the 64-bit Linux boot protocol at the protected-mode kernel + 0x200.
 mod bzimage;
 mod elf;
+mod multiboot;
 
 use std::fs::File;
 use std::io;
@@ -27,7 +30,9 @@ use crate::config::MemSize;
 pub enum Error {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is not a kernel image: expected an ELF64 x86-64 kernel (PVH or vmlinux) or a bzImage")]
+    #[error(
+        "{path} is not a kernel image: expected an ELF64 x86-64 kernel (PVH or vmlinux), a multiboot kernel or a bzImage"
+    )]
     NotAKernel { path: PathBuf },
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
@@ -93,7 +98,7 @@ pub(crate) fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<us
 /// Checks `path` and loads it into `mem` (of `mem_size` bytes).
 pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path, mem_size: MemSize) -> Result<LoadedKernel, Error> {
     let (mut file, len) = open(path)?;
-    let mut head = [0u8; 1024];
+    let mut head = [0u8; 8192];
     let n = read_at(&file, 0, &mut head).map_err(|source| Error::Io {
         path: path.into(),
         source,
@@ -117,6 +122,16 @@ pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, path: &Path, mem_size: MemSiz
         source,
     };
 
+    let pvh_note = elf::is_elf(head) && elf::has_pvh_note(&file, len);
+    if let (Some(header), false) = (multiboot::find(head), pvh_note) {
+        let loaded = multiboot::load(mem, &file, len, &header, low_end).map_err(attach)?;
+        return Ok(LoadedKernel {
+            mode: BootMode::Multiboot,
+            entry: loaded.entry,
+            end: loaded.end,
+            setup_header: None,
+        });
+    }
     if elf::is_elf(head) {
         let summary = elf::inspect(&file, len, low_end).map_err(attach)?;
         let result = Elf::load(mem, None, &mut file, None).map_err(load_err)?;

@@ -37,7 +37,7 @@ pub struct InitrdPlacement {
 }
 
 /// The guest's RAM as (start, length) pairs for the memory map.
-fn ram_map(mem_size: u64) -> Vec<(u64, u64)> {
+pub(crate) fn ram_map(mem_size: u64) -> Vec<(u64, u64)> {
     let mut map = vec![(0, EBDA_START)];
     let low_end = low_ram_end(mem_size);
     if low_end > HIMEM_START {

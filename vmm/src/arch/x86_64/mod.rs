@@ -5,4 +5,5 @@ pub mod gdt;
 pub mod layout;
 pub mod mptable;
 pub mod msr;
+pub mod multiboot_info;
 pub mod regs;

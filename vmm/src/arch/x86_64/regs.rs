@@ -25,6 +25,9 @@ pub enum BootMode {
     Pvh,
     /// 64-bit Linux boot protocol: long mode on identity page tables, `boot_params` in RSI.
     Linux64,
+    /// Multiboot v1: 32-bit protected mode, paging off, the magic in EAX, the multiboot
+    /// information in EBX.
+    Multiboot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,13 @@ pub fn boot_regs(mode: BootMode, entry: u64) -> kvm_regs {
             rflags: 0x2,
             rip: entry,
             rbx: PVH_INFO_START,
+            ..Default::default()
+        },
+        BootMode::Multiboot => kvm_regs {
+            rflags: 0x2,
+            rip: entry,
+            rax: u64::from(super::multiboot_info::BOOTLOADER_MAGIC),
+            rbx: super::multiboot_info::INFO_START,
             ..Default::default()
         },
         BootMode::Linux64 => kvm_regs {
@@ -67,7 +77,7 @@ pub fn boot_fpu() -> kvm_fpu {
 /// Writes the boot GDT/IDT (and for Linux64 the page tables) and fills `sregs` to match.
 pub fn setup_sregs<M: GuestMemoryBackend>(mem: &M, mode: BootMode, sregs: &mut kvm_sregs) -> Result<(), Error> {
     let code = match mode {
-        BootMode::Pvh => gdt::CODE32,
+        BootMode::Pvh | BootMode::Multiboot => gdt::CODE32,
         BootMode::Linux64 => gdt::CODE64,
     };
     let table = gdt::boot_gdt(code);
@@ -94,7 +104,7 @@ pub fn setup_sregs<M: GuestMemoryBackend>(mem: &M, mode: BootMode, sregs: &mut k
     sregs.tr = kvm_segment_from_gdt(table[3], 3);
 
     match mode {
-        BootMode::Pvh => {
+        BootMode::Pvh | BootMode::Multiboot => {
             sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr4 = 0;
             sregs.efer = 0;
@@ -184,6 +194,8 @@ mod tests {
         assert_eq!((sregs.cs.l, sregs.cs.db), (0, 1));
         assert_eq!(sregs.efer, 0);
         assert_eq!(boot_regs(BootMode::Pvh, 0x100000).rbx, PVH_INFO_START);
+        let mb = boot_regs(BootMode::Multiboot, 0x100000);
+        assert_eq!((mb.rax, mb.rbx, mb.rip), (0x2bad_b002, PVH_INFO_START, 0x100000));
     }
 
     #[test]
