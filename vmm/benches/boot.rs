@@ -5,6 +5,12 @@
 //! and the process's peak RSS (from wait4). Prints p50/p90 and the ratios.
 //! `BENCH_RUNS` (default 200) sets the runs per side. QEMU (Debian's qemu-system-x86) is
 //! required: a benchmark without its peer is not a result.
+//!
+//! Then, per boot protocol (PVH, 64-bit Linux, bzImage, multiboot ELF32), the same `hello`
+//! program: spawn -> first byte p50 for both VMMs where QEMU can boot that form (it cannot
+//! enter a plain ELF64 the Linux way, and enters a bzImage at the 32-bit entry our
+//! `hello-bz` lacks), and the VM exits of one boot of ours
+//! (`--trace-boot`). `BENCH_PROTO_RUNS` (default 40) sets the runs per protocol and side.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -175,4 +181,76 @@ fn main() {
         sb.exit_p50 / sa.exit_p50,
         sb.rss_p50_mib / sa.rss_p50_mib
     );
+    protocols();
+}
+
+/// VM exits of one boot of ours, from `--trace-boot`.
+fn exits_of_one_boot(kernel: &Path, cmdline: &str) -> String {
+    let out = ours(kernel, cmdline).arg("--trace-boot").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.split("exits: ")
+        .nth(1)
+        .and_then(|s| s.split(" stop:").next())
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn protocols() {
+    let runs: usize = std::env::var("BENCH_PROTO_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let dir = std::env::temp_dir().join(format!("ukvmm-bench-proto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bz = dir.join("bzImage");
+    std::fs::write(
+        &bz,
+        common::make_bzimage(&std::fs::read(common::image("hello-bz")).unwrap()),
+    )
+    .unwrap();
+    let mb32 = dir.join("hello-mb32");
+    let st = Command::new("objcopy")
+        .args(["-O", "elf32-i386"])
+        .arg(common::image("hello-mb"))
+        .arg(&mb32)
+        .status()
+        .expect("objcopy (binutils)");
+    assert!(st.success());
+    let forms: [(&str, std::path::PathBuf, bool); 4] = [
+        ("PVH (hello)", common::image("hello"), true),
+        ("64-bit Linux (hello-lx)", common::image("hello-lx"), false),
+        // QEMU enters a bzImage at its 32-bit entry, which hello-bz does not have.
+        ("bzImage (hello-bz)", bz, false),
+        ("multiboot ELF32 (hello-mb)", mb32, true),
+    ];
+    let cmdline = "name=bench";
+    println!("per protocol, {runs} runs per side, alternating:");
+    for (label, kernel, qemu_boots_it) in &forms {
+        let expect = "hello from unikernel, cmdline: ";
+        let mut a = Vec::with_capacity(runs);
+        let mut b = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            a.push(measure(ours(kernel, cmdline), expect));
+            if *qemu_boots_it {
+                b.push(measure(qemu(kernel, cmdline), expect));
+            }
+        }
+        let sa = summarize(&a);
+        let peer = if b.is_empty() {
+            "qemu microvm: cannot boot this form".to_string()
+        } else {
+            let sb = summarize(&b);
+            format!(
+                "qemu microvm {:.2} ms ({:.1}x)",
+                sb.first_p50 / 1e3,
+                sb.first_p50 / sa.first_p50
+            )
+        };
+        println!(
+            "  {label:<28} first byte p50: unikernel-vmm {:.2} ms, {peer}; {}",
+            sa.first_p50 / 1e3,
+            exits_of_one_boot(kernel, cmdline)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -62,6 +62,8 @@ pub use contract::limits::MAX_VCPUS;
 pub struct BootTrace {
     start: Instant,
     marks: Vec<(&'static str, Instant)>,
+    /// The boot vCPU's exits, once it stopped.
+    pub exits: vcpu::ExitCounts,
 }
 
 impl BootTrace {
@@ -69,6 +71,7 @@ impl BootTrace {
         BootTrace {
             start,
             marks: Vec::with_capacity(8),
+            exits: vcpu::ExitCounts::default(),
         }
     }
 
@@ -87,7 +90,7 @@ impl BootTrace {
             );
             prev = *t;
         }
-        out
+        out + &self.exits.to_string()
     }
 }
 
@@ -158,7 +161,12 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
             irq: VIRTIO_IRQ_BASE,
         })
         .collect();
-    let cmdline = cmdline::with_devices(&config.cmdline, &devices)?;
+    let mut cmdline = cmdline::with_devices(&config.cmdline, &devices)?;
+    if kernel.mode == BootMode::Multiboot {
+        // GRUB and QEMU start a multiboot command line with the kernel's file name, and
+        // multiboot kernels (Unikraft's among them) expect that first word.
+        cmdline = format!("{} {cmdline}", config.kernel.display()).trim_end().to_string();
+    }
     let cmdline_len = bootinfo::write_cmdline(&mem, &cmdline)?;
     mptable::write(&mem, config.vcpus)?;
     match kernel.mode {
@@ -247,6 +255,7 @@ impl Machine {
         self.trace.mark("enter");
         let outcome = boot.run(&self.pio, &self.mmio, &self.exit);
         self.trace.mark("stopped");
+        self.trace.exits = boot.exits;
         let _ = self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
         Ok((outcome, self.trace))
     }

@@ -23,9 +23,44 @@ pub enum Error {
     Regs { id: u8, source: regs::Error },
 }
 
+/// VM exits of one vCPU by kind, for `--trace-boot` and the boot benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    pub pio_out: u64,
+    pub pio_in: u64,
+    pub mmio_write: u64,
+    pub mmio_read: u64,
+    /// Every return of KVM_RUN, these four kinds included.
+    pub total: u64,
+}
+
+impl ExitCounts {
+    /// Everything but port and MMIO accesses (signals, halts, events).
+    pub fn other(&self) -> u64 {
+        self.total - self.pio_out - self.pio_in - self.mmio_write - self.mmio_read
+    }
+}
+
+impl std::fmt::Display for ExitCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exits: {} (pio out {}, pio in {}, mmio write {}, mmio read {}, other {})",
+            self.total,
+            self.pio_out,
+            self.pio_in,
+            self.mmio_write,
+            self.mmio_read,
+            self.other()
+        )
+    }
+}
+
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
+    /// Exits seen by [`Vcpu::run`] so far.
+    pub exits: ExitCounts,
     /// Pause/resume requests, once a handle was taken ([`Vcpu::handle`]).
     control: Option<Control>,
 }
@@ -44,7 +79,12 @@ impl Vcpu {
             what: "KVM_CREATE_VCPU",
             source,
         })?;
-        Ok(Vcpu { fd, id, control: None })
+        Ok(Vcpu {
+            fd,
+            id,
+            exits: ExitCounts::default(),
+            control: None,
+        })
     }
 
     /// The handle that pauses and resumes this vCPU while it runs (one per vCPU).
@@ -125,20 +165,26 @@ impl Vcpu {
             c.register_thread();
         }
         loop {
-            let next = match self.fd.run() {
+            let run = self.fd.run();
+            self.exits.total += 1;
+            let next = match run {
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    self.exits.pio_out += 1;
                     pio.write(u64::from(port), data);
                     exit.get().map_or(Next::Continue, Next::Stop)
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    self.exits.pio_in += 1;
                     pio.read(u64::from(port), data);
                     Next::Continue
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.exits.mmio_write += 1;
                     mmio.write(addr, data);
                     exit.get().map_or(Next::Continue, Next::Stop)
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.exits.mmio_read += 1;
                     mmio.read(addr, data);
                     Next::Continue
                 }

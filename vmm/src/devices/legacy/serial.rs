@@ -1,5 +1,11 @@
 //! COM1: a 16550A (vm-superio) whose output is the guest console, and whose interrupt is
 //! an eventfd wired to IRQ 4 of the in-kernel irqchip.
+//!
+//! Transmit writes are deliberately not coalesced (KVM coalesced PIO on 0x3f8): tried on
+//! our nested host it cut a 42-byte line from 53 exits to 10 and its last byte came
+//! 0.48 ms sooner, but the ring is only read at the vCPU's next exit to the VMM, so a line
+//! printed just before the guest halts would wait for the watchdog's kick (up to 16 s):
+//! live logs and readiness-by-console would suffer, and flushing on a timer costs idle CPU.
 use std::io::{self, Write};
 
 use vm_superio::serial::NoEvents;
