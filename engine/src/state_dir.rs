@@ -6,6 +6,7 @@
 //! <state>/services/<name>/console.sock  the VMM's console socket
 //! <state>/services/<name>/vmm.log       the VMM's stderr (its error line when it stops)
 //! <state>/status.json                   every service's status, rewritten on change
+//! <state>/declarations/<file>.kdl       the last good content of each declaration file
 //! ```
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -138,6 +139,28 @@ impl StateDir {
     /// Removes everything about `name` (the service is gone).
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_dir_all(self.service_dir(name));
+    }
+
+    /// The last good content of each declaration file, by file name: what a restarted
+    /// daemon falls back on for a file that fails to parse (or a directory it cannot read).
+    pub fn declarations(&self) -> Vec<(std::ffi::OsString, String)> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("declarations")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| Some((e.file_name(), std::fs::read_to_string(e.path()).ok()?)))
+            .collect()
+    }
+
+    pub fn save_declaration(&self, file_name: &std::ffi::OsStr, text: &str) -> io::Result<()> {
+        let dir = self.root.join("declarations");
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(file_name), text.as_bytes())
+    }
+
+    pub fn remove_declaration(&self, file_name: &std::ffi::OsStr) {
+        let _ = std::fs::remove_file(self.root.join("declarations").join(file_name));
     }
 
     /// Folders of services that have no record (left by removed services).

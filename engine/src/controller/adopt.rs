@@ -13,7 +13,9 @@ use crate::supervise::console::ConsoleRing;
 impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// Call once, before the first [`Controller::reload`].
     pub async fn adopt(&mut self) {
-        let desired = self.loader.load_dir(&self.config_dir).specs;
+        let loaded = self.loader.load_dir(&self.config_dir);
+        self.keep_declarations(&loaded);
+        let desired = loaded.specs;
         for (name, record) in self.state_dir.records() {
             let declared = desired.get(&name).cloned();
             let mut svc = declared.map(Service::new);

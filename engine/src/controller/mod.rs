@@ -49,6 +49,16 @@ pub enum OperatorError {
     NotDeclared,
 }
 
+/// Which files a reload reads.
+enum Load<'a> {
+    /// Those inotify named (and new ones).
+    Changed(&'a HashSet<OsString>),
+    /// Those whose stamp moved.
+    Stamps,
+    /// All of them.
+    All,
+}
+
 /// What the helpers report.
 #[derive(Debug)]
 pub enum Event {
@@ -89,9 +99,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         events: mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<Self> {
         let lock = state_dir.lock()?;
+        // A file that fails to parse now keeps what it declared before the restart.
+        let mut loader = Loader::default();
+        loader.seed(&config_dir, state_dir.declarations());
         Ok(Controller {
             config_dir,
-            loader: Loader::default(),
+            loader,
             launcher,
             net,
             state_dir,
@@ -114,31 +127,34 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.state_dir.root()
     }
 
-    /// Loads the declarations and applies the plan. Returns the plan it applied.
+    /// An operator's reload (SIGHUP, D-Bus `Reload`): every file is read again, whatever
+    /// its stamp says, and the plan applied. Returns the plan it applied.
     pub async fn reload(&mut self) -> Plan {
-        self.reload_with(None).await
+        self.reload_with(Load::All).await
     }
 
     /// A reload after inotify named the files that changed (by file name): the others are
     /// not even looked at (see [`Loader::load_changed`]).
     pub async fn reload_changed(&mut self, changed: &HashSet<OsString>) -> Plan {
-        self.reload_with(Some(changed)).await
+        self.reload_with(Load::Changed(changed)).await
     }
 
-    /// The periodic resync: every file re-read, and the host checked against what was
-    /// set up for each service (see [`repair`]).
+    /// The periodic resync: every file whose stamp moved is read again, and the host is
+    /// checked against what was set up for each service (see [`repair`]).
     pub async fn resync(&mut self) -> Plan {
-        let plan = self.reload().await;
+        let plan = self.reload_with(Load::Stamps).await;
         self.repair().await;
         plan
     }
 
-    async fn reload_with(&mut self, changed: Option<&HashSet<OsString>>) -> Plan {
+    async fn reload_with(&mut self, how: Load<'_>) -> Plan {
         let t0 = Instant::now();
-        let loaded = match changed {
-            Some(c) => self.loader.load_changed(&self.config_dir, c),
-            None => self.loader.load_dir(&self.config_dir),
+        let loaded = match how {
+            Load::Changed(c) => self.loader.load_changed(&self.config_dir, c),
+            Load::Stamps => self.loader.load_dir(&self.config_dir),
+            Load::All => self.loader.load_all(&self.config_dir),
         };
+        self.keep_declarations(&loaded);
         let t_load = t0.elapsed();
         let lines: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
         if lines != self.last_reported {
@@ -243,6 +259,25 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Action::Unchanged { .. } => {}
         }
         self.status_dirty = true;
+    }
+
+    /// Keeps each file's last good content in the state directory (for the next daemon).
+    fn keep_declarations(&self, loaded: &crate::decl::Loaded) {
+        for (path, text) in &loaded.accepted {
+            if let Some(name) = path.file_name() {
+                if let Err(e) = self.state_dir.save_declaration(name, text) {
+                    warn!(
+                        "cannot keep the last good {} in the state directory: {e}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        for path in &loaded.gone {
+            if let Some(name) = path.file_name() {
+                self.state_dir.remove_declaration(name);
+            }
+        }
     }
 
     /// An unchanged service: same spec, but its declaration may have moved (file, line),

@@ -527,3 +527,86 @@ async fn a_host_port_taken_at_start_is_bound_by_a_later_resync() {
     assert_eq!(h.host.get().listeners.get(&8080).map(String::as_str), Some("web"));
     assert_eq!(h.status("web").last_error, None, "the bind error is cleared");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_daemon_restart_keeps_the_vms_of_a_broken_file_and_of_a_missing_directory() {
+    let mut h = Harness::new("restartbroken").await;
+    h.write("web.kdl", &decl("web", ""));
+    h.write("api.kdl", &decl("api", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let (web, api) = (h.pid("web").unwrap(), h.pid("api").unwrap());
+    // Broken while no daemon runs: the new daemon has never seen it parse.
+    h.write(
+        "web.kdl",
+        "unikernel \"web\" {\n    image \"/images/http\"\n    memroy \"32M\"\n}\n",
+    );
+    h.restart_daemon().await;
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.pid("web"), Some(web), "kept on its last good spec across the restart");
+    assert_eq!(h.state("web"), Some(State::Running));
+    let snap = h.ctl.as_ref().unwrap().snapshot();
+    assert!(snap.declaration_errors[0].to_string().contains("web.kdl:3:5"));
+    // The whole directory gone at the next start: nothing is taken as removed.
+    let etc = h.root.join("etc");
+    std::fs::rename(&etc, h.root.join("etc.away")).unwrap();
+    h.restart_daemon().await;
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!((h.pid("web"), h.pid("api")), (Some(web), Some(api)));
+    assert_eq!(h.host.running().len(), 2);
+    // Back, and a file really removed: that one stops.
+    std::fs::rename(h.root.join("etc.away"), &etc).unwrap();
+    h.remove("api.kdl");
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("api"), None);
+    assert_eq!(h.pid("web"), Some(web));
+}
+
+/// `cp -p`, `rsync -t --inplace`: same size, same mtime, same inode, new content.
+#[tokio::test(start_paused = true)]
+async fn an_edit_that_keeps_size_mtime_and_inode_is_applied() {
+    let mut h = Harness::new("sneaky").await;
+    h.write("web.kdl", &decl("web", "memory \"16M\"\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let pid = h.pid("web").unwrap();
+    let path = h.root.join("etc/web.kdl");
+    let before = std::fs::metadata(&path).unwrap();
+    // Same length: 16M -> 32M.
+    std::fs::write(&path, decl("web", "memory \"32M\"\n")).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        {
+            use std::os::unix::fs::MetadataExt;
+            libc::timespec {
+                tv_sec: before.mtime(),
+                tv_nsec: before.mtime_nsec(),
+            }
+        },
+    ];
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and two timespecs, as utimensat(2) takes.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+    h.ctl().resync().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(
+        h.status("web").memory_bytes,
+        32 << 20,
+        "the resync saw it (ctime moved)"
+    );
+    assert_ne!(h.pid("web"), Some(pid));
+}

@@ -22,6 +22,13 @@ pub struct Loaded {
     pub diagnostics: Vec<DeclError>,
     /// Files whose new content was refused (their last good specs are in `specs`).
     pub failed_files: Vec<PathBuf>,
+    /// Files whose content was accepted in this load (new or changed): what the caller
+    /// keeps so that a restarted daemon knows each file's last good content.
+    pub accepted: Vec<(PathBuf, Arc<String>)>,
+    /// Files that had good content before this load and are gone from the directory.
+    pub gone: Vec<PathBuf>,
+    /// The directory could not be listed: nothing may be taken as removed.
+    pub unreadable: bool,
 }
 
 impl Loaded {
@@ -31,11 +38,14 @@ impl Loaded {
 }
 
 /// What identifies a file's content without reading it: a reload skips files whose
-/// stamp is unchanged (parsing is the expensive part: ~0.1 ms per declaration).
+/// stamp is unchanged (parsing is the expensive part: ~0.1 ms per declaration). The change
+/// time is in it because nobody can set it: `cp -p` or `rsync -t` keep size, mtime and
+/// even the inode, but every write moves ctime.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp {
     len: u64,
     modified: Option<std::time::SystemTime>,
+    changed: (i64, i64),
     inode: u64,
 }
 
@@ -45,6 +55,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
     Some(Stamp {
         len: m.len(),
         modified: m.modified().ok(),
+        changed: (m.ctime(), m.ctime_nsec()),
         inode: m.ino(),
     })
 }
@@ -55,6 +66,9 @@ pub struct Loader {
     last_good: BTreeMap<PathBuf, (Vec<Spec>, Arc<String>)>,
     /// Stamp of each file when it was last parsed, and that parse's diagnostics.
     seen: HashMap<PathBuf, (Stamp, Vec<DeclError>, bool)>,
+    /// FNV-1a of each file's text when it was last parsed (an explicit reload re-reads
+    /// every file, and re-parses only those whose content differs).
+    content: HashMap<PathBuf, u64>,
     /// Which file each service came from last time: that one wins a duplicate.
     owner: HashMap<String, PathBuf>,
 }
@@ -96,6 +110,26 @@ impl Loader {
         self.load(dir, Some(changed))
     }
 
+    /// What an operator's reload (SIGHUP, `unikernelctl reload`) does: every file is read
+    /// again whatever its stamp says, and parsed again if its content differs.
+    pub fn load_all(&mut self, dir: &Path) -> Loaded {
+        self.seen.clear();
+        self.load(dir, None)
+    }
+
+    /// Seeds the last good content of files (kept by an earlier daemon): a file that fails
+    /// now keeps the services it declared then, across the daemon's restart.
+    pub fn seed(&mut self, dir: &Path, files: Vec<(OsString, String)>) {
+        for (name, text) in files {
+            let path = dir.join(&name);
+            let (specs, diags) = parse_file(&path, &text);
+            if !diags.iter().any(DeclError::is_error) {
+                self.content.insert(path.clone(), contract::fnv1a(text.as_bytes()));
+                self.last_good.insert(path, (specs, Arc::new(text)));
+            }
+        }
+    }
+
     fn load(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
         let mut loaded = Loaded::default();
         let files = match declaration_files(dir) {
@@ -110,13 +144,21 @@ impl Loader {
                     None,
                 ));
                 loaded.failed_files.push(dir.to_path_buf());
+                loaded.unreadable = true;
                 self.merge(&mut loaded);
                 return loaded;
             }
         };
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+        loaded.gone = self
+            .last_good
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
         self.last_good.retain(|path, _| present.contains(path));
         self.seen.retain(|path, _| present.contains(path));
+        self.content.retain(|path, _| present.contains(path));
         for path in files {
             let trusted = changed.is_some_and(|c| path.file_name().is_some_and(|n| !c.contains(n)))
                 && self.seen.contains_key(&path);
@@ -152,6 +194,14 @@ impl Loader {
                     continue;
                 }
             };
+            let hash = contract::fnv1a(text.as_bytes());
+            if self.content.get(&path) == Some(&hash) && self.last_good.contains_key(&path) {
+                // Same content as its last good parse (a touch, or an explicit reload).
+                if let Some(now) = now {
+                    self.seen.insert(path.clone(), (now, Vec::new(), false));
+                }
+                continue;
+            }
             let (specs, diags) = parse_file(&path, &text);
             let failed = diags.iter().any(DeclError::is_error);
             if let Some(now) = now {
@@ -161,7 +211,10 @@ impl Loader {
             if failed {
                 loaded.failed_files.push(path);
             } else {
-                self.last_good.insert(path, (specs, Arc::new(text)));
+                let text = Arc::new(text);
+                self.content.insert(path.clone(), hash);
+                loaded.accepted.push((path.clone(), text.clone()));
+                self.last_good.insert(path, (specs, text));
             }
         }
         self.merge(&mut loaded);
