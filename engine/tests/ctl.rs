@@ -78,3 +78,29 @@ fn plan_offline_lists_what_would_be_created() {
     assert!(err.contains("use --offline"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn deeply_nested_and_huge_files_are_errors_not_crashes() {
+    // 1,500 levels (about 11 KB) overflowed the parser's stack and aborted us (rc 134).
+    let deep = format!(
+        "unikernel \"web\" {{\n    image \"/x\"\n{}{}}}\n",
+        "n {\n".repeat(1500),
+        "}\n".repeat(1500)
+    );
+    // Past the bound on blocks: refused before the parser is asked.
+    let huge = "a {\n".repeat(20_000) + &"}\n".repeat(20_000);
+    let d = dir(
+        "deep",
+        &[
+            ("deep.kdl", &deep),
+            ("huge.kdl", &huge),
+            ("ok.kdl", "unikernel \"ok\" { image \"/ok\" }\n"),
+        ],
+    );
+    let (code, _, err) = ctl(&["check", d.to_str().unwrap()]);
+    assert_eq!(code, 1, "a clear failure, not an abort: {err}");
+    assert!(err.contains("deep.kdl:3:1"), "{err}");
+    assert!(err.contains("more than 16384 blocks"), "{err}");
+    assert!(err.contains("huge.kdl:16385:3"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -60,6 +60,20 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
+/// Stack of the parser thread (see [`Loader::load`]).
+pub const PARSE_STACK: usize = 512 << 20;
+
+/// A load that read nothing: an error, and everything kept as it was.
+fn unreadable(dir: &Path, message: String) -> Loaded {
+    let r = Reporter::new(dir, Arc::new(String::new()));
+    Loaded {
+        diagnostics: vec![r.error(SourceSpan::from(0..0), message, "here", None)],
+        failed_files: vec![dir.to_path_buf()],
+        unreadable: true,
+        ..Loaded::default()
+    }
+}
+
 /// Keeps the last good specs of every file between loads.
 #[derive(Default)]
 pub struct Loader {
@@ -130,7 +144,30 @@ impl Loader {
         }
     }
 
+    /// Parses on a thread of its own with a stack deep enough for the most nesting a file
+    /// may have ([`super::parse::MAX_BLOCKS`] levels: ~5 KiB each in release builds, up to
+    /// ~30 KiB in debug builds); the stack is reserved, not touched, until used.
     fn load(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
+        let outcome = std::thread::scope(|scope| {
+            let parser = std::thread::Builder::new()
+                .name("declarations".into())
+                .stack_size(PARSE_STACK)
+                .spawn_scoped(scope, || self.load_here(dir, changed));
+            match parser.map(|t| t.join()) {
+                Ok(Ok(loaded)) => Ok(loaded),
+                Ok(Err(_)) => Err("the declaration parser failed".to_string()),
+                Err(e) => Err(format!("cannot start the declaration parser: {e}")),
+            }
+        });
+        outcome.unwrap_or_else(|message| {
+            // Out of threads or memory: nothing is read, nothing is taken as removed.
+            let mut loaded = unreadable(dir, message);
+            self.merge(&mut loaded);
+            loaded
+        })
+    }
+
+    fn load_here(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
         let mut loaded = Loaded::default();
         let files = match declaration_files(dir) {
             Ok(f) => f,

@@ -33,6 +33,8 @@ use super::template;
 const SERVICE_FIELDS: [&str; 8] = ["image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart"];
 const NET_FIELDS: [&str; 2] = ["address", "expose"];
 const DEFAULT_MEMORY: u64 = 16 << 20;
+/// Most `{` a file may hold (thousands of declarations; no real file comes close).
+pub const MAX_BLOCKS: usize = 16_384;
 
 /// Parses one file. Returns the specs it declares and every diagnostic (warnings too);
 /// the file counts as failed when any diagnostic is an error.
@@ -40,6 +42,18 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
     let text = Arc::new(text.to_string());
     let r = Reporter::new(path, text.clone());
     let mut diags = Vec::new();
+    // The KDL parser recurses once per level of nesting. Whatever the file's lexical
+    // tricks, its nesting is at most its number of `{`: bounding that bounds the stack
+    // the parser needs (see `load::PARSE_STACK`), so a hostile file cannot abort us.
+    if let Some((at, _)) = text.match_indices('{').nth(MAX_BLOCKS) {
+        diags.push(r.error(
+            SourceSpan::from((at, 1)),
+            format!("more than {MAX_BLOCKS} blocks (`{{`) in one file"),
+            "too many",
+            Some("split the declarations into several files (a declaration needs 2 or 3 levels)".into()),
+        ));
+        return (Vec::new(), diags);
+    }
     let doc = match KdlDocument::parse_v2(&text) {
         Ok(doc) => doc,
         Err(v2_err) => match KdlDocument::parse_v1(&text) {
