@@ -592,10 +592,8 @@ async fn an_edit_that_keeps_size_mtime_and_inode_is_applied() {
     ];
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid path and two timespecs, as utimensat(2) takes.
-    assert_eq!(
-        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
-        0
-    );
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(rc, 0);
     let after = std::fs::metadata(&path).unwrap();
     assert_eq!(
         (after.len(), after.modified().unwrap()),
