@@ -29,11 +29,13 @@ pub fn watchdog_interval() -> Option<Duration> {
 }
 
 /// The journal when it is there (fields upper-cased, no prefix, so each per-service event
-/// carries UNIKERNEL=<name>), else stderr. `RUST_LOG` filters, default `info`.
+/// carries UNIKERNEL=<name>), else stderr. `RUST_LOG` filters, default `info,notify=warn`.
 pub fn init_logging() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // notify reports routine inotify bookkeeping ("unable to remove watch descriptor"
+        // for a file that is already gone) at info: not news for an operator.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     let journal = if std::path::Path::new("/run/systemd/journal/socket").exists() {
         tracing_journald::layer()
             .ok()

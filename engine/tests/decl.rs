@@ -123,6 +123,26 @@ fn mistakes_are_reported_where_they_are_with_help() {
 }
 
 #[test]
+fn addresses_ports_and_env_names_that_cannot_work_are_refused() {
+    for bad in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "224.0.0.1"] {
+        let e = first_error(&format!(
+            "unikernel \"w\" {{\n    image \"/x\"\n    net {{ address \"{bad}\" }}\n}}\n"
+        ));
+        assert!(
+            e.message.contains("cannot be a guest's address"),
+            "{bad}: {}",
+            e.message
+        );
+        assert_eq!(e.line, 3);
+    }
+    let e = first_error("unikernel \"w\" {\n    image \"/x\"\n    net {\n        expose 6060 guest=80\n        expose 6060 guest=81\n    }\n}\n");
+    assert_eq!((e.line, e.column), (5, 9), "{}", e.one_line());
+    assert!(e.message.contains("host port 6060 is exposed twice"));
+    let e = first_error("unikernel \"w\" {\n    image \"/x\"\n    env \"A B\"=\"1\"\n}\n");
+    assert!(e.message.contains("invalid env name \"A B\""), "{}", e.message);
+}
+
+#[test]
 fn placeholders_are_checked_where_they_are_written() {
     // Column 24 is the `{` of the misspelt placeholder itself.
     let e = first_error(

@@ -192,6 +192,13 @@ fn no_children(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) {
     }
 }
 
+/// An env name that stays one word on the command line.
+fn valid_env_key(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
@@ -332,6 +339,12 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                             "not a pair",
                             Some("write env LOG=\"info\"".into()),
                         )),
+                        Some(key) if !valid_env_key(key.value()) => diags.push(r.error(
+                            e.span(),
+                            format!("invalid env name {:?}", key.value()),
+                            "invalid name",
+                            Some("names are letters, digits, `_`, `.` and `-`, starting with a letter or `_` (they become KEY=VALUE words on the command line)".into()),
+                        )),
                         Some(key) => {
                             if let Some(v) = string(r, e, "an env value", diags) {
                                 if v.contains(char::is_whitespace) {
@@ -442,6 +455,14 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
                     continue;
                 };
                 match v.parse::<Ipv4Addr>() {
+                    Ok(a) if a.is_unspecified() || a.is_loopback() || a.is_broadcast() || a.is_multicast() => {
+                        diags.push(r.error(
+                            e.span(),
+                            format!("{a} cannot be a guest's address"),
+                            "not a unicast host address",
+                            Some("use an address from the daemon's pool (--pool, 10.200.0.0/16 by default), or leave it out".into()),
+                        ))
+                    }
                     Ok(a) => spec.address = Some(a),
                     Err(_) => diags.push(r.error(
                         e.span(),
@@ -475,6 +496,12 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
                     }
                 }
                 match host {
+                    Some(h) if spec.expose.iter().any(|x| i128::from(x.host) == h) => diags.push(r.error(
+                        child.span(),
+                        format!("host port {h} is exposed twice"),
+                        "again",
+                        Some("a host port goes to one guest port: keep one of the two".into()),
+                    )),
                     Some(h) => spec.expose.push(Expose {
                         host: h as u16,
                         guest: guest.unwrap_or(h) as u16,
