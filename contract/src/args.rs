@@ -46,7 +46,7 @@ pub struct VmmArgs {
     pub vcpus: u8,
 
     /// Where the serial console (COM1) goes: `stdout`, `off`, a file path (appended to), or
-    /// `unix:PATH`, a socket the VMM listens on: a client first gets "<n>\n" and the last n
+    /// `unix:PATH`, a socket the VMM listens on: a client first gets "<n> <total>\n" and the last n
     /// bytes of output (at most 64 KiB), then the live output; a new client replaces the old
     #[arg(long, value_name = "stdout|off|PATH|unix:PATH", default_value = "stdout")]
     pub console: ConsoleTarget,

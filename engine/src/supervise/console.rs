@@ -62,9 +62,25 @@ fn clean(bytes: &[u8]) -> String {
     text.trim_end_matches(['\n', '\r']).to_string()
 }
 
+/// When another client takes the console again within a second of the last time, the
+/// follower waits this long before taking it back (no busy tug of war).
+const RECONNECT_AFTER: Duration = Duration::from_millis(50);
+
+async fn connect(socket: &PathBuf, attempts: u32) -> Option<UnixStream> {
+    for _ in 0..attempts {
+        match UnixStream::connect(socket).await {
+            Ok(s) => return Some(s),
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    None
+}
+
 /// Follows the console of `service` until the VMM goes away. `log_replay`: whether the
 /// replayed part is new to the journal (a fresh VM) or was logged by an earlier daemon.
-/// `first_line` fires when the guest's first line arrives (a readiness line).
+/// `first_line` fires when the guest's first line arrives (a readiness line). When another
+/// client takes the socket (the VMM serves one at a time), the follower takes it back,
+/// says so, and logs only what it had not seen (the header says where the replay starts).
 pub async fn follow(
     service: String,
     socket: PathBuf,
@@ -73,43 +89,74 @@ pub async fn follow(
     mut first_line: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     // The VMM binds the socket before the guest runs; give it a moment to appear.
-    let mut stream = None;
-    for _ in 0..500 {
-        match UnixStream::connect(&socket).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-        }
-    }
-    let Some(stream) = stream else {
+    let Some(mut stream) = connect(&socket, 500).await else {
         tracing::warn!(UNIKERNEL = %service, "cannot connect to the console socket {}", socket.display());
         return;
     };
-    let mut reader = BufReader::new(stream);
-    let mut header = Vec::new();
-    if reader.read_until(b'\n', &mut header).await.is_err() {
-        return;
-    }
-    let mut replay = contract::console::parse_replay_header(&header).unwrap_or(0);
-    let mut line = Vec::new();
+    // Bytes of output consumed so far (logged or kept in the ring); None until the first
+    // header says where we start.
+    let mut seen: Option<u64> = None;
+    let mut last_takeover: Option<tokio::time::Instant> = None;
     loop {
-        line.clear();
-        let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let replayed = replay > 0;
-        replay = replay.saturating_sub(n);
-        let text = clean(&line);
-        if !replayed || log_replay {
-            tracing::info!(target: "console", UNIKERNEL = %service, "{text}");
+        let mut reader = BufReader::new(stream);
+        let mut header = Vec::new();
+        if reader.read_until(b'\n', &mut header).await.is_err() {
+            return;
         }
-        ring.push(text);
-        if let Some(tx) = first_line.take() {
-            let _ = tx.send(());
+        let replay = contract::console::parse_replay_header(&header)
+            .unwrap_or(contract::console::Replay { len: 0, total: None });
+        let reconnected = seen.is_some();
+        let skip = seen.map_or(0, |s| replay.already_seen(s));
+        let mut consumed = replay.total.map_or(0, |t| t.saturating_sub(replay.len as u64));
+        if skip > 0 {
+            let mut sink = tokio::io::sink();
+            if tokio::io::copy(&mut (&mut reader).take(skip as u64), &mut sink)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            consumed += skip as u64;
         }
+        // New to us: a fresh VM's replay (when asked), or what came while another
+        // client held the socket.
+        let log_rest_of_replay = log_replay || reconnected;
+        let mut replay_left = replay.len - skip;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            consumed += n as u64;
+            let replayed = replay_left > 0;
+            replay_left = replay_left.saturating_sub(n);
+            let text = clean(&line);
+            if !replayed || log_rest_of_replay {
+                tracing::info!(target: "console", UNIKERNEL = %service, "{text}");
+            }
+            ring.push(text);
+            if let Some(tx) = first_line.take() {
+                let _ = tx.send(());
+            }
+        }
+        seen = Some(match replay.total {
+            Some(_) => consumed,
+            None => u64::MAX, // an older VMM: no way to tell what is new; log nothing twice
+        });
+        // The connection ended: the VMM is gone (connecting fails at once), or another
+        // client replaced us. Take it back.
+        if last_takeover.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            tokio::time::sleep(RECONNECT_AFTER).await;
+        }
+        let Some(again) = connect(&socket, 1).await else { return };
+        last_takeover = Some(tokio::time::Instant::now());
+        tracing::warn!(
+            UNIKERNEL = %service,
+            "another client took the console socket; connected again (nothing was lost)"
+        );
+        stream = again;
     }
 }
 
@@ -150,6 +197,8 @@ mod tests {
         s.write_all(format!("6\nold 1\nnew 2\n{long}\n").as_bytes())
             .await
             .unwrap();
+        // The VMM ends: its listener goes, then the connection.
+        drop(listener);
         drop(s);
         follower.await.unwrap();
         let lines = ring.tail(10);
@@ -157,6 +206,38 @@ mod tests {
         assert_eq!(lines[1], "new 2");
         assert_eq!(lines[2].len(), MAX_LINE);
         assert_eq!(lines[3], "x".repeat(10));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_console_taken_by_another_client_is_taken_back_without_losing_or_repeating() {
+        use tokio::io::AsyncWriteExt;
+        let dir = std::env::temp_dir().join(format!("uk-takeover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let ring = ConsoleRing::default();
+        let follower = tokio::spawn(follow("t".into(), path.clone(), ring.clone(), true, None));
+        // A fresh VM: nothing to replay; "a" live.
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"0 0\na\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Another client replaces the follower; the guest writes "b" meanwhile.
+        drop(s);
+        // The follower comes back: the replay holds "a" (already seen) and "b" (not).
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(2), listener.accept())
+            .await
+            .expect("the follower reconnects")
+            .unwrap();
+        s.write_all(b"4 4\na\nb\nc\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(listener);
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(2), follower)
+            .await
+            .expect("the follower ends with the VMM")
+            .unwrap();
+        assert_eq!(ring.tail(10), vec!["a", "b", "c"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

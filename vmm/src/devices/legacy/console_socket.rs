@@ -1,7 +1,7 @@
 //! The console as a unix socket, for a supervisor that must be able to go away and come
 //! back (a daemon restart must not lose or block the guest's output). The VMM keeps the
 //! last [`RING_BYTES`] of output; a client that connects first receives
-//! `"<n>\n"` followed by those `n` replayed bytes, then the live output. One client at a
+//! `"<n> <total>\n"` followed by those `n` replayed bytes, then the live output. One client at a
 //! time: a new connection replaces the old one. Writes never block the vCPU: bytes a
 //! client is too slow to take are dropped for that client (the ring still has them).
 use std::collections::VecDeque;
@@ -20,11 +20,14 @@ pub use contract::console::RING_BYTES;
 #[derive(Default)]
 struct Hub {
     ring: VecDeque<u8>,
+    /// Bytes the guest has written in all.
+    written: u64,
     client: Option<UnixStream>,
 }
 
 impl Hub {
     fn push(&mut self, data: &[u8]) {
+        self.written += data.len() as u64;
         let data = &data[data.len().saturating_sub(RING_BYTES)..];
         let overflow = (self.ring.len() + data.len()).saturating_sub(RING_BYTES);
         self.ring.drain(..overflow);
@@ -92,7 +95,8 @@ impl ConsoleSocket {
                 let mut hub = accept_hub.lock().unwrap_or_else(|p| p.into_inner());
                 let replay: Vec<u8> = hub.ring.iter().copied().collect();
                 hub.client = Some(stream);
-                hub.send(contract::console::replay_header(replay.len()).as_bytes());
+                let header = contract::console::replay_header(replay.len(), hub.written);
+                hub.send(header.as_bytes());
                 hub.send(&replay);
             }
             Next::Keep
@@ -119,11 +123,11 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Read};
 
-    fn connect(path: &Path) -> (usize, BufReader<UnixStream>) {
+    fn connect(path: &Path) -> (contract::console::Replay, BufReader<UnixStream>) {
         let mut r = BufReader::new(UnixStream::connect(path).unwrap());
         let mut header = String::new();
         r.read_line(&mut header).unwrap();
-        (header.trim().parse().unwrap(), r)
+        (contract::console::parse_replay_header(header.as_bytes()).unwrap(), r)
     }
 
     #[test]
@@ -136,7 +140,7 @@ mod tests {
         events.spawn().unwrap();
         console.write_all(b"before\n").unwrap(); // nobody listening: kept in the ring
         let (n, mut r) = connect(&path);
-        assert_eq!(n, 7);
+        assert_eq!((n.len, n.total), (7, Some(7)));
         // The event loop installs the client before sending the header, so this is live.
         console.write_all(b"after\n").unwrap();
         let mut got = vec![0u8; 13];
@@ -144,7 +148,7 @@ mod tests {
         assert_eq!(got, b"before\nafter\n");
         // A second client replaces the first and gets everything so far.
         let (n, _r2) = connect(&path);
-        assert_eq!(n, 13);
+        assert_eq!((n.len, n.total), (13, Some(13)));
         drop(r);
         console.write_all(b"x").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
