@@ -19,6 +19,13 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         for (name, record) in self.state_dir.records() {
             let declared = desired.get(&name).cloned();
             let mut svc = declared.map(Service::new);
+            // The recorded tap is this service's, alive or not: the one to reuse or to
+            // delete (never a tap recomputed from the name, which may be another's).
+            if let (Some(tap), Some(address)) = (&record.tap, record.address) {
+                if let Err(e) = self.net.adopt(&name, tap, address) {
+                    warn!(UNIKERNEL = %name, "cannot take over its address: {e}");
+                }
+            }
             let console = svc
                 .as_ref()
                 .map(|s| s.console.clone())
@@ -31,11 +38,6 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 }
                 continue;
             };
-            if let (Some(tap), Some(address)) = (&record.tap, record.address) {
-                if let Err(e) = self.net.adopt(&name, tap, address) {
-                    warn!(UNIKERNEL = %name, "cannot take over its address: {e}");
-                }
-            }
             let id = self.next_vm;
             self.next_vm += 1;
             let mut vm = Vm {

@@ -608,3 +608,24 @@ async fn an_edit_that_keeps_size_mtime_and_inode_is_applied() {
     );
     assert_ne!(h.pid("web"), Some(pid));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_recorded_tap_of_a_vm_that_died_and_was_undeclared_while_down_is_released() {
+    let mut h = Harness::new("deadundeclared").await;
+    h.write("web.kdl", &decl("web", "net { }\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let pid = h.pid("web").unwrap();
+    drop(h.ctl.take());
+    h.host.kill(pid, Ended::Signaled(9));
+    h.remove("web.kdl");
+    h.restart_daemon().await;
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), None);
+    assert!(
+        h.host.get().taps.is_empty(),
+        "its tap (known from the record) is deleted"
+    );
+    assert!(!h.root.join("run/services/web").exists());
+}

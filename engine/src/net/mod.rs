@@ -78,7 +78,11 @@ pub struct HostNetwork {
     nl: netlink::Netlink,
     mode: Mode,
     pool: AddressPool,
+    /// Service -> its tap, for every tap this daemon set up or adopted: the only taps it
+    /// ever deletes.
     attached: HashMap<String, String>,
+    /// The tap names in `attached`.
+    taps: std::collections::HashSet<String>,
 }
 
 impl HostNetwork {
@@ -96,13 +100,18 @@ impl HostNetwork {
             mode,
             pool,
             attached: HashMap::new(),
+            taps: std::collections::HashSet::new(),
         })
     }
 
     /// Creates (or takes over) the tap of `service`, gives it an address and wires it.
     pub async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, Error> {
         let address = self.pool.assign(service, explicit)?;
-        let tap_name = tap::name_for(service);
+        // A restart keeps the tap it had; a new service gets a name no other one holds.
+        let tap_name = match self.attached.get(service) {
+            Some(t) => t.clone(),
+            None => tap::pick(service, &self.taps),
+        };
         let tap_fd = tap::create(&tap_name)?;
         let index = self.nl.link_index(&tap_name).await?;
         let mac = MacAddr::derived(service);
@@ -128,6 +137,7 @@ impl HostNetwork {
                 self.nl.replace_neighbour(index, address, mac.bytes()).await?;
             }
         }
+        self.taps.insert(tap_name.clone());
         self.attached.insert(service.to_string(), tap_name.clone());
         Ok(Attachment {
             tap_name,
@@ -143,17 +153,22 @@ impl HostNetwork {
     /// still holds its tap open), without touching the link.
     pub fn adopt(&mut self, service: &str, tap_name: &str, address: Ipv4Addr) -> Result<(), Error> {
         self.pool.reserve(service, address)?;
+        self.taps.insert(tap_name.to_string());
         self.attached.insert(service.to_string(), tap_name.to_string());
         Ok(())
     }
 
     /// Deletes the tap of `service` (its route goes with it) and releases its address.
     pub async fn detach(&mut self, service: &str) -> Result<(), Error> {
-        let name = self.attached.remove(service).unwrap_or_else(|| tap::name_for(service));
+        self.pool.release(service);
+        // Only a tap this daemon set up or adopted for this very service is deleted.
+        let Some(name) = self.attached.remove(service) else {
+            return Ok(());
+        };
+        self.taps.remove(&name);
         if let Some(index) = self.nl.find_link(&name).await? {
             self.nl.delete_link(index).await?;
         }
-        self.pool.release(service);
         Ok(())
     }
 
@@ -192,7 +207,7 @@ impl HostNetwork {
             .attached
             .get(service)
             .cloned()
-            .unwrap_or_else(|| tap::name_for(service));
+            .ok_or_else(|| Error::Netlink(netlink::Error::NoSuchLink(format!("(no tap set up for {service})"))))?;
         let index = self.nl.link_index(&tap_name).await?;
         let mac = MacAddr::derived(service);
         self.nl.set_up(index).await?;

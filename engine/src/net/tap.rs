@@ -6,18 +6,31 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub use contract::tap::{Error, MAX_NAME};
 
-/// `uk-<service>`; names too long get a hash suffix so they stay unique.
-pub fn name_for(service: &str) -> String {
+/// The tap name of `service`, `uk-<service>` when that fits the kernel's 15 bytes and
+/// holds only letters, digits, `-` and `_`; otherwise `uk.<12 hex digits>` of a hash (with
+/// `salt` mixed in). The two forms cannot meet (`-` vs `.` after `uk`), and different
+/// services' plain names differ, so only two hashed names can clash: [`pick`] salts again.
+pub fn name_for(service: &str, salt: u32) -> String {
     let full = format!("uk-{service}");
-    if full.len() <= MAX_NAME
+    if salt == 0
+        && full.len() <= MAX_NAME
         && full
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return full;
     }
-    let clean: String = service.chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
-    format!("uk-{clean}-{:06x}", contract::fnv1a(service.as_bytes()) & 0xff_ffff)
+    let mut bytes = salt.to_le_bytes().to_vec();
+    bytes.extend_from_slice(service.as_bytes());
+    format!("uk.{:012x}", contract::fnv1a(&bytes) & 0xffff_ffff_ffff)
+}
+
+/// A tap name for `service` that none of `taken` (other services' taps) has.
+pub fn pick(service: &str, taken: &std::collections::HashSet<String>) -> String {
+    (0..)
+        .map(|salt| name_for(service, salt))
+        .find(|n| !taken.contains(n))
+        .unwrap_or_else(|| name_for(service, 0))
 }
 
 /// Creates tap `name` (or attaches to the existing one), persistent, and returns an open
@@ -88,15 +101,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_fit_the_kernel_limit_and_stay_distinct() {
-        assert_eq!(name_for("web"), "uk-web");
-        let long = name_for("a-very-long-service-name");
-        assert!(long.len() <= MAX_NAME, "{long}");
-        assert_ne!(long, name_for("a-very-long-service-nama"));
-        assert!(name_for("we b/x").len() <= MAX_NAME);
-        assert!(name_for("we b/x")
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    fn names_fit_the_kernel_limit_and_cannot_collide_by_construction() {
+        assert_eq!(name_for("web", 0), "uk-web");
+        let long = name_for("a-very-long-service-name", 0);
+        assert_eq!(long.len(), MAX_NAME, "{long}");
+        assert!(long.starts_with("uk."));
+        assert_ne!(long, name_for("a-very-long-service-nama", 0));
+        // Once collided by construction: a dotted name and the plain name of its digest.
+        assert_ne!(name_for("web.1", 0), name_for("web1-6491d4", 0));
+        // 20,000 names of every shape: all distinct.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..20_000 {
+            for n in [
+                format!("s{i}"),
+                format!("service-with-a-long-name-{i}"),
+                format!("w.{i}"),
+            ] {
+                assert!(seen.insert(name_for(&n, 0)), "{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_taken_hashed_name_is_salted_away() {
+        let first = name_for("a-very-long-service-name", 0);
+        let taken = std::collections::HashSet::from([first.clone()]);
+        let picked = pick("a-very-long-service-name", &taken);
+        assert_ne!(picked, first);
+        assert_eq!(picked, name_for("a-very-long-service-name", 1));
+        assert_eq!(pick("web", &std::collections::HashSet::new()), "uk-web");
     }
 
     #[test]
