@@ -66,14 +66,18 @@ fn clean(bytes: &[u8]) -> String {
 /// follower waits this long before taking it back (no busy tug of war).
 const RECONNECT_AFTER: Duration = Duration::from_millis(50);
 
-async fn connect(socket: &PathBuf, attempts: u32) -> Option<UnixStream> {
+async fn connect(socket: &PathBuf, attempts: u32) -> Result<UnixStream, std::io::Error> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
     for _ in 0..attempts {
         match UnixStream::connect(socket).await {
-            Ok(s) => return Some(s),
-            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                last = e;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
     }
-    None
+    Err(last)
 }
 
 /// Follows the console of `service` until the VMM goes away. `log_replay`: whether the
@@ -89,9 +93,13 @@ pub async fn follow(
     mut first_line: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     // The VMM binds the socket before the guest runs; give it a moment to appear.
-    let Some(mut stream) = connect(&socket, 500).await else {
-        tracing::warn!(UNIKERNEL = %service, "cannot connect to the console socket {}", socket.display());
-        return;
+    let mut stream = match connect(&socket, 500).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The errno matters: EMFILE (the daemon is out of fds) is not ENOENT.
+            tracing::warn!(UNIKERNEL = %service, "cannot connect to the console socket {}: {e}", socket.display());
+            return;
+        }
     };
     // Bytes of output consumed so far (logged or kept in the ring); None until the first
     // header says where we start.
@@ -150,7 +158,7 @@ pub async fn follow(
         if last_takeover.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             tokio::time::sleep(RECONNECT_AFTER).await;
         }
-        let Some(again) = connect(&socket, 1).await else { return };
+        let Ok(again) = connect(&socket, 1).await else { return };
         last_takeover = Some(tokio::time::Instant::now());
         tracing::warn!(
             UNIKERNEL = %service,
