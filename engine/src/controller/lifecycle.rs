@@ -128,21 +128,21 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         }
         svc.set_state(State::Stopping);
         let _ = svc.target.send(None);
-        let Some(vm) = svc.vm.as_ref() else { return };
-        if let Err(e) = vm.process.signal(Signal::Term) {
-            warn!(UNIKERNEL = %name, "cannot signal VM pid {}: {e}", vm.process.pid());
+        if let Some(vm) = self.services.get(name).and_then(|s| s.vm.as_ref()) {
+            self.terminate(name, vm);
         }
-        let event = Event::KillDue {
-            name: name.to_string(),
-            vm: vm.id,
-        };
-        self.send_after(STOP_GRACE, event);
         self.status_dirty = true;
     }
 
     /// Asks a leaving VM (adopted, no longer declared) to stop.
     pub(super) fn stop_leaving(&self, name: &str) {
-        let Some(vm) = self.leaving.get(name) else { return };
+        if let Some(vm) = self.leaving.get(name) {
+            self.terminate(name, vm);
+        }
+    }
+
+    /// SIGTERM now, SIGKILL after [`STOP_GRACE`] unless it ended by then.
+    fn terminate(&self, name: &str, vm: &Vm<L::Vm>) {
         if let Err(e) = vm.process.signal(Signal::Term) {
             warn!(UNIKERNEL = %name, "cannot signal VM pid {}: {e}", vm.process.pid());
         }
