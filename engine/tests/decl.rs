@@ -143,6 +143,21 @@ fn addresses_ports_and_env_names_that_cannot_work_are_refused() {
 }
 
 #[test]
+fn a_file_with_thousands_of_mistakes_reports_the_first_fifty_and_a_count() {
+    let text = "junk\n".repeat(20_000);
+    let (specs, diags) = parse(&text);
+    assert!(specs.is_empty());
+    assert_eq!(diags.len(), 51);
+    assert_eq!((diags[49].line, diags[49].column), (50, 1));
+    assert!(
+        diags[50].message.contains("19950 more problems"),
+        "{}",
+        diags[50].message
+    );
+    assert_eq!(diags[50].line, 51);
+}
+
+#[test]
 fn placeholders_are_checked_where_they_are_written() {
     // Column 24 is the `{` of the misspelt placeholder itself.
     let e = first_error(

@@ -34,11 +34,47 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Where each line starts, so that a position costs a binary search instead of a scan
+/// from the start of the file (a file with many mistakes must not cost n^2).
+struct LineIndex {
+    starts: Vec<usize>,
+    ascii: bool,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex {
+            starts,
+            ascii: text.is_ascii(),
+        }
+    }
+
+    /// 1-based (line, column in characters), as [`line_col`].
+    fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let mut end = offset.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= end);
+        let start = self.starts[line.saturating_sub(1)];
+        let column = if self.ascii {
+            end - start
+        } else {
+            text[start..end].chars().count()
+        };
+        (line, column + 1)
+    }
+}
+
 /// Builds diagnostics for one file.
 #[derive(Clone)]
 pub struct Reporter {
     file: PathBuf,
     text: Arc<String>,
+    index: Arc<std::sync::OnceLock<LineIndex>>,
 }
 
 impl Reporter {
@@ -46,7 +82,15 @@ impl Reporter {
         Reporter {
             file: file.to_path_buf(),
             text,
+            index: Arc::default(),
         }
+    }
+
+    /// 1-based line and column of a byte offset in this file.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        self.index
+            .get_or_init(|| LineIndex::new(&self.text))
+            .line_col(&self.text, offset)
     }
 
     pub fn file(&self) -> &Path {
@@ -79,7 +123,7 @@ impl Reporter {
         help: Option<String>,
         severity: miette::Severity,
     ) -> DeclError {
-        let (line, column) = line_col(&self.text, span.offset());
+        let (line, column) = self.line_col(span.offset());
         DeclError {
             message,
             src: NamedSource::new(self.file.display().to_string(), self.text.clone()),
@@ -128,6 +172,15 @@ mod tests {
         assert_eq!(line_col(t, 8), (3, 1));
         assert_eq!(line_col(t, 6), (2, 3), "inside a character: where it starts");
         assert_eq!(line_col(t, 99), (3, 2), "past the end: the end");
+        let r = Reporter::new(Path::new("/t.kdl"), Arc::new(t.to_string()));
+        for offset in [0, 3, 6, 7, 8, 99] {
+            assert_eq!(r.line_col(offset), line_col(t, offset), "indexed = scanned at {offset}");
+        }
+        let ascii = "ab\ncd\n\nef";
+        let r = Reporter::new(Path::new("/t.kdl"), Arc::new(ascii.to_string()));
+        for offset in 0..=ascii.len() + 1 {
+            assert_eq!(r.line_col(offset), line_col(ascii, offset), "at {offset}");
+        }
     }
 
     #[test]

@@ -26,13 +26,33 @@ use contract::size::MemSize;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
-use super::diagnostic::{did_you_mean, line_col, DeclError, Reporter};
+use super::diagnostic::{did_you_mean, DeclError, Reporter};
 use super::spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
 use super::template;
 
 const SERVICE_FIELDS: [&str; 8] = ["image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart"];
 const NET_FIELDS: [&str; 2] = ["address", "expose"];
 const DEFAULT_MEMORY: u64 = 16 << 20;
+/// Most diagnostics reported per file: the first ones say what to fix; thousands more
+/// would only fill the journal and the status.
+pub const MAX_DIAGNOSTICS: usize = 50;
+
+/// Keeps the first [`MAX_DIAGNOSTICS`] and says how many more there were.
+fn cap(r: &Reporter, diags: &mut Vec<DeclError>) {
+    if diags.len() <= MAX_DIAGNOSTICS {
+        return;
+    }
+    let more = diags.len() - MAX_DIAGNOSTICS;
+    let at = diags[MAX_DIAGNOSTICS].span;
+    diags.truncate(MAX_DIAGNOSTICS);
+    diags.push(r.error(
+        at,
+        format!("{more} more problems in this file are not shown"),
+        "the next one",
+        Some("fix the ones above first".into()),
+    ));
+}
+
 /// Most `{` a file may hold (thousands of declarations; no real file comes close).
 pub const MAX_BLOCKS: usize = 16_384;
 
@@ -74,6 +94,7 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
                 if diags.is_empty() {
                     diags.push(r.error(SourceSpan::from(0..0), "syntax error", "here", None));
                 }
+                cap(&r, &mut diags);
                 return (Vec::new(), diags);
             }
         },
@@ -98,6 +119,7 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
             specs.push(spec);
         }
     }
+    cap(&r, &mut diags);
     (specs, diags)
 }
 
@@ -227,7 +249,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
             );
         }
     }
-    let (line, column) = line_col(r.text(), node.span().offset());
+    let (line, column) = r.line_col(node.span().offset());
     let mut image: Option<PathBuf> = None;
     let mut initrd = None;
     let mut cmdline = String::new();
