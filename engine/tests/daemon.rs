@@ -388,3 +388,24 @@ fn placeholders_spell_the_network_the_guests_way_and_app_arguments_stay_last() {
         "the guest found its NIC before ` -- ` and got its arguments after it: {log}"
     );
 }
+
+#[test]
+fn a_vmm_left_unrecorded_by_a_killed_daemon_is_ended_by_the_next() {
+    let mut d = Daemon::new("stray");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    // As if the daemon had been killed between spawning the VMM and recording it.
+    d.kill_daemon();
+    std::fs::remove_file(d.state.join("services/web/vm.json")).unwrap();
+    d.start();
+    let s = d.wait_for("web on a new VM", LONG, |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.state == State::Running && x.pid != web.pid)
+    });
+    assert!(!alive(web.pid.unwrap()), "the unrecorded VMM was ended");
+    assert!(d.log_text().contains("which no record explains"), "{}", d.log_text());
+    assert_eq!(s.services.len(), 1);
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1", "one guest serves, a fresh one");
+}

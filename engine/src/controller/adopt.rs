@@ -69,6 +69,18 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             }
             self.sync_listeners(&name);
         }
+        // VMMs of this state directory that nothing recorded (a daemon killed between
+        // spawning one and recording it): end them, so no service runs twice.
+        let keep: std::collections::HashSet<u32> = self
+            .services
+            .values()
+            .filter_map(|s| s.vm.as_ref())
+            .chain(self.leaving.values())
+            .map(|vm| vm.process.pid())
+            .collect();
+        for (name, pid) in self.launcher.sweep(&keep) {
+            warn!(UNIKERNEL = %name, "ended VMM pid {pid}, which no record explains (a daemon died before recording it)");
+        }
         // Folders of services that no record explains (removed while no daemon ran).
         for name in self.state_dir.service_names() {
             if !self.services.contains_key(&name) && !self.leaving.contains_key(&name) && !desired.contains_key(&name) {

@@ -153,6 +153,18 @@ impl Launcher for FakeLauncher {
         })
     }
 
+    fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)> {
+        let host = self.0.get();
+        let mut ended = Vec::new();
+        for (pid, vmm) in &host.vmms {
+            if !keep.contains(pid) && vmm.end.borrow().is_none() {
+                vmm.end.send_replace(Some(Ended::Signaled(libc::SIGKILL)));
+                ended.push((vmm.name.clone(), *pid));
+            }
+        }
+        ended
+    }
+
     fn adopt(&mut self, name: &str, record: &VmRecord, _console: ConsoleRing) -> Option<FakeVm> {
         let vmm = self.0.get().vmms.get(&record.pid).cloned()?;
         (vmm.name == name && vmm.end.borrow().is_none() && record.start_ticks == u64::from(record.pid)).then(|| {

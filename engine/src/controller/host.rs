@@ -58,6 +58,10 @@ pub trait Launcher {
 
     /// The VMM an earlier daemon recorded, if that very process still runs.
     fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Self::Vm>;
+
+    /// Ends every VMM of this state directory that is not in `keep` (a VMM started by a
+    /// daemon that died before recording it); returns (service, pid) of each.
+    fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)>;
 }
 
 /// One running VMM.

@@ -629,3 +629,25 @@ async fn the_recorded_tap_of_a_vm_that_died_and_was_undeclared_while_down_is_rel
     );
     assert!(!h.root.join("run/services/web").exists());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vmm_that_nothing_recorded_is_ended_so_no_service_runs_twice() {
+    let mut h = Harness::new("stray").await;
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let stray = h.pid("web").unwrap();
+    // The daemon died between spawning the VMM and recording it.
+    drop(h.ctl.take());
+    std::fs::remove_file(h.root.join("run/services/web/vm.json")).unwrap();
+    h.restart_daemon().await;
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert!(
+        h.host.get().signals.is_empty(),
+        "ended by the sweep, not signalled as a VM of ours"
+    );
+    assert_eq!(h.host.running()["web"].len(), 1, "exactly one VMM");
+    assert_ne!(h.pid("web"), Some(stray));
+    assert_eq!(h.state("web"), Some(State::Running));
+}

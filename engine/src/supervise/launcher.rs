@@ -116,6 +116,53 @@ impl Launcher for VmmLauncher {
         // The VMM replays its recent output: into the ring, not to the journal again.
         Some(self.follow(name, process, console, false))
     }
+
+    fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)> {
+        let services = self.state.root().join("services");
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut ended = Vec::new();
+        for entry in procs.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if keep.contains(&pid) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let Some(name) = service_of(&cmdline, &services) else {
+                continue;
+            };
+            // Through a pidfd, after checking it is still that process (no pid reuse).
+            let Some(process) = super::process::start_ticks(pid)
+                .ok()
+                .and_then(|ticks| Process::adopt(pid, ticks))
+            else {
+                continue;
+            };
+            if process.signal(libc::SIGKILL).is_ok() {
+                ended.push((name, pid));
+            }
+        }
+        ended
+    }
+}
+
+/// The service a process's arguments name, if it is a VMM of the state directory whose
+/// services live under `services` (its console socket is `<services>/<name>/console.sock`).
+fn service_of(cmdline: &[u8], services: &Path) -> Option<String> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    if !args.first()?.ends_with(contract::VMM_BINARY.as_bytes()) {
+        return None;
+    }
+    let console = args.windows(2).find(|w| w[0] == b"--console")?[1];
+    let prefix = format!("unix:{}/", services.display());
+    let rest = console.strip_prefix(prefix.as_bytes())?;
+    let name = std::str::from_utf8(rest.strip_suffix(b"/console.sock")?).ok()?;
+    (!name.contains('/')).then(|| name.to_string())
 }
 
 impl VmProcess for Vmm {
@@ -178,6 +225,38 @@ impl VmProcess for Vmm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmm_of_this_state_directory_is_recognised_by_its_console_socket() {
+        let services = Path::new("/run/unikerneld/services");
+        let argv = |v: &[&str]| v.join("\0").into_bytes();
+        let ours = argv(&[
+            "/usr/libexec/unikerneld/unikernel-vmm",
+            "--kernel",
+            "/k",
+            "--console",
+            "unix:/run/unikerneld/services/web/console.sock",
+        ]);
+        assert_eq!(service_of(&ours, services).as_deref(), Some("web"));
+        let other_dir = argv(&[
+            "unikernel-vmm",
+            "--console",
+            "unix:/tmp/other/services/web/console.sock",
+        ]);
+        assert_eq!(service_of(&other_dir, services), None);
+        let not_a_vmm = argv(&[
+            "/bin/socat",
+            "--console",
+            "unix:/run/unikerneld/services/web/console.sock",
+        ]);
+        assert_eq!(service_of(&not_a_vmm, services), None);
+        let nested = argv(&[
+            "unikernel-vmm",
+            "--console",
+            "unix:/run/unikerneld/services/a/b/console.sock",
+        ]);
+        assert_eq!(service_of(&nested, services), None);
+    }
 
     #[test]
     fn the_error_line_is_found_at_the_end_of_a_long_log() {
