@@ -42,6 +42,11 @@ fn add_edit_remove_converge_and_untouched_services_keep_their_vm() {
     assert_eq!(d.service("api").unwrap().pid, api.pid, "untouched service kept its VM");
     assert_eq!(d.get(8080).unwrap().1.trim(), "web 1", "same host port, new VM");
     assert!(d.log_text().contains("replace: memory changed"), "{}", d.log_text());
+    assert!(
+        !d.log_text().contains("another client took the console socket"),
+        "a VMM that ends is not a console takeover: {}",
+        d.log_text()
+    );
 
     // Remove the file: stopped, tap gone, address released.
     d.undeclare("web.kdl");

@@ -108,12 +108,21 @@ pub async fn follow(
     loop {
         let mut reader = BufReader::new(stream);
         let mut header = Vec::new();
-        if reader.read_until(b'\n', &mut header).await.is_err() {
+        // No header: the VMM is gone (or going).
+        if matches!(reader.read_until(b'\n', &mut header).await, Ok(0) | Err(_)) {
             return;
         }
         let replay = contract::console::parse_replay_header(&header)
             .unwrap_or(contract::console::Replay { len: 0, total: None });
         let reconnected = seen.is_some();
+        if reconnected {
+            // Said only now that the VMM answered: a VMM that is dying closes our
+            // connection before its listener, and a connect in between gets no header.
+            tracing::warn!(
+                UNIKERNEL = %service,
+                "another client took the console socket; connected again (nothing was lost)"
+            );
+        }
         let skip = seen.map_or(0, |s| replay.already_seen(s));
         let mut consumed = replay.total.map_or(0, |t| t.saturating_sub(replay.len as u64));
         if skip > 0 {
@@ -160,10 +169,6 @@ pub async fn follow(
         }
         let Ok(again) = connect(&socket, 1).await else { return };
         last_takeover = Some(tokio::time::Instant::now());
-        tracing::warn!(
-            UNIKERNEL = %service,
-            "another client took the console socket; connected again (nothing was lost)"
-        );
         stream = again;
     }
 }
