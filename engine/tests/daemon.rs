@@ -184,6 +184,14 @@ fn restarting_the_daemon_restarts_no_vm() {
             && s.services[0].state == State::Running
             && s.services[0].pid != web.pid
     });
+    // The removed VM is stopped without the daemon waiting for it: its end (and with it
+    // the release of its tap) follows the status by a moment.
+    let deadline = std::time::Instant::now() + LONG;
+    while (alive(api.pid.unwrap()) || d.taps() != vec!["uk-web".to_string()])
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!alive(api.pid.unwrap()));
     assert!(!alive(web.pid.unwrap()));
     assert_eq!(d.taps(), vec!["uk-web".to_string()]);
