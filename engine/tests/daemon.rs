@@ -187,9 +187,7 @@ fn restarting_the_daemon_restarts_no_vm() {
     // The removed VM is stopped without the daemon waiting for it: its end (and with it
     // the release of its tap) follows the status by a moment.
     let deadline = std::time::Instant::now() + LONG;
-    while (alive(api.pid.unwrap()) || d.taps() != vec!["uk-web".to_string()])
-        && std::time::Instant::now() < deadline
-    {
+    while (alive(api.pid.unwrap()) || d.taps() != vec!["uk-web".to_string()]) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!alive(api.pid.unwrap()));
