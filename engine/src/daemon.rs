@@ -136,7 +136,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
     try_watch(&mut watcher);
 
     ctl.adopt().await;
-    ctl.reload().await;
+    ctl.converge().await;
     grow(ctl.service_count());
 
     // The D-Bus API reads what the loop publishes and sends it requests.

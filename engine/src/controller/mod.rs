@@ -139,10 +139,16 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.reload_with(Load::Changed(changed)).await
     }
 
-    /// The periodic resync: every file whose stamp moved is read again, and the host is
-    /// checked against what was set up for each service (see [`repair`]).
+    /// Every file whose stamp moved is read again and the plan applied: what follows
+    /// [`Controller::adopt`] at start (which has just read them all).
+    pub async fn converge(&mut self) -> Plan {
+        self.reload_with(Load::Stamps).await
+    }
+
+    /// The periodic resync: [`Controller::converge`], then the host is checked against
+    /// what was set up for each service (see [`repair`]).
     pub async fn resync(&mut self) -> Plan {
-        let plan = self.reload_with(Load::Stamps).await;
+        let plan = self.converge().await;
         self.repair().await;
         plan
     }
