@@ -117,9 +117,7 @@ impl<P: VmProcess> Service<P> {
                 spec: None,
             },
             _ => {
-                let differs = desired.is_some_and(|d| {
-                    d.hash() != self.hash || d.restart != self.spec.restart || !d.exposed().eq(self.spec.exposed())
-                });
+                let differs = desired.is_some_and(|d| d.hash() != self.hash || !d.same_live_fields(&self.spec));
                 Observed {
                     spec_hash: self.hash.clone(),
                     spec: differs.then(|| self.spec.clone()),
