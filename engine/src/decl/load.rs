@@ -173,15 +173,7 @@ impl Loader {
             Ok(f) => f,
             Err(e) => {
                 // An unreadable directory changes nothing: keep everything as it was.
-                let r = Reporter::new(dir, Arc::new(String::new()));
-                loaded.diagnostics.push(r.error(
-                    SourceSpan::from(0..0),
-                    format!("cannot read {}: {e}", dir.display()),
-                    "here",
-                    None,
-                ));
-                loaded.failed_files.push(dir.to_path_buf());
-                loaded.unreadable = true;
+                let mut loaded = unreadable(dir, format!("cannot read {}: {e}", dir.display()));
                 self.merge(&mut loaded);
                 return loaded;
             }
