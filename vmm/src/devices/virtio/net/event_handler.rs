@@ -28,18 +28,17 @@ pub fn register(events: &mut EventLoop, net: Arc<Mutex<Net>>, rx_evt: EventFd, t
         lock(&n).process_rx();
         Next::Keep
     })?;
-    let n = net.clone();
-    events.add(rx_evt.as_raw_fd(), EventSet::IN, move |_| {
-        let _ = rx_evt.read();
-        lock(&n).process_rx();
-        Next::Keep
-    })?;
-    let n = net.clone();
-    events.add(tx_evt.as_raw_fd(), EventSet::IN, move |_| {
-        let _ = tx_evt.read();
-        lock(&n).process_tx();
-        Next::Keep
-    })?;
+    // A queue notification: consume it, then do that queue's work.
+    let queue = |events: &mut EventLoop, evt: EventFd, work: fn(&mut Net)| {
+        let n = net.clone();
+        events.add(evt.as_raw_fd(), EventSet::IN, move |_| {
+            let _ = evt.read();
+            work(&mut lock(&n));
+            Next::Keep
+        })
+    };
+    queue(events, rx_evt, Net::process_rx)?;
+    queue(events, tx_evt, Net::process_tx)?;
     events.add(kick.as_raw_fd(), EventSet::IN, move |_| {
         let _ = kick.read();
         let mut net = lock(&net);
