@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::host::{HostNet, LaunchRequest, Launcher, Signal, VmProcess};
-use super::service::Vm;
+use super::service::{Service, Vm};
 use super::{Controller, Event, OperatorError, STOP_GRACE};
 use crate::status::State;
 use crate::supervise::backoff::{self, Decision};
@@ -294,15 +294,22 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.status_dirty = true;
     }
 
-    /// Operator `Start`: clears a hold, and boots the service if no VM runs.
-    pub async fn operator_start(&mut self, name: &str) -> Result<(), OperatorError> {
+    /// What operator `Start` and `Restart` share: the service must still be declared; its
+    /// hold and its count of quick failures are cleared.
+    fn release_hold(&mut self, name: &str, what: &str) -> Result<&mut Service<L::Vm>, OperatorError> {
         let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
         if !svc.declared {
             return Err(OperatorError::NotDeclared);
         }
-        info!(UNIKERNEL = %name, "start requested by an operator");
+        info!(UNIKERNEL = %name, "{what} requested by an operator");
         svc.held = false;
         svc.quick_failures = 0;
+        Ok(svc)
+    }
+
+    /// Operator `Start`: clears a hold, and boots the service if no VM runs.
+    pub async fn operator_start(&mut self, name: &str) -> Result<(), OperatorError> {
+        let svc = self.release_hold(name, "start")?;
         match svc.state {
             State::Stopped | State::Failed | State::Backoff => self.start(name).await,
             _ => {}
@@ -328,13 +335,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
 
     /// Operator `Restart`: a fresh VM, whatever the state (clears a hold and a failure).
     pub async fn operator_restart(&mut self, name: &str) -> Result<(), OperatorError> {
-        let svc = self.services.get_mut(name).ok_or(OperatorError::NoSuchUnikernel)?;
-        if !svc.declared {
-            return Err(OperatorError::NotDeclared);
-        }
-        info!(UNIKERNEL = %name, "restart requested by an operator");
-        svc.held = false;
-        svc.quick_failures = 0;
+        let svc = self.release_hold(name, "restart")?;
         svc.restarts += 1;
         if svc.vm.is_some() {
             if svc.state == State::Stopping {
