@@ -22,12 +22,25 @@ Kernel formats: ELF64 with a PVH note (32-bit PVH entry), ELF64 without one \
 (64-bit Linux boot protocol, as Firecracker boots a vmlinux), and bzImage.\n\n\
 Exit status: 0 the guest shut down or reset (i8042 0xFE, port 0x604); 1 the guest died \
 (triple fault, KVM internal error); 2 bad command line; 3 refused before start (bad image, \
-memory size, no /dev/kvm)."
+memory size, no /dev/kvm, a snapshot that cannot be restored); 4 saved to a snapshot and stopped \
+(a `snapshot exit` request on the control socket).\n\n\
+--restore DIR resumes a VM from a snapshot written through the control socket: guest memory is \
+mapped from DIR/memory copy-on-write and loaded lazily; --kernel, --initrd, --cmdline, --memory \
+and --vcpus come from the snapshot. The NIC needs a tap again (--net-fd or --tap)."
 )]
 pub struct VmmArgs {
-    /// Kernel image to boot: PVH ELF, ELF64 vmlinux-style, or bzImage
+    /// Kernel image to boot: PVH ELF, ELF64 vmlinux-style, bzImage, or multiboot
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+
+    /// Resume the VM saved in this snapshot directory instead of booting a kernel
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd"])]
+    pub restore: Option<PathBuf>,
+
+    /// Listen on this unix socket for control requests (pause, resume, snapshot; see the
+    /// contract crate's `control` module for the protocol)
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub control: Option<PathBuf>,
 
     /// Initial ramdisk, placed at the top of low memory and announced to the kernel
     #[arg(long, value_name = "PATH")]
@@ -73,7 +86,9 @@ impl VmmArgs {
     /// The arguments for a VM of `kernel` with every other setting at its default.
     pub fn new(kernel: PathBuf) -> VmmArgs {
         VmmArgs {
-            kernel,
+            kernel: Some(kernel),
+            restore: None,
+            control: None,
             initrd: None,
             cmdline: String::new(),
             memory: MemSize::from_bytes(16 * MemSize::MIB),
@@ -93,7 +108,15 @@ impl VmmArgs {
             argv.push(format!("--{name}").into());
             argv.push(value);
         };
-        arg("kernel", self.kernel.clone().into());
+        if let Some(kernel) = &self.kernel {
+            arg("kernel", kernel.clone().into());
+        }
+        if let Some(dir) = &self.restore {
+            arg("restore", dir.clone().into());
+        }
+        if let Some(control) = &self.control {
+            arg("control", control.clone().into());
+        }
         if let Some(initrd) = &self.initrd {
             arg("initrd", initrd.clone().into());
         }
@@ -145,7 +168,9 @@ mod tests {
         let minimal = VmmArgs::new("/images/hello".into());
         assert_eq!(round_trip(&minimal), minimal);
         let full = VmmArgs {
-            kernel: "/images/http".into(),
+            kernel: Some("/images/http".into()),
+            restore: None,
+            control: Some("/run/unikerneld/services/web/control.sock".into()),
             initrd: Some("/srv/initrd".into()),
             cmdline: "ip=10.0.0.2/24 gw=10.0.0.1 -- --app arg".into(),
             memory: "32M".parse().unwrap(),
@@ -164,6 +189,13 @@ mod tests {
             ..minimal
         };
         assert_eq!(round_trip(&by_name), by_name);
+        let restore = VmmArgs {
+            kernel: None,
+            restore: Some("/var/lib/unikerneld/snapshots/web".into()),
+            initrd: None,
+            ..full
+        };
+        assert_eq!(round_trip(&restore), restore);
     }
 
     #[test]
@@ -178,5 +210,8 @@ mod tests {
         assert!(parse(&["--memory", "lots"]).is_err());
         assert!(parse(&["--mac", "01:00:00:00:00:00"]).is_err(), "multicast");
         assert!(parse(&[]).is_ok());
+        assert!(parse(&["--restore", "/s"]).is_err(), "a kernel or a snapshot, not both");
+        assert!(VmmArgs::try_parse_from(["unikernel-vmm"]).is_err(), "one of them");
+        assert!(VmmArgs::try_parse_from(["unikernel-vmm", "--restore", "/s", "--net-fd", "3"]).is_ok());
     }
 }

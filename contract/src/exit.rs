@@ -12,6 +12,8 @@ pub enum ExitStatus {
     /// Refused before the guest ran: a bad image, a size that does not fit, no /dev/kvm,
     /// no thread to run it on.
     Refused = 3,
+    /// The VM was saved to a snapshot (a `snapshot exit` control request) and stopped.
+    Saved = 4,
 }
 
 impl ExitStatus {
@@ -25,6 +27,7 @@ impl ExitStatus {
             1 => ExitStatus::GuestDied,
             2 => ExitStatus::Usage,
             3 => ExitStatus::Refused,
+            4 => ExitStatus::Saved,
             _ => return None,
         })
     }
@@ -36,6 +39,7 @@ impl ExitStatus {
             ExitStatus::GuestDied => "the guest died",
             ExitStatus::Usage => "bad VMM command line",
             ExitStatus::Refused => "refused before start",
+            ExitStatus::Saved => "saved to a snapshot and stopped",
         }
     }
 }
@@ -66,6 +70,7 @@ mod tests {
             ExitStatus::GuestDied,
             ExitStatus::Usage,
             ExitStatus::Refused,
+            ExitStatus::Saved,
         ] {
             assert_eq!(ExitStatus::from_code(i32::from(s.code())), Some(s));
         }

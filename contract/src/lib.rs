@@ -6,11 +6,13 @@
 //! - [`cmdline`]: the guest's command line: kernel parameters, then ` -- ` and the app's.
 //! - [`exit`]: its exit statuses and its one-line error on stderr.
 //! - [`console`]: where the console goes and the replay protocol of the console socket.
+//! - [`control`]: the control socket's line protocol (pause, resume, snapshot).
 //! - [`size`], [`mac`], [`tap`]: memory sizes, MAC addresses, and tap devices.
 //! - [`limits`]: bounds both sides check.
 pub mod args;
 pub mod cmdline;
 pub mod console;
+pub mod control;
 pub mod exit;
 pub mod limits;
 pub mod mac;

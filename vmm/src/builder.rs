@@ -4,6 +4,8 @@
 //! initrd) is checked and loaded into guest memory before KVM is asked for a VM.
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,7 +13,8 @@ use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
 use crate::arch::x86_64::{bootinfo, mptable, multiboot_info};
 use crate::cmdline;
-use crate::config::{ConsoleTarget, VmConfig};
+use crate::config::{ConsoleTarget, RestoreConfig, VmConfig};
+use crate::control::{self, Controller};
 use crate::device_manager::{self, DeviceManager, Legacy, NetDevice};
 use crate::devices::legacy::serial::Serial;
 use crate::devices::virtio::transport::mmio::MMIO_LEN;
@@ -19,6 +22,7 @@ use crate::devices::Bus;
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitRequest, GuestFault, StopReason};
 use crate::loader;
+use crate::snapshot::{self, memory::Origin};
 use crate::vstate::memory::{self, GuestMemoryMmap};
 use crate::vstate::vcpu::{self, Entry, Vcpu};
 use crate::vstate::vcpu_handle::VcpuHandle;
@@ -54,6 +58,17 @@ pub enum Error {
     Multiboot(#[from] multiboot_info::Error),
     #[error("{0}")]
     Threads(String),
+    #[error("cannot listen on control socket {path}: {source}")]
+    Control {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+    #[error("the snapshot has a network device: give its tap with --net-fd or --tap")]
+    SnapshotNeedsNet,
+    #[error("the snapshot has no network device, but a tap was given")]
+    SnapshotHasNoNet,
 }
 
 pub use contract::limits::MAX_VCPUS;
@@ -107,9 +122,21 @@ pub struct Machine {
     exit: ExitRequest,
     /// Every device's fds, run on one thread once the VM starts.
     events: EventLoop,
-    _vm: Vm,
-    _mem: GuestMemoryMmap,
+    control: Option<UnixListener>,
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap,
+    origin: Origin,
     pub trace: BootTrace,
+}
+
+fn bind_control(path: Option<&Path>) -> Result<Option<UnixListener>, Error> {
+    path.map(|path| {
+        control::bind(path).map_err(|source| Error::Control {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+    .transpose()
 }
 
 fn console_out(target: &ConsoleTarget, events: &mut EventLoop) -> Result<Box<dyn Write + Send>, Error> {
@@ -144,6 +171,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     }
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
     let console = console_out(&config.console, &mut events)?;
+    let control = bind_control(config.control.as_deref())?;
 
     let mem = memory::create(config.memory)?;
     let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
@@ -182,9 +210,9 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     trace.mark("vm");
 
     let exit = ExitRequest::default();
-    let mut devices = DeviceManager::new(&vm, console, &exit, config.memory.bytes())?;
+    let mut devices = DeviceManager::new(&vm, console, &exit, config.memory.bytes(), None)?;
     if let Some(net) = &config.net {
-        devices.attach_net(&vm, &mem, &mut events, net)?;
+        devices.attach_net(&vm, &mem, &mut events, net, None)?;
     }
     trace.mark("devices");
 
@@ -211,8 +239,66 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         net: devices.net,
         exit,
         events,
-        _vm: vm,
-        _mem: mem,
+        control,
+        vm: Arc::new(vm),
+        mem,
+        origin: Origin::Anonymous,
+        trace,
+    })
+}
+
+/// Builds the machine saved in a snapshot, ready to resume where it was paused. The
+/// snapshot is read and checked completely before KVM is asked for anything.
+pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Machine, Error> {
+    let mut trace = BootTrace::new(start);
+    let (saved, mem_file) = snapshot::read(&config.dir)?;
+    match (&saved.devices.net, &config.net) {
+        (Some(_), None) => return Err(Error::SnapshotNeedsNet),
+        (None, Some(_)) => return Err(Error::SnapshotHasNoNet),
+        _ => {}
+    }
+    let mem_file = Arc::new(mem_file);
+    let mem = snapshot::memory::map(mem_file.clone(), saved.memory.bytes).map_err(|what| snapshot::Error::Invalid {
+        path: config.dir.clone(),
+        what,
+    })?;
+    trace.mark("loaded");
+    let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
+    let console = console_out(&config.console, &mut events)?;
+    let control = bind_control(config.control.as_deref())?;
+
+    let vm = Vm::new(&mem)?;
+    vm.restore_state(&saved.vm)?;
+    trace.mark("vm");
+
+    let exit = ExitRequest::default();
+    let mut devices = DeviceManager::new(&vm, console, &exit, saved.memory.bytes, Some(&saved.devices))?;
+    if let (Some(net), Some(state)) = (&config.net, &saved.devices.net) {
+        devices.attach_net(&vm, &mem, &mut events, net, Some(state))?;
+    }
+    trace.mark("devices");
+
+    let mut vcpus = Vec::with_capacity(saved.vcpus.len());
+    for state in &saved.vcpus {
+        let vcpu = Vcpu::new(&vm, state.id)?;
+        vcpu.restore(state)?;
+        vcpus.push(vcpu);
+    }
+    trace.mark("vcpus");
+
+    Ok(Machine {
+        vcpus,
+        pio: Arc::new(devices.pio),
+        mmio: Arc::new(devices.mmio),
+        serial: devices.legacy.serial.clone(),
+        legacy: devices.legacy,
+        net: devices.net,
+        exit,
+        events,
+        control,
+        vm: Arc::new(vm),
+        mem,
+        origin: Origin::File(mem_file),
         trace,
     })
 }
@@ -233,6 +319,18 @@ impl Machine {
     /// threads) is an error before the guest runs, never a panic.
     pub fn run(mut self, on_ap_exit: fn(Outcome, &Mutex<Serial>) -> !) -> Result<(Outcome, BootTrace), Error> {
         let threads = |e: std::io::Error| Error::Threads(format!("cannot start a thread: {e}"));
+        if let Some(listener) = self.control.take() {
+            let controller = Controller::new(
+                self.vcpu_handles(),
+                self.vm.clone(),
+                self.mem.clone(),
+                self.origin.clone(),
+                self.legacy.clone(),
+                self.net.clone(),
+            );
+            control::register(&mut self.events, listener, controller)
+                .map_err(|e| Error::Threads(format!("cannot serve the control socket: {e}")))?;
+        }
         // Only the boot vCPU is watched: the others may legitimately wait for INIT/SIPI.
         let Machine { mut events, .. } = self;
         crate::watchdog::install()

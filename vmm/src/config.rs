@@ -31,4 +31,16 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub console: ConsoleTarget,
     pub net: Option<NetConfig>,
+    /// The control socket's path (pause, resume, snapshot), if any.
+    pub control: Option<PathBuf>,
+}
+
+/// Everything needed to resume a VM from a snapshot: the rest comes from the snapshot.
+#[derive(Clone, Debug)]
+pub struct RestoreConfig {
+    pub dir: PathBuf,
+    pub console: ConsoleTarget,
+    /// Required when the snapshot has a NIC; its MAC is the snapshot's.
+    pub net: Option<NetConfig>,
+    pub control: Option<PathBuf>,
 }

@@ -16,6 +16,7 @@ use crate::devices::virtio::Interrupt;
 use crate::devices::Bus;
 use crate::event_loop::EventLoop;
 use crate::exit::ExitRequest;
+use crate::snapshot::{DevicesState, NetState};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vm::Vm;
 
@@ -28,6 +29,7 @@ pub enum Error {
 }
 
 /// The legacy devices every VM has.
+#[derive(Clone)]
 pub struct Legacy {
     pub serial: Arc<Mutex<Serial>>,
     pub i8042: Arc<Mutex<I8042>>,
@@ -36,6 +38,7 @@ pub struct Legacy {
 }
 
 /// A virtio-net NIC: its device model and the virtio-mmio transport in front of it.
+#[derive(Clone)]
 pub struct NetDevice {
     pub device: Arc<Mutex<Net>>,
     pub transport: Arc<Mutex<MmioTransport>>,
@@ -50,12 +53,14 @@ pub struct DeviceManager {
 
 impl DeviceManager {
     /// COM1 (on `console`, interrupting through an irqfd), the i8042, CMOS and the power
-    /// port; the last two can ask the VM to stop through `exit`.
+    /// port; the last two can ask the VM to stop through `exit`. With `saved`, COM1 and
+    /// the CMOS start in the state a snapshot recorded.
     pub fn new(
         vm: &Vm,
         console: Box<dyn Write + Send>,
         exit: &ExitRequest,
         mem_bytes: u64,
+        saved: Option<&DevicesState>,
     ) -> Result<DeviceManager, Error> {
         let err = |e: &dyn std::fmt::Display| Error::Device(e.to_string());
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
@@ -63,10 +68,20 @@ impl DeviceManager {
             .register_irqfd(&serial_irq, legacy::COM1_IRQ)
             .map_err(|e| err(&e))?;
         let below_4g = low_ram_end(mem_bytes);
+        let (serial, cmos) = match saved {
+            None => (
+                Serial::new(serial_irq, console),
+                Cmos::new(below_4g, mem_bytes - below_4g),
+            ),
+            Some(saved) => (
+                Serial::restore(&saved.serial, serial_irq, console).map_err(Error::Device)?,
+                Cmos::restore(&saved.cmos).map_err(Error::Device)?,
+            ),
+        };
         let legacy = Legacy {
-            serial: Arc::new(Mutex::new(Serial::new(serial_irq, console))),
+            serial: Arc::new(Mutex::new(serial)),
             i8042: Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            cmos: Arc::new(Mutex::new(Cmos::new(below_4g, mem_bytes - below_4g))),
+            cmos: Arc::new(Mutex::new(cmos)),
             power: Arc::new(Mutex::new(PowerPort::new(exit.clone()))),
         };
         let mut pio = Bus::new("port");
@@ -87,13 +102,16 @@ impl DeviceManager {
     }
 
     /// A virtio-net device on `net`'s tap at the first virtio-mmio slot: its interrupt on
-    /// an irqfd, its queue notifications on ioeventfds, its I/O on the event loop.
+    /// an irqfd, its queue notifications on ioeventfds, its I/O on the event loop. With
+    /// `saved`, the device and its transport resume where a snapshot left them (with the
+    /// MAC the guest knows, whatever `net` says).
     pub fn attach_net(
         &mut self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
         events: &mut EventLoop,
         net: &NetConfig,
+        saved: Option<&NetState>,
     ) -> Result<(), Error> {
         let err = |e: &dyn std::fmt::Display| Error::Net(e.to_string());
         let tap = match &net.backend {
@@ -102,10 +120,14 @@ impl DeviceManager {
             NetBackend::Fd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
         }
         .map_err(|e| err(&e))?;
-        let mac = net.mac.unwrap_or_else(|| MacAddr::derived(tap.name()));
+        let mac = match saved {
+            Some(s) => MacAddr(s.device.mac),
+            None => net.mac.unwrap_or_else(|| MacAddr::derived(tap.name())),
+        };
         let device = Arc::new(Mutex::new(Net::new(tap, mac).map_err(|e| err(&e))?));
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
         vm.fd().register_irqfd(&irqfd, VIRTIO_IRQ_BASE).map_err(|e| err(&e))?;
+        let interrupt = Interrupt::new(irqfd);
         let mut queue_evts = Vec::new();
         for queue in 0..2u32 {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
@@ -118,12 +140,19 @@ impl DeviceManager {
             .map(EventFd::try_clone)
             .collect::<Result<_, _>>()
             .map_err(|e| err(&e))?;
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            device.clone(),
-            mem.clone(),
-            Interrupt::new(irqfd),
-            clones,
-        )));
+        let transport = match saved {
+            None => MmioTransport::new(device.clone(), mem.clone(), interrupt, clones),
+            Some(saved) => {
+                device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .restore(&saved.device, mem, interrupt.clone())
+                    .map_err(Error::Net)?;
+                MmioTransport::restore(device.clone(), mem.clone(), interrupt, clones, &saved.transport)
+                    .map_err(Error::Net)?
+            }
+        };
+        let transport = Arc::new(Mutex::new(transport));
         self.mmio
             .insert(VIRTIO_MMIO_BASE, MMIO_LEN, transport.clone())
             .map_err(|e| err(&e))?;

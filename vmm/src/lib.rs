@@ -7,11 +7,13 @@ pub mod arch;
 pub mod builder;
 pub mod cmdline;
 pub mod config;
+pub mod control;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod loader;
+pub mod snapshot;
 pub mod vstate;
 pub mod watchdog;
 

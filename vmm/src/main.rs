@@ -7,7 +7,7 @@ use clap::Parser;
 use contract::args::VmmArgs;
 use contract::exit::{error_line, ExitStatus};
 use vmm::builder::{self, Outcome};
-use vmm::config::{NetBackend, NetConfig, VmConfig};
+use vmm::config::{NetBackend, NetConfig, RestoreConfig, VmConfig};
 use vmm::devices::legacy::serial::Serial;
 
 fn report(outcome: &Outcome) -> ExitCode {
@@ -45,16 +45,37 @@ fn net_config(fd: Option<i32>, tap: Option<String>, mac: Option<contract::mac::M
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = VmmArgs::parse();
-    let config = VmConfig {
-        kernel: cli.kernel,
-        initrd: cli.initrd,
-        cmdline: cli.cmdline,
-        memory: cli.memory,
-        vcpus: cli.vcpus,
-        console: cli.console,
-        net: net_config(cli.net_fd, cli.tap, cli.mac),
+    let net = net_config(cli.net_fd, cli.tap, cli.mac);
+    let built = match (cli.restore, cli.kernel) {
+        (Some(dir), _) => builder::restore(
+            &RestoreConfig {
+                dir,
+                console: cli.console,
+                net,
+                control: cli.control,
+            },
+            start,
+        ),
+        (None, Some(kernel)) => builder::build(
+            &VmConfig {
+                kernel,
+                initrd: cli.initrd,
+                cmdline: cli.cmdline,
+                memory: cli.memory,
+                vcpus: cli.vcpus,
+                console: cli.console,
+                net,
+                control: cli.control,
+            },
+            start,
+        ),
+        // clap requires one of them.
+        (None, None) => {
+            eprintln!("{}", error_line(&"give --kernel or --restore"));
+            return ExitCode::from(ExitStatus::Usage.code());
+        }
     };
-    let machine = match builder::build(&config, start) {
+    let machine = match built {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{}", error_line(&e));

@@ -6,6 +6,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::memory::GuestMemoryMmap;
 use super::vcpu_handle::{self, Control, VcpuHandle};
+use super::vcpu_state::{self, VcpuState};
 use super::vm::Vm;
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::devices::Bus;
@@ -21,6 +22,8 @@ pub enum Error {
     },
     #[error("vCPU {id}: {source}")]
     Regs { id: u8, source: regs::Error },
+    #[error(transparent)]
+    State(#[from] vcpu_state::Error),
 }
 
 /// VM exits of one vCPU by kind, for `--trace-boot` and the boot benchmark.
@@ -135,6 +138,11 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Gives a new vCPU the state saved in a snapshot, instead of [`Vcpu::configure`].
+    pub fn restore(&self, state: &VcpuState) -> Result<(), Error> {
+        Ok(state.restore(&self.fd)?)
+    }
+
     /// Halted with RFLAGS.IF clear: only an NMI or INIT could wake it.
     fn halted_with_interrupts_off(&self) -> bool {
         const RFLAGS_IF: u64 = 1 << 9;
@@ -208,7 +216,9 @@ impl Vcpu {
             };
             // A kick may carry a pause or resume rather than the watchdog's look.
             if let (Next::Kicked, Some(c)) = (&next, &self.control) {
-                if c.serve() {
+                let (fd, id) = (&self.fd, self.id);
+                let save = |msrs: &[u32]| VcpuState::save(fd, id, msrs).map_err(|e| e.to_string());
+                if c.serve(&save) {
                     continue;
                 }
             }

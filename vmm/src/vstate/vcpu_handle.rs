@@ -1,23 +1,29 @@
 //! Pausing and resuming a running vCPU from another thread, as snapshots need: the
 //! request goes over a channel, and a kick (the watchdog's signal) makes KVM_RUN return
 //! so the vCPU thread looks at its channel. A paused vCPU blocks on the channel, outside
-//! KVM_RUN, until it is resumed: it costs no CPU, and its state can be read.
+//! KVM_RUN, until it is resumed: it costs no CPU, and its state can be read (a save
+//! request, answered by the vCPU thread itself, which owns the vCPU fd).
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::vcpu_state::VcpuState;
+
 /// What a vCPU thread is asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VcpuEvent {
     Pause,
     Resume,
+    /// Read the paused vCPU's state; carries the MSR indices to save.
+    Save(Arc<[u32]>),
 }
 
 /// What it answers, once done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     Paused,
     Resumed,
+    Saved(Result<Box<VcpuState>, String>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,6 +32,10 @@ pub enum Error {
     Gone(u8),
     #[error("vCPU {0} did not answer within {1:?}")]
     Timeout(u8, Duration),
+    #[error("vCPU {0} is not paused")]
+    NotPaused(u8),
+    #[error("{0}")]
+    Save(String),
 }
 
 /// How long a pause may take before it is an error: a kick lands within microseconds
@@ -92,12 +102,26 @@ impl VcpuHandle {
             self.kick();
             match self.responses.recv_timeout(KICK_EVERY) {
                 Ok(VcpuResponse::Paused) => return Ok(()),
-                Ok(VcpuResponse::Resumed) => {}
+                Ok(VcpuResponse::Resumed | VcpuResponse::Saved(_)) => {}
                 Err(RecvTimeoutError::Timeout) => waited += KICK_EVERY,
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Gone(self.id)),
             }
         }
         Err(Error::Timeout(self.id, PAUSE_LIMIT))
+    }
+
+    /// The state of a paused vCPU, read on its own thread.
+    pub fn save(&self, msr_indices: Arc<[u32]>) -> Result<VcpuState, Error> {
+        self.events
+            .send(VcpuEvent::Save(msr_indices))
+            .map_err(|_| Error::Gone(self.id))?;
+        match self.responses.recv_timeout(PAUSE_LIMIT) {
+            Ok(VcpuResponse::Saved(Ok(state))) => Ok(*state),
+            Ok(VcpuResponse::Saved(Err(e))) => Err(Error::Save(e)),
+            Ok(_) => Err(Error::NotPaused(self.id)),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(self.id, PAUSE_LIMIT)),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Gone(self.id)),
+        }
     }
 
     /// Lets a paused vCPU run again; returns once it does.
@@ -119,26 +143,38 @@ impl Control {
     }
 
     /// Serves what was asked since the last look (after a kick), and says whether there
-    /// was anything. A pause blocks here until the matching resume; a gone handle means
-    /// nobody will ever resume: go on.
-    pub fn serve(&self) -> bool {
+    /// was anything. A pause blocks here until the matching resume, answering save
+    /// requests with `save`; a gone handle means nobody will ever resume: go on.
+    pub fn serve(&self, save: &dyn Fn(&[u32]) -> Result<VcpuState, String>) -> bool {
         let mut served = false;
         while let Ok(event) = self.events.try_recv() {
             served = true;
-            if event == VcpuEvent::Pause {
-                let _ = self.responses.send(VcpuResponse::Paused);
-                loop {
-                    match self.events.recv() {
-                        Ok(VcpuEvent::Resume) | Err(_) => break,
-                        Ok(VcpuEvent::Pause) => {
-                            let _ = self.responses.send(VcpuResponse::Paused);
+            match event {
+                VcpuEvent::Pause => {
+                    let _ = self.responses.send(VcpuResponse::Paused);
+                    loop {
+                        match self.events.recv() {
+                            Ok(VcpuEvent::Resume) | Err(_) => break,
+                            Ok(VcpuEvent::Pause) => {
+                                let _ = self.responses.send(VcpuResponse::Paused);
+                            }
+                            Ok(VcpuEvent::Save(msrs)) => {
+                                let _ = self.responses.send(VcpuResponse::Saved(save(&msrs).map(Box::new)));
+                            }
                         }
                     }
+                    let _ = self.responses.send(VcpuResponse::Resumed);
                 }
-                let _ = self.responses.send(VcpuResponse::Resumed);
-            } else {
                 // Resume while running: answer so the caller does not wait.
-                let _ = self.responses.send(VcpuResponse::Resumed);
+                VcpuEvent::Resume => {
+                    let _ = self.responses.send(VcpuResponse::Resumed);
+                }
+                // Only a paused vCPU's state is consistent.
+                VcpuEvent::Save(_) => {
+                    let _ = self
+                        .responses
+                        .send(VcpuResponse::Saved(Err("the vCPU is running, pause it first".into())));
+                }
             }
         }
         served

@@ -26,6 +26,14 @@ const B_DEFAULT: u8 = 0x02;
 /// Valid RAM and time (battery good).
 const D_VALID: u8 = 0x80;
 
+/// What a snapshot keeps of the CMOS: the index register and the NVRAM (the clock is
+/// the host's, read at each access).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosSnapshot {
+    index: u8,
+    nvram: Vec<u8>,
+}
+
 pub struct Cmos {
     index: u8,
     nvram: [u8; 128],
@@ -72,6 +80,26 @@ impl Cmos {
             nvram,
             fixed_time: None,
         }
+    }
+
+    pub fn save(&self) -> CmosSnapshot {
+        CmosSnapshot {
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    pub fn restore(state: &CmosSnapshot) -> Result<Self, String> {
+        let nvram: [u8; 128] = state
+            .nvram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("CMOS: {} bytes of NVRAM, not 128", state.nvram.len()))?;
+        Ok(Cmos {
+            index: state.index & 0x7f,
+            nvram,
+            fixed_time: None,
+        })
     }
 
     fn now(&self) -> i64 {
@@ -136,6 +164,19 @@ mod tests {
         let mut b = [0u8];
         c.read(1, &mut b);
         b[0]
+    }
+
+    #[test]
+    fn nvram_survives_a_snapshot_and_a_short_one_is_refused() {
+        let mut c = Cmos::new(16 << 20, 0);
+        c.write(0, &[0x40]);
+        c.write(1, &[0x99]);
+        let mut back = Cmos::restore(&c.save()).unwrap();
+        assert_eq!(read(&mut back, 0x40), 0x99);
+        assert_eq!(read(&mut back, 0x15), 0x80, "base memory low byte (640 KiB)");
+        let mut short = c.save();
+        short.nvram.truncate(12);
+        assert!(Cmos::restore(&short).is_err());
     }
 
     #[test]

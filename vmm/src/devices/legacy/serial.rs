@@ -8,7 +8,8 @@
 //! live logs and readiness-by-console would suffer, and flushing on a timer costs idle CPU.
 use std::io::{self, Write};
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -35,7 +36,59 @@ pub struct Serial {
     irq_failed: bool,
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    divisor: [u8; 2],
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
+}
+
 impl Serial {
+    /// The device state (the console sink is not part of it).
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in a saved state; an interrupt it had pending is raised again. vm-superio
+    /// refuses a receive FIFO longer than the chip's.
+    pub fn restore(state: &SerialSnapshot, irq: EventFd, out: Box<dyn Write + Send>) -> Result<Self, String> {
+        let s = SerialState {
+            baud_divisor_low: state.divisor[0],
+            baud_divisor_high: state.divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Uart::from_state(&s, IrqTrigger(irq), NoEvents, out).map_err(|e| format!("serial: {e:?}"))?;
+        Ok(Serial {
+            uart,
+            irq_failed: false,
+        })
+    }
+
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         Serial {
             uart: Uart::new(IrqTrigger(irq), out),
@@ -91,6 +144,32 @@ mod tests {
             serial.write(0, &[*b]);
         }
         assert_eq!(sink.0.lock().unwrap().concat(), b"hi\nyo");
+    }
+
+    #[test]
+    fn saved_registers_come_back_and_an_overfull_fifo_is_refused() {
+        let mut serial = Serial::new(EventFd::new(libc::EFD_NONBLOCK).unwrap(), Box::new(io::sink()));
+        serial.write(3, &[0x80]);
+        serial.write(0, &[0x0c]);
+        serial.write(3, &[0x03]);
+        serial.write(7, &[0x5a]);
+        let saved = serial.save();
+        let mut back =
+            Serial::restore(&saved, EventFd::new(libc::EFD_NONBLOCK).unwrap(), Box::new(io::sink())).unwrap();
+        assert_eq!(back.save(), saved);
+        let mut b = [0u8];
+        back.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        let overfull = SerialSnapshot {
+            in_buffer: vec![0; 4096],
+            ..saved
+        };
+        assert!(Serial::restore(
+            &overfull,
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Box::new(io::sink())
+        )
+        .is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! MMIO transport.
 pub mod chain;
 pub mod net;
+pub mod persist;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -75,6 +76,21 @@ impl Interrupt {
 
     pub fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::Acquire)
+    }
+
+    /// The status word and reset flag, for a snapshot.
+    pub fn save(&self) -> (u32, bool) {
+        (self.status(), self.needs_reset())
+    }
+
+    /// Back to a saved status; the line is raised again if the guest had not acked it.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status
+            .store(status & (INT_USED_RING | INT_CONFIG), Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        if self.status() != 0 {
+            let _ = self.irqfd.write(1);
+        }
     }
 
     fn clear(&self) {

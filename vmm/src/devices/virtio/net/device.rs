@@ -7,12 +7,14 @@
 use std::io;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::devices::virtio::chain::{self, Buffer, Direction};
+use crate::devices::virtio::persist::QueueSnapshot;
 use crate::devices::virtio::{ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -35,6 +37,23 @@ pub struct NetStats {
     pub tx_frames: u64,
     pub rx_dropped: u64,
     pub tx_dropped: u64,
+}
+
+/// The device in a snapshot: its MAC, what the driver accepted, and its own copies of
+/// the queues (their positions move on from the transport's). A frame read from the tap
+/// but not yet delivered is not kept: the guest sees it lost, as on a real link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSnapshot {
+    pub mac: [u8; 6],
+    acked_features: u64,
+    phase: Phase,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Phase {
+    Inactive,
+    Active { rx: QueueSnapshot, tx: QueueSnapshot },
+    Broken,
 }
 
 struct Active {
@@ -78,6 +97,57 @@ impl Net {
             buffers: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             stats: NetStats::default(),
         })
+    }
+
+    pub fn save(&self) -> NetSnapshot {
+        NetSnapshot {
+            mac: self.mac.0,
+            acked_features: self.acked_features,
+            phase: match &self.state {
+                State::Inactive => Phase::Inactive,
+                State::Broken => Phase::Broken,
+                State::Active(a) => Phase::Active {
+                    rx: QueueSnapshot::save(&a.queues[RX]),
+                    tx: QueueSnapshot::save(&a.queues[TX]),
+                },
+            },
+        }
+    }
+
+    /// Puts a new device (made with the snapshot's MAC) into the saved state; an active
+    /// one looks at its queues and tap at once.
+    pub fn restore(
+        &mut self,
+        state: &NetSnapshot,
+        mem: &GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), String> {
+        if state.acked_features & !self.avail_features() != 0 {
+            return Err(format!(
+                "virtio-net: features {:#x} were never offered",
+                state.acked_features
+            ));
+        }
+        self.acked_features = state.acked_features;
+        self.state = match &state.phase {
+            Phase::Inactive => State::Inactive,
+            Phase::Broken => State::Broken,
+            Phase::Active { rx, tx } => {
+                let rx = rx
+                    .restore(QUEUE_SIZE, mem)
+                    .map_err(|e| format!("virtio-net receive {e}"))?;
+                let tx = tx
+                    .restore(QUEUE_SIZE, mem)
+                    .map_err(|e| format!("virtio-net transmit {e}"))?;
+                let _ = self.kick.write(1);
+                State::Active(Active {
+                    mem: mem.clone(),
+                    queues: [rx, tx],
+                    interrupt,
+                })
+            }
+        };
+        Ok(())
     }
 
     pub fn tap(&self) -> &Tap {

@@ -7,10 +7,12 @@
 //! device offers, VERSION_1 required), status transitions.
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::virtio::persist::QueueSnapshot;
 use crate::devices::virtio::{status, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 use crate::vstate::memory::GuestMemoryMmap;
@@ -24,6 +26,21 @@ pub const MMIO_LEN: u64 = 0x1000;
 /// Offset of QueueNotify, where ioeventfds are attached.
 pub const NOTIFY_OFFSET: u64 = 0x50;
 const CONFIG_OFFSET: u64 = 0x100;
+
+/// The transport's registers in a snapshot (the device behind it saves its own state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioSnapshot {
+    status: u32,
+    features_sel: u32,
+    acked_features_sel: u32,
+    acked_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+    activated: bool,
+    queues: Vec<QueueSnapshot>,
+    interrupt_status: u32,
+    needs_reset: bool,
+}
 
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -75,6 +92,68 @@ impl MmioTransport {
             warned: false,
             masked_warned: false,
         }
+    }
+
+    pub fn save(&self) -> MmioSnapshot {
+        let (interrupt_status, needs_reset) = self.interrupt.save();
+        MmioSnapshot {
+            status: self.status,
+            features_sel: self.features_sel,
+            acked_features_sel: self.acked_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            activated: self.activated,
+            queues: self.queues.iter().map(QueueSnapshot::save).collect(),
+            interrupt_status,
+            needs_reset,
+        }
+    }
+
+    /// A transport in a saved state, in front of a device restored separately. Checked
+    /// like the driver's own writes: the same number of queues as the device has, each
+    /// valid; features a subset of what the device offers.
+    pub fn restore(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queue_evts: Vec<EventFd>,
+        state: &MmioSnapshot,
+    ) -> Result<Self, String> {
+        let mut t = MmioTransport::new(device, mem, interrupt, queue_evts);
+        let (maxes, offered) = {
+            let d = lock(&t.device);
+            (d.queue_max_sizes().to_vec(), d.avail_features())
+        };
+        if state.queues.len() != maxes.len() {
+            return Err(format!(
+                "virtio-mmio: {} queues in the snapshot, the device has {}",
+                state.queues.len(),
+                maxes.len()
+            ));
+        }
+        if state.acked_features & !offered != 0 {
+            return Err(format!(
+                "virtio-mmio: features {:#x} were never offered",
+                state.acked_features & !offered
+            ));
+        }
+        t.queues = state
+            .queues
+            .iter()
+            .zip(&maxes)
+            .map(|(q, &max)| q.restore(max, &t.mem))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("virtio-mmio: {e}"))?;
+        t.status = state.status;
+        t.features_sel = state.features_sel;
+        t.acked_features_sel = state.acked_features_sel;
+        t.acked_features = state.acked_features;
+        t.queue_sel = state.queue_sel;
+        t.config_generation = state.config_generation;
+        t.activated = state.activated;
+        t.interrupt.restore(state.interrupt_status, state.needs_reset);
+        Ok(t)
     }
 
     fn warn(&mut self, what: &str) {

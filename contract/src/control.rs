@@ -1,0 +1,209 @@
+//! The VMM's control socket (`--control PATH`): a unix stream socket the VMM listens on,
+//! through which the daemon asks a running VM to pause, resume or save a snapshot.
+//!
+//! One request per line, one reply per line, both UTF-8 text:
+//!
+//! ```text
+//! -> uk1 snapshot exit /var/lib/unikerneld/snapshots/web
+//! <- ok 1384448 7
+//! ```
+//!
+//! Every request starts with the protocol version ([`VERSION`]); a VMM answers a request
+//! of another version with `err` and does nothing, so a daemon and a VMM of different
+//! releases never misread each other. Replies are `ok [values...]` or `err <message>`.
+//! Paths are the rest of the line after the fixed words (they may contain spaces, not
+//! newlines).
+use std::fmt;
+use std::path::PathBuf;
+
+/// The protocol version every request starts with.
+pub const VERSION: &str = "uk1";
+
+/// Longest request line a VMM reads (a path and a few words).
+pub const MAX_LINE: usize = 4096;
+
+/// What to do once a snapshot is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterSnapshot {
+    /// Stop the VM and end the process (standby): the snapshot is its whole state.
+    Exit,
+    /// Let the guest run on (a checkpoint).
+    Resume,
+}
+
+/// A request to a VMM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Is it there and serving requests? Answered `ok`.
+    Ping,
+    /// Stop every vCPU (the guest sees time stand still); answered once they are stopped.
+    Pause,
+    /// Let paused vCPUs run again.
+    Resume,
+    /// Pause, write a snapshot into the directory, then exit or resume. Answered
+    /// `ok <memory bytes written> <milliseconds>`.
+    Snapshot { dir: PathBuf, then: AfterSnapshot },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("unsupported control protocol version {0:?} (this VMM speaks {VERSION})")]
+    Version(String),
+    #[error("unknown control request {0:?}")]
+    Unknown(String),
+    #[error("snapshot needs `exit` or `resume` and a directory")]
+    Snapshot,
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Result<Request, ParseError> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let (version, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if version != VERSION {
+            return Err(ParseError::Version(version.chars().take(32).collect()));
+        }
+        let (verb, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        match verb {
+            "ping" => Ok(Request::Ping),
+            "pause" => Ok(Request::Pause),
+            "resume" => Ok(Request::Resume),
+            "snapshot" => {
+                let (then, dir) = rest.split_once(' ').ok_or(ParseError::Snapshot)?;
+                let then = match then {
+                    "exit" => AfterSnapshot::Exit,
+                    "resume" => AfterSnapshot::Resume,
+                    _ => return Err(ParseError::Snapshot),
+                };
+                if dir.is_empty() {
+                    return Err(ParseError::Snapshot);
+                }
+                Ok(Request::Snapshot {
+                    dir: PathBuf::from(dir),
+                    then,
+                })
+            }
+            other => Err(ParseError::Unknown(other.chars().take(32).collect())),
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    /// The request line, without its newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Ping => write!(f, "{VERSION} ping"),
+            Request::Pause => write!(f, "{VERSION} pause"),
+            Request::Resume => write!(f, "{VERSION} resume"),
+            Request::Snapshot { dir, then } => {
+                let then = match then {
+                    AfterSnapshot::Exit => "exit",
+                    AfterSnapshot::Resume => "resume",
+                };
+                write!(f, "{VERSION} snapshot {then} {}", dir.display())
+            }
+        }
+    }
+}
+
+/// What a snapshot request reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// Bytes of guest memory written (zero pages are holes and not counted).
+    pub memory_bytes: u64,
+    /// From the request to the snapshot on disk.
+    pub millis: u64,
+}
+
+/// A reply line, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Ok(Vec<String>),
+    Err(String),
+}
+
+impl Reply {
+    pub fn parse(line: &str) -> Reply {
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.split_once(' ').unwrap_or((line, "")) {
+            ("ok", rest) => Reply::Ok(rest.split_whitespace().map(String::from).collect()),
+            ("err", msg) => Reply::Err(msg.to_string()),
+            _ => Reply::Err(format!(
+                "unreadable reply {:?}",
+                line.chars().take(80).collect::<String>()
+            )),
+        }
+    }
+
+    /// The reply to a snapshot request, if it succeeded.
+    pub fn saved(&self) -> Result<Saved, String> {
+        match self {
+            Reply::Ok(values) => match values.as_slice() {
+                [bytes, millis] => match (bytes.parse(), millis.parse()) {
+                    (Ok(memory_bytes), Ok(millis)) => Ok(Saved { memory_bytes, millis }),
+                    _ => Err(format!("unreadable snapshot reply {values:?}")),
+                },
+                _ => Err(format!("unreadable snapshot reply {values:?}")),
+            },
+            Reply::Err(msg) => Err(msg.clone()),
+        }
+    }
+}
+
+/// The reply line for `result`, with its newline (messages lose their own newlines).
+pub fn reply_line(result: Result<Vec<String>, String>) -> String {
+    match result {
+        Ok(values) if values.is_empty() => "ok\n".to_string(),
+        Ok(values) => format!("ok {}\n", values.join(" ")),
+        Err(msg) => format!("err {}\n", msg.replace('\n', " ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_their_line() {
+        for r in [
+            Request::Ping,
+            Request::Pause,
+            Request::Resume,
+            Request::Snapshot {
+                dir: "/var/lib/unikerneld/snapshots/my web".into(),
+                then: AfterSnapshot::Exit,
+            },
+            Request::Snapshot {
+                dir: "/tmp/s".into(),
+                then: AfterSnapshot::Resume,
+            },
+        ] {
+            assert_eq!(Request::parse(&format!("{r}\n")), Ok(r));
+        }
+    }
+
+    #[test]
+    fn other_versions_and_garbage_are_refused() {
+        assert_eq!(Request::parse("uk2 ping"), Err(ParseError::Version("uk2".into())));
+        assert_eq!(Request::parse(""), Err(ParseError::Version(String::new())));
+        assert_eq!(Request::parse("uk1 reboot"), Err(ParseError::Unknown("reboot".into())));
+        assert_eq!(Request::parse("uk1 snapshot exit"), Err(ParseError::Snapshot));
+        assert_eq!(Request::parse("uk1 snapshot later /x"), Err(ParseError::Snapshot));
+        assert_eq!(Request::parse("uk1 snapshot exit "), Err(ParseError::Snapshot));
+    }
+
+    #[test]
+    fn replies_parse_and_carry_the_snapshot_figures() {
+        let ok = Reply::parse(&reply_line(Ok(vec!["4096".into(), "3".into()])));
+        assert_eq!(
+            ok.saved(),
+            Ok(Saved {
+                memory_bytes: 4096,
+                millis: 3
+            })
+        );
+        let err = Reply::parse(&reply_line(Err("disk full\nreally".into())));
+        assert_eq!(err, Reply::Err("disk full really".into()));
+        assert!(Reply::parse("ok").saved().is_err());
+        assert!(matches!(Reply::parse("what"), Reply::Err(_)));
+    }
+}

@@ -1,0 +1,205 @@
+//! The control socket (`--control PATH`): requests from the daemon to pause, resume or
+//! snapshot the running VM, served on the event loop (protocol: `contract::control`).
+//!
+//! One request per connection, read with a short timeout so a client that connects and
+//! says nothing cannot hold the loop (the socket is the daemon's, in its state directory,
+//! mode 0600). While a snapshot is written the loop is busy, which is what we want: no
+//! device may touch guest memory or queues while they are saved.
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use contract::control::{reply_line, AfterSnapshot, Request, MAX_LINE};
+use contract::exit::ExitStatus;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::device_manager::{Legacy, NetDevice};
+use crate::event_loop::{EventLoop, Next};
+use crate::snapshot::{self, memory::Origin, DevicesState, MemoryInfo, NetState, Snapshot};
+use crate::vstate::memory::GuestMemoryMmap;
+use crate::vstate::vcpu_handle::VcpuHandle;
+use crate::vstate::vcpu_state::check_xsave_size;
+use crate::vstate::vm::Vm;
+
+/// How long a client has to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Binds the control socket (replacing a stale one), owner-only.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// What the control socket acts on: every piece of the running VM.
+pub struct Controller {
+    pub handles: Vec<VcpuHandle>,
+    pub vm: Arc<Vm>,
+    pub mem: GuestMemoryMmap,
+    pub origin: Origin,
+    pub legacy: Legacy,
+    pub net: Option<NetDevice>,
+    paused: bool,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Controller {
+    pub fn new(
+        handles: Vec<VcpuHandle>,
+        vm: Arc<Vm>,
+        mem: GuestMemoryMmap,
+        origin: Origin,
+        legacy: Legacy,
+        net: Option<NetDevice>,
+    ) -> Self {
+        Controller {
+            handles,
+            vm,
+            mem,
+            origin,
+            legacy,
+            net,
+            paused: false,
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), String> {
+        for h in &self.handles {
+            h.pause().map_err(|e| e.to_string())?;
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        for h in &self.handles {
+            h.resume().map_err(|e| e.to_string())?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Everything but guest memory, read while the vCPUs are paused.
+    fn capture(&self) -> Result<Snapshot, String> {
+        let msrs: Arc<[u32]> = self.vm.msr_indices().map_err(|e| e.to_string())?.into();
+        let vcpus = self
+            .handles
+            .iter()
+            .map(|h| h.save(msrs.clone()).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let net = self.net.as_ref().map(|n| NetState {
+            device: lock(&n.device).save(),
+            transport: lock(&n.transport).save(),
+        });
+        Ok(Snapshot {
+            vmm: format!("{} {}", contract::VMM_BINARY, env!("CARGO_PKG_VERSION")),
+            memory: MemoryInfo {
+                bytes: self.mem.iter().map(|r| r.len()).sum(),
+                file_ino: 0,
+            },
+            vm: self.vm.save_state().map_err(|e| e.to_string())?,
+            vcpus,
+            devices: DevicesState {
+                serial: lock(&self.legacy.serial).save(),
+                cmos: lock(&self.legacy.cmos).save(),
+                net,
+            },
+        })
+    }
+
+    fn snapshot(&mut self, dir: &Path) -> Result<Vec<String>, String> {
+        let start = Instant::now();
+        check_xsave_size(self.vm.xsave_size())?;
+        let was_paused = self.paused;
+        self.pause()?;
+        let written = self.capture().and_then(|state| {
+            snapshot::write(dir, |file| {
+                let written = snapshot::memory::save(&self.mem, &self.origin, file)
+                    .map_err(|e| format!("writing guest memory: {e}"))?;
+                Ok((state, written))
+            })
+            .map_err(|e| e.to_string())
+        });
+        if written.is_err() && !was_paused {
+            // A failed snapshot leaves the guest as it was.
+            let _ = self.resume();
+        }
+        let written = written?;
+        Ok(vec![written.to_string(), start.elapsed().as_millis().to_string()])
+    }
+
+    /// Serves one request; `true` when the process must end after the reply.
+    fn serve(&mut self, request: Request) -> (Result<Vec<String>, String>, bool) {
+        match request {
+            Request::Ping => (Ok(Vec::new()), false),
+            Request::Pause => (self.pause().map(|()| Vec::new()), false),
+            Request::Resume => (self.resume().map(|()| Vec::new()), false),
+            Request::Snapshot { dir, then } => {
+                let result = self.snapshot(&dir);
+                match (then, &result) {
+                    (AfterSnapshot::Exit, Ok(_)) => (result, true),
+                    (AfterSnapshot::Resume, Ok(_)) => match self.resume() {
+                        Ok(()) => (result, false),
+                        Err(e) => (Err(format!("saved, but cannot resume: {e}")), false),
+                    },
+                    (_, Err(_)) => (result, false),
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, stream: UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+        let mut line = String::new();
+        let read = BufReader::new((&stream).take(MAX_LINE as u64)).read_line(&mut line);
+        let (result, exit) = match read {
+            Ok(0) => return,
+            Ok(_) => match Request::parse(&line) {
+                Ok(request) => self.serve(request),
+                Err(e) => (Err(e.to_string()), false),
+            },
+            Err(e) => (Err(format!("cannot read the request: {e}")), false),
+        };
+        let _ = (&stream).write_all(reply_line(result).as_bytes());
+        if exit {
+            // The snapshot is the VM now: end without running it any further.
+            let _ = lock(&self.legacy.serial).flush();
+            std::process::exit(i32::from(ExitStatus::Saved.code()));
+        }
+    }
+}
+
+/// Serves `listener` on the event loop.
+pub fn register(events: &mut EventLoop, listener: UnixListener, mut controller: Controller) -> io::Result<()> {
+    let fd = listener.as_raw_fd();
+    events.add(fd, EventSet::IN, move |_| {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => controller.answer(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and the like: the request is lost, the VM runs on.
+                    crate::log_warn!("control socket: accept failed: {e}");
+                    break;
+                }
+            }
+        }
+        Next::Keep
+    })
+}

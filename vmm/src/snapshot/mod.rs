@@ -1,0 +1,161 @@
+//! Snapshots: a paused VM written to a directory, and a VM built again from one.
+//!
+//! A snapshot directory holds two files. `memory` is guest RAM with holes for pages the
+//! guest never wrote ([`memory`]). `state` is everything else: the VM-wide KVM state, each
+//! vCPU's, and each device's, behind a checked header ([`format`]). Both are written
+//! under temporary names and renamed, memory first; `state` records the memory file's
+//! inode and size, so a directory whose two files do not belong together (a crash
+//! between the renames, a file copied in from elsewhere) is refused, not half restored.
+pub mod format;
+pub mod memory;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::legacy::cmos::CmosSnapshot;
+use crate::devices::legacy::serial::SerialSnapshot;
+use crate::devices::virtio::net::device::NetSnapshot;
+use crate::devices::virtio::transport::mmio::MmioSnapshot;
+use crate::vstate::vcpu_state::VcpuState;
+use crate::vstate::vm::VmState;
+
+pub const STATE_FILE: &str = "state";
+pub const MEMORY_FILE: &str = "memory";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("snapshot {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("snapshot {path}: {source}")]
+    Format { path: PathBuf, source: format::Error },
+    #[error("snapshot {path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+/// The state file's content.
+#[derive(Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Which VMM wrote it, for messages.
+    pub vmm: String,
+    pub memory: MemoryInfo,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    pub devices: DevicesState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryInfo {
+    /// Guest RAM in bytes (the regions follow from it, as at boot).
+    pub bytes: u64,
+    /// The memory file that belongs to this state.
+    pub file_ino: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DevicesState {
+    pub serial: SerialSnapshot,
+    pub cmos: CmosSnapshot,
+    pub net: Option<NetState>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct NetState {
+    pub device: NetSnapshot,
+    pub transport: MmioSnapshot,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a snapshot into `dir` (created if needed). `fill` gets the open, empty memory
+/// file, writes guest memory into it and returns the state to record; the files appear
+/// under their real names only once both are complete.
+pub fn write(dir: &Path, fill: impl FnOnce(&File) -> Result<(Snapshot, u64), String>) -> Result<u64, Error> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
+    let state_tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let mem_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&mem_tmp)
+        .map_err(io_err(&mem_tmp))?;
+    let (mut snapshot, written) = fill(&mem_file).map_err(|what| Error::Invalid {
+        path: dir.to_path_buf(),
+        what,
+    })?;
+    snapshot.memory.file_ino = mem_file.metadata().map_err(io_err(&mem_tmp))?.ino();
+    let bytes = format::encode(&snapshot).map_err(|source| Error::Format {
+        path: state_tmp.clone(),
+        source,
+    })?;
+    fs::write(&state_tmp, bytes).map_err(io_err(&state_tmp))?;
+    let mem_path = dir.join(MEMORY_FILE);
+    fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
+    let state_path = dir.join(STATE_FILE);
+    fs::rename(&state_tmp, &state_path).map_err(io_err(&state_path))?;
+    Ok(written)
+}
+
+/// Reads and checks a snapshot directory: the state file's header, its content's bounds,
+/// and that the memory file is the one written with it. Nothing of a VM exists yet.
+pub fn read(dir: &Path) -> Result<(Snapshot, File), Error> {
+    let state_path = dir.join(STATE_FILE);
+    let mut bytes = Vec::new();
+    File::open(&state_path)
+        .and_then(|f| f.take(format::MAX_STATE_BYTES as u64 + 64).read_to_end(&mut bytes))
+        .map_err(io_err(&state_path))?;
+    let snapshot: Snapshot = format::decode(&bytes).map_err(|source| Error::Format {
+        path: state_path.clone(),
+        source,
+    })?;
+    let invalid = |what: String| Error::Invalid {
+        path: dir.to_path_buf(),
+        what,
+    };
+    snapshot.validate().map_err(invalid)?;
+    let mem_path = dir.join(MEMORY_FILE);
+    let mem = File::open(&mem_path).map_err(io_err(&mem_path))?;
+    let meta = mem.metadata().map_err(io_err(&mem_path))?;
+    if meta.ino() != snapshot.memory.file_ino {
+        return Err(invalid(
+            "the memory file was not written with this state (a newer or older snapshot's?)".into(),
+        ));
+    }
+    if meta.len() != snapshot.memory.bytes {
+        return Err(invalid(format!(
+            "the memory file is {} bytes, the guest has {} (truncated?)",
+            meta.len(),
+            snapshot.memory.bytes
+        )));
+    }
+    Ok((snapshot, mem))
+}
+
+impl Snapshot {
+    /// Bounds on what the file claims, before anything is allocated or given to KVM.
+    fn validate(&self) -> Result<(), String> {
+        crate::vstate::memory::validate(contract::size::MemSize::from_bytes(self.memory.bytes))
+            .map_err(|e| e.to_string())?;
+        let n = self.vcpus.len();
+        if n == 0 || n > usize::from(crate::builder::MAX_VCPUS) {
+            return Err(format!("{n} vCPUs"));
+        }
+        for (i, v) in self.vcpus.iter().enumerate() {
+            if usize::from(v.id) != i {
+                return Err(format!("vCPU {} saved in place {i}", v.id));
+            }
+            v.validate().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
