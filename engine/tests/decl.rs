@@ -318,3 +318,47 @@ fn spec_hashes_change_with_what_matters_only() {
     assert_ne!(a[0].hash(), c[0].hash());
     assert_eq!(c[0].changed_fields(&a[0]), vec!["memory"]);
 }
+
+#[test]
+fn standby_settings_parse_and_their_mistakes_say_where() {
+    use std::time::Duration;
+    use unikerneld::decl::Connections;
+    let ok = "unikernel \"web\" {\n    image \"/x\"\n    net { expose 8080 guest=80 }\n    standby idle=\"90s\" connections=\"hold\" prewarm=#true\n}\n";
+    let (specs, diags) = parse(ok);
+    assert!(diags.is_empty(), "{diags:?}");
+    let s = specs[0].standby.unwrap();
+    assert_eq!(s.idle, Duration::from_secs(90));
+    assert_eq!(s.connections, Connections::Hold);
+    assert!(s.prewarm);
+    let (specs, _) = parse("unikernel \"web\" {\n    image \"/x\"\n    net { expose 8080 }\n    standby\n}\n");
+    let s = specs[0].standby.unwrap();
+    assert_eq!(
+        (s.idle, s.connections, s.prewarm),
+        (Duration::from_secs(30), Connections::KeepAwake, false)
+    );
+    // Standby settings change in place: not part of the VM's hash.
+    let (plain, _) = parse("unikernel \"web\" {\n    image \"/x\"\n    net { expose 8080 }\n}\n");
+    assert_eq!(plain[0].hash(), specs[0].hash());
+    assert_eq!(plain[0].changed_live_fields(&specs[0]), vec!["standby"]);
+
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    standby idle=\"30s\"\n}\n");
+    assert_eq!((e.line, e.column), (3, 5));
+    assert!(e.message.contains("standby needs an exposed port"), "{}", e.message);
+    let with_net = |setting: &str| {
+        first_error(&format!(
+            "unikernel \"web\" {{\n    image \"/x\"\n    net {{ expose 8080 }}\n    standby {setting}\n}}\n"
+        ))
+    };
+    let e = with_net("idle=\"30\"");
+    assert_eq!(e.line, 4);
+    assert!(e.help.unwrap().contains("like \"30s\""));
+    assert!(with_net("idle=\"50ms\"").message.contains("invalid idle time"));
+    assert!(with_net("idle=30").message.contains("takes a string"));
+    assert_eq!(
+        with_net("connections=\"keep_awake\"").help.as_deref(),
+        Some("did you mean `keep-awake`?")
+    );
+    assert_eq!(with_net("idel=\"1s\"").help.as_deref(), Some("did you mean `idle`?"));
+    assert!(with_net("\"30s\"").message.contains("properties, not values"));
+    assert!(with_net("prewarm=\"yes\"").message.contains("#true or #false"));
+}

@@ -5,8 +5,10 @@ pub mod diagnostic;
 pub mod load;
 pub mod parse;
 pub mod spec;
+pub mod standby;
 pub mod template;
 
 pub use diagnostic::DeclError;
 pub use load::{Loaded, Loader};
 pub use spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
+pub use standby::{Connections, StandbySpec};

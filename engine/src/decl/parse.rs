@@ -30,7 +30,9 @@ use super::diagnostic::{did_you_mean, DeclError, Reporter};
 use super::spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
 use super::template;
 
-const SERVICE_FIELDS: [&str; 8] = ["image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart"];
+const SERVICE_FIELDS: [&str; 9] = [
+    "image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart", "standby",
+];
 const NET_FIELDS: [&str; 2] = ["address", "expose"];
 const DEFAULT_MEMORY: u64 = 16 << 20;
 /// Most diagnostics reported per file: the first ones say what to fix; thousands more
@@ -261,6 +263,8 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
     let mut vcpus = 1u8;
     let mut net = None;
     let mut restart = RestartPolicy::Always;
+    let mut standby = None;
+    let mut standby_at = None;
     let mut seen: Vec<&str> = Vec::new();
 
     for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
@@ -385,7 +389,21 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                     }
                 }
             }
+            "standby" => {
+                standby_at = Some(child.name().span());
+                standby = super::standby::parse(r, child, diags);
+            }
             _ => net = net_block(r, child, diags),
+        }
+    }
+    if let Some(at) = standby_at {
+        if net.as_ref().is_none_or(|n: &NetSpec| n.expose.is_empty()) {
+            diags.push(r.error(
+                at,
+                "standby needs an exposed port: a connection to it is what wakes the service",
+                "nothing can wake it",
+                Some("add net { expose 8080 guest=80 }".into()),
+            ));
         }
     }
     for (span, value) in &templated {
@@ -414,6 +432,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
         vcpus,
         net,
         restart,
+        standby,
         source: Source {
             file: r.file().to_path_buf(),
             line,

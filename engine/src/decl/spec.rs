@@ -74,6 +74,8 @@ pub struct Spec {
     pub vcpus: u8,
     pub net: Option<NetSpec>,
     pub restart: RestartPolicy,
+    /// Scale to zero; `None`: the VM runs while declared.
+    pub standby: Option<super::StandbySpec>,
     pub source: Source,
     /// [`Spec::hash`], computed once (plans ask for it for every service on every reload).
     pub hash_cache: HashCache,
@@ -141,11 +143,15 @@ impl Spec {
     }
 
     /// The fields applied to a running VM without replacing it.
-    pub fn live_fields(&self) -> [(&'static str, String); 2] {
+    pub fn live_fields(&self) -> [(&'static str, String); 3] {
         let expose: Vec<String> = self.exposed().map(|e| format!("{}:{}", e.host, e.guest)).collect();
         [
             ("expose", expose.join(",")),
             ("restart", self.restart.as_str().to_string()),
+            (
+                "standby",
+                self.standby.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+            ),
         ]
     }
 
@@ -162,7 +168,7 @@ impl Spec {
     /// Whether the live fields are equal (cheaper than [`Spec::changed_live_fields`]: no
     /// text; this runs for every service on every reload).
     pub fn same_live_fields(&self, other: &Spec) -> bool {
-        self.restart == other.restart && self.exposed().eq(other.exposed())
+        self.restart == other.restart && self.standby == other.standby && self.exposed().eq(other.exposed())
     }
 
     /// Names of the live fields that differ (an in-place update when nothing else does).
