@@ -25,6 +25,8 @@ use crate::watch::{self, Change};
 pub struct Config {
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// Snapshots of services on standby.
+    pub snapshot_dir: PathBuf,
     /// The `unikernel-vmm` binary.
     pub vmm: PathBuf,
     /// Full reload and drift repair this often, whatever inotify said.
@@ -49,7 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.state_dir.display(),
         config.vmm.display()
     );
-    let state = StateDir::new(&config.state_dir)
+    let state = StateDir::with_snapshots(&config.state_dir, &config.snapshot_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
     let launcher = VmmLauncher::new(config.vmm.clone(), state.clone());
     let (tx, events) = mpsc::unbounded_channel();
@@ -209,6 +211,12 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 }
                 Request::Stop(name, tx) => {
                     let _ = tx.send(ctl.operator_stop(&name));
+                }
+                Request::Standby(name, tx) => {
+                    let _ = tx.send(ctl.operator_standby(&name));
+                }
+                Request::Wake(name, tx) => {
+                    let _ = tx.send(ctl.operator_wake(&name).await);
                 }
                 Request::Restart(name, tx) => {
                     let _ = tx.send(ctl.operator_restart(&name).await);

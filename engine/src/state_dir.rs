@@ -7,6 +7,8 @@
 //! <state>/services/<name>/vmm.log       the VMM's stderr (its error line when it stops)
 //! <state>/status.json                   every service's status, rewritten on change
 //! <state>/declarations/<file>.kdl       the last good content of each declaration file
+//! <state>/services/<name>/standby.json  a service on standby: its snapshot's spec hash, tap, address
+//! <snapshots>/<name>/{state,memory}     its snapshot (/var/lib/unikerneld/snapshots by default)
 //! ```
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -28,9 +30,22 @@ pub struct VmRecord {
     pub boot_ms: Option<f64>,
 }
 
+/// A service on standby: no process, a snapshot, and the tap and address it keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StandbyRecord {
+    pub spec_hash: String,
+    pub address: Option<Ipv4Addr>,
+    pub tap: Option<String>,
+    /// When the snapshot was taken, ms since the epoch.
+    pub saved_unix_ms: u64,
+    /// Guest memory in the snapshot (zero pages not counted).
+    pub memory_bytes: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
+    snapshots: PathBuf,
 }
 
 /// Writes `data` to `path` atomically (temporary file + rename).
@@ -43,11 +58,43 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 impl StateDir {
+    /// Snapshots go under `<root>/snapshots` ([`StateDir::with_snapshots`] puts them
+    /// elsewhere: they are large and must outlive a reboot's tmpfs).
     pub fn new(root: &Path) -> io::Result<StateDir> {
+        Self::with_snapshots(root, &root.join("snapshots"))
+    }
+
+    pub fn with_snapshots(root: &Path, snapshots: &Path) -> io::Result<StateDir> {
         std::fs::create_dir_all(root.join("services"))?;
         Ok(StateDir {
             root: root.to_path_buf(),
+            snapshots: snapshots.to_path_buf(),
         })
+    }
+
+    /// Where the snapshot of `name` lives while it is on standby.
+    pub fn snapshot_dir(&self, name: &str) -> PathBuf {
+        self.snapshots.join(name)
+    }
+
+    pub fn control_socket(&self, name: &str) -> PathBuf {
+        self.service_dir(name).join("control.sock")
+    }
+
+    pub fn write_standby(&self, name: &str, record: &StandbyRecord) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        write_atomic(&self.service_dir(name).join("standby.json"), &json)
+    }
+
+    pub fn standby_record(&self, name: &str) -> Option<StandbyRecord> {
+        let data = std::fs::read(self.service_dir(name).join("standby.json")).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Forgets the standby of `name` and deletes its snapshot.
+    pub fn clear_standby(&self, name: &str) {
+        let _ = std::fs::remove_file(self.service_dir(name).join("standby.json"));
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(name));
     }
 
     /// Takes the directory for this daemon alone (flock on `<state>/lock`, released when
@@ -110,6 +157,7 @@ impl StateDir {
         let dir = self.service_dir(name);
         let _ = std::fs::remove_file(dir.join("vm.json"));
         let _ = std::fs::remove_file(dir.join("console.sock"));
+        let _ = std::fs::remove_file(dir.join("control.sock"));
     }
 
     /// Every recorded VM, by service name; unreadable records are skipped with a warning.
@@ -136,9 +184,10 @@ impl StateDir {
         out
     }
 
-    /// Removes everything about `name` (the service is gone).
+    /// Removes everything about `name` (the service is gone), its snapshot too.
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_dir_all(self.service_dir(name));
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(name));
     }
 
     /// The last good content of each declaration file, by file name: what a restarted

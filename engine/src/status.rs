@@ -24,10 +24,13 @@ pub enum State {
     Backoff,
     /// Gave up: a crash loop, or a failure with restart "never".
     Failed,
+    /// Saved to a snapshot after being idle (`standby`): no process, no guest memory; the
+    /// next connection to an exposed port wakes it.
+    Standby,
 }
 
 impl State {
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Pending,
         State::Booting,
         State::Running,
@@ -35,6 +38,7 @@ impl State {
         State::Stopped,
         State::Backoff,
         State::Failed,
+        State::Standby,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl State {
             State::Stopped => "stopped",
             State::Backoff => "backoff",
             State::Failed => "failed",
+            State::Standby => "standby",
         }
     }
 }
@@ -77,6 +82,21 @@ pub struct Status {
     pub memory_bytes: u64,
     /// Stopped by an operator and held so until Start, a declaration change or a daemon restart.
     pub held: bool,
+    /// Its `standby` settings, when it scales to zero.
+    #[serde(default)]
+    pub standby: Option<String>,
+    /// Wakes from standby since the daemon started.
+    #[serde(default)]
+    pub wakes: u64,
+    /// Connection -> guest running again, of the last wake.
+    #[serde(default)]
+    pub last_wake_ms: Option<f64>,
+    /// Guest memory in its snapshot (zero pages not counted).
+    #[serde(default)]
+    pub snapshot_bytes: Option<u64>,
+    /// Connections open through its host ports.
+    #[serde(default)]
+    pub open_connections: u64,
 }
 
 /// A declaration error in force (the file's last good specs run meanwhile).
@@ -198,6 +218,11 @@ mod tests {
             exposed: vec![],
             memory_bytes: 0,
             held: false,
+            standby: None,
+            wakes: 0,
+            last_wake_ms: None,
+            snapshot_bytes: None,
+            open_connections: 0,
         }
     }
 

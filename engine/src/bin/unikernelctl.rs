@@ -63,6 +63,11 @@ enum Command {
     Stop { name: String },
     /// Replace a unikernel's VM with a fresh one
     Restart { name: String },
+    /// Save a running unikernel to a snapshot and end its VM (scale to zero); a connection
+    /// to one of its exposed ports, or `wake`, resumes it
+    Standby { name: String },
+    /// Resume a unikernel on standby from its snapshot
+    Wake { name: String },
     /// Print a unikernel's console lines
     Logs {
         name: String,
@@ -195,6 +200,17 @@ fn print_status(v: &serde_json::Value) {
         );
     }
     println!("  Restarts: {}", n("restarts"));
+    if !s("standby_settings").is_empty() {
+        println!("   Standby: {}", s("standby_settings"));
+        let mut line = format!("     Wakes: {}", n("wakes"));
+        if n("last_wake_usec") != 0 {
+            line += &format!(" (last: {:.1} ms)", n("last_wake_usec") as f64 / 1000.0);
+        }
+        println!("{line}");
+    }
+    if n("snapshot_bytes") != 0 {
+        println!("  Snapshot: {} KiB of guest memory", n("snapshot_bytes") / 1024);
+    }
     if !s("last_error").is_empty() {
         println!("Last error: {}", s("last_error"));
     }
@@ -375,6 +391,8 @@ async fn run(command: Command) -> Result<u8> {
         Command::Start { name } => operate("start", &name).await,
         Command::Stop { name } => operate("stop", &name).await,
         Command::Restart { name } => operate("restart", &name).await,
+        Command::Standby { name } => operate("standby", &name).await,
+        Command::Wake { name } => operate("wake", &name).await,
         Command::Logs {
             name,
             lines,
@@ -413,13 +431,15 @@ async fn run(command: Command) -> Result<u8> {
     }
 }
 
-/// start / stop / restart: one method call on the unikernel's object.
+/// start / stop / restart / standby / wake: one method call on the unikernel's object.
 async fn operate(verb: &str, name: &str) -> Result<u8> {
     let conn = connect().await?;
     let u = unikernel(&conn, name).await?;
     match verb {
         "start" => u.start().await,
         "stop" => u.stop().await,
+        "standby" => u.standby().await,
+        "wake" => u.wake().await,
         _ => u.restart().await,
     }
     .map_err(bus_error)?;

@@ -37,6 +37,11 @@ struct Cli {
     #[arg(long, value_name = "DIR", default_value = "/run/unikerneld")]
     state_dir: PathBuf,
 
+    /// Snapshots of services on standby (one folder each; as large as the memory their
+    /// guests touched)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/unikerneld/snapshots")]
+    snapshot_dir: PathBuf,
+
     /// The per-VM monitor [default: unikernel-vmm next to this program, else on PATH]
     #[arg(long, value_name = "PATH")]
     vmm: Option<PathBuf>,
@@ -85,6 +90,7 @@ fn config(cli: Cli) -> Config {
     Config {
         config_dir: cli.config_dir,
         state_dir: cli.state_dir,
+        snapshot_dir: cli.snapshot_dir,
         vmm: cli.vmm.unwrap_or_else(default_vmm),
         resync_every: Duration::from_secs(cli.resync.max(1)),
         mode: match cli.network {

@@ -69,6 +69,42 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             }
             self.sync_listeners(&name);
         }
+        // Services on standby: no process, a snapshot. Still declared with the same spec,
+        // they stay on standby; otherwise the snapshot is of no use.
+        for name in self.state_dir.service_names() {
+            if self.services.contains_key(&name) || self.leaving.contains_key(&name) {
+                continue;
+            }
+            let Some(record) = self.state_dir.standby_record(&name) else {
+                continue;
+            };
+            if let (Some(tap), Some(address)) = (&record.tap, record.address) {
+                if let Err(e) = self.net.adopt(&name, tap, address) {
+                    warn!(UNIKERNEL = %name, "cannot take over its address: {e}");
+                }
+            }
+            let snapshot_there = self.state_dir.snapshot_dir(&name).join("state").exists();
+            match desired.get(&name) {
+                Some(spec) if spec.hash() == record.spec_hash && snapshot_there => {
+                    let mut svc = Service::new(spec.clone());
+                    svc.set_state(State::Standby);
+                    svc.standby.snapshot_bytes = Some(record.memory_bytes);
+                    info!(UNIKERNEL = %name, "on standby (adopted)");
+                    self.services.insert(name.clone(), svc);
+                    self.sync_listeners(&name);
+                }
+                Some(_) => {
+                    // Changed while no daemon ran (or the snapshot is gone): a cold boot
+                    // follows from the first converge; the tap is reused.
+                    info!(UNIKERNEL = %name, "its standby snapshot is out of date: it boots afresh");
+                    self.state_dir.clear_standby(&name);
+                }
+                None => {
+                    self.state_dir.clear_standby(&name);
+                    self.release(&name, record.tap.is_some()).await;
+                }
+            }
+        }
         // VMMs of this state directory that nothing recorded (a daemon killed between
         // spawning one and recording it): end them, so no service runs twice.
         let keep: std::collections::HashSet<u32> = self

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::host::{BoxFuture, Drift, Exit, HostNet, LaunchRequest, Launcher, Signal, VmProcess};
 use crate::net::{self, Attachment};
-use crate::proxy::Target;
+use crate::proxy::Gate;
 use crate::state_dir::VmRecord;
 use crate::supervise::console::ConsoleRing;
 use crate::supervise::process::Ended;
@@ -29,6 +29,8 @@ pub struct Behaviour {
     pub ignores_term: bool,
     /// Spawning fails with this reason.
     pub spawn_error: Option<String>,
+    /// A VMM resumed from a snapshot ends at once, refused (a damaged snapshot).
+    pub restore_fails: bool,
 }
 
 impl Default for Behaviour {
@@ -38,6 +40,7 @@ impl Default for Behaviour {
             exits_after: None,
             ignores_term: false,
             spawn_error: None,
+            restore_fails: false,
         }
     }
 }
@@ -70,6 +73,12 @@ pub struct HostState {
     pub listeners: BTreeMap<u16, String>,
     /// Ports someone else holds: listening on them fails.
     pub taken_ports: BTreeSet<u16>,
+    /// The gate of every open listener, by host port (tests play clients through it).
+    pub gates: BTreeMap<u16, Gate>,
+    /// Pids of the VMMs resumed from a snapshot.
+    pub restored: BTreeSet<u32>,
+    /// Snapshots taken, by service.
+    pub snapshots: Vec<String>,
 }
 
 /// The host both fakes share, and the test inspects.
@@ -137,7 +146,15 @@ impl Launcher for FakeLauncher {
             spawned: Instant::now(),
             ready_after: b.ready_after,
         };
-        if let Some((after, ended)) = b.exits_after {
+        let exits_after = match (request.restore.is_some(), b.restore_fails) {
+            (true, true) => Some((Duration::from_millis(1), Ended::Exited(3))),
+            _ => b.exits_after,
+        };
+        if request.restore.is_some() {
+            let pid = 1000 + host.next_pid;
+            host.restored.insert(pid);
+        }
+        if let Some((after, ended)) = exits_after {
             let end = vmm.end.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
@@ -180,6 +197,19 @@ impl Launcher for FakeLauncher {
 impl VmProcess for FakeVm {
     fn pid(&self) -> u32 {
         self.pid
+    }
+
+    fn snapshot(&self, _dir: std::path::PathBuf) -> BoxFuture<Result<super::host::Saved, String>> {
+        self.host.get().snapshots.push(self.vmm.name.clone());
+        let end = self.vmm.end.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            end.send_if_modified(|e| e.is_none() && e.replace(Ended::Exited(4)).is_none());
+            Ok(super::host::Saved {
+                memory_bytes: 4096,
+                millis: 3,
+            })
+        })
     }
 
     fn start_ticks(&self) -> u64 {
@@ -249,6 +279,21 @@ impl HostNet for FakeNet {
         Ok(())
     }
 
+    fn reopen(&mut self, service: &str) -> Result<Attachment, net::Error> {
+        if !self.0.get().taps.contains(service) {
+            return Err(net::Error::NotAttached(service.to_string()));
+        }
+        let tap_fd = std::fs::File::open("/dev/null").map_err(net::tap::Error::Open)?;
+        Ok(Attachment {
+            tap_name: format!("uk-{service}"),
+            tap_fd: tap_fd.into(),
+            mac: net::MacAddr::derived(service),
+            address: Ipv4Addr::new(10, 200, 0, 2),
+            prefix: 16,
+            gateway: Ipv4Addr::new(10, 200, 0, 1),
+        })
+    }
+
     async fn drift(&mut self) -> Result<Vec<(String, Drift)>, net::Error> {
         Ok(std::mem::take(&mut self.0.get().drift))
     }
@@ -258,12 +303,13 @@ impl HostNet for FakeNet {
         Ok(())
     }
 
-    fn listen(&mut self, service: &str, host_port: u16, _guest: u16, _target: Target) -> io::Result<JoinHandle<()>> {
+    fn listen(&mut self, service: &str, host_port: u16, _guest: u16, gate: Gate) -> io::Result<JoinHandle<()>> {
         let mut host = self.0.get();
         if host.taken_ports.contains(&host_port) || host.listeners.get(&host_port).is_some_and(|s| s != service) {
             return Err(io::Error::from(io::ErrorKind::AddrInUse));
         }
         host.listeners.insert(host_port, service.to_string());
+        host.gates.insert(host_port, gate);
         let state = self.0.clone();
         let service = service.to_string();
         Ok(tokio::spawn(async move {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::decl::Spec;
 use crate::net::{self, Attachment};
-use crate::proxy::Target;
+use crate::proxy::Gate;
 use crate::state_dir::VmRecord;
 use crate::supervise::console::ConsoleRing;
 use crate::supervise::process::Ended;
@@ -47,7 +47,12 @@ pub struct LaunchRequest<'a> {
     pub net: Option<Attachment>,
     /// Where its console lines go.
     pub console: ConsoleRing,
+    /// Resume the VM saved in this snapshot directory instead of booting the image.
+    pub restore: Option<&'a std::path::Path>,
 }
+
+/// What a snapshot cost, as the VMM reports it.
+pub use contract::control::Saved;
 
 /// Starts VMMs and takes over those an earlier daemon started.
 pub trait Launcher {
@@ -73,8 +78,12 @@ pub trait VmProcess: 'static {
     /// Resolves once the VMM has ended and its last console output was read. Called once.
     fn ended(&mut self) -> BoxFuture<Exit>;
     /// Resolves once the guest serves: it accepts TCP on `probe` or, without one, has
-    /// printed its first console line. Called at most once.
+    /// printed its first console line; a restored VM serves as soon as it runs again.
+    /// Called at most once.
     fn ready(&mut self, probe: Option<SocketAddrV4>) -> BoxFuture<()>;
+    /// Asks the VMM to save the VM into `dir` and end (standby). The VMM then ends with
+    /// [`contract::exit::ExitStatus::Saved`].
+    fn snapshot(&self, dir: std::path::PathBuf) -> BoxFuture<Result<Saved, String>>;
 }
 
 /// What differs between the host and what the controller set up for a service.
@@ -93,6 +102,9 @@ pub trait HostNet {
     async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, net::Error>;
     /// Takes over the tap and address of a VM an earlier daemon started.
     fn adopt(&mut self, service: &str, tap: &str, address: Ipv4Addr) -> Result<(), net::Error>;
+    /// The attachment of a service whose tap and address are in place (on standby): only
+    /// the tap is opened again, for the VMM that resumes it; no netlink request.
+    fn reopen(&mut self, service: &str) -> Result<Attachment, net::Error>;
     /// Deletes the tap of `service` and releases its address.
     async fn detach(&mut self, service: &str) -> Result<(), net::Error>;
     /// Compares the host with every attached service (one dump, not one request each).
@@ -101,5 +113,5 @@ pub trait HostNet {
     async fn rewire(&mut self, service: &str) -> Result<(), net::Error>;
     /// Listens on `host_port` and splices connections to `guest_port` at `target`, until
     /// the task is aborted. Binding errors are immediate.
-    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, target: Target) -> io::Result<JoinHandle<()>>;
+    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, gate: Gate) -> io::Result<JoinHandle<()>>;
 }

@@ -12,6 +12,7 @@ use super::{Controller, Event, OperatorError, STOP_GRACE};
 use crate::status::State;
 use crate::supervise::backoff::{self, Decision};
 use crate::supervise::process::Ended;
+use contract::exit::ExitStatus;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -21,19 +22,35 @@ fn unix_ms() -> u64 {
 }
 
 impl<L: Launcher, N: HostNet> Controller<L, N> {
-    /// Boots a new VM for `name`.
+    /// Boots a new VM for `name` (a cold boot: a snapshot it had is of no use any more).
     pub(super) async fn start(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if svc.standby.snapshot_bytes.take().is_some() || svc.spec.standby.is_some() {
+            self.state_dir.clear_standby(name);
+        }
+        self.start_vm(name, false).await;
+    }
+
+    /// Starts the VMM of `name`: a cold boot, or (`restore`) the VM saved in its snapshot,
+    /// on the tap and address it kept while on standby.
+    pub(super) async fn start_vm(&mut self, name: &str, restore: bool) {
         let Some(svc) = self.services.get_mut(name) else { return };
         let t0 = Instant::now();
         svc.timer += 1;
+        svc.standby.restored = restore;
+        svc.standby.saving = false;
         svc.set_state(State::Booting);
         let explicit = svc.spec.net.as_ref().map(|n| n.address);
-        let attachment = match explicit {
-            Some(address) => match self.net.attach(name, address).await {
+        let attachment = match (explicit, restore) {
+            (Some(_), true) => match self.net.reopen(name) {
                 Ok(a) => Some(a),
                 Err(e) => return self.start_failed(name, format!("network: {e}")),
             },
-            None => None,
+            (Some(address), false) => match self.net.attach(name, address).await {
+                Ok(a) => Some(a),
+                Err(e) => return self.start_failed(name, format!("network: {e}")),
+            },
+            (None, _) => None,
         };
         let t_net = t0.elapsed();
         if let Err(e) = self.state_dir.prepare(name) {
@@ -41,11 +58,13 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         }
         let Some(svc) = self.services.get_mut(name) else { return };
         let net = attachment.as_ref().map(|a| (a.address, a.tap_name.clone()));
+        let snapshot = restore.then(|| self.state_dir.snapshot_dir(name));
         let request = LaunchRequest {
             name,
             spec: &svc.spec,
             net: attachment,
             console: svc.console.clone(),
+            restore: snapshot.as_deref(),
         };
         let process = match self.launcher.spawn(request) {
             Ok(p) => p,
@@ -69,7 +88,8 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         }
         info!(
             UNIKERNEL = %name,
-            "booting VM pid {} (network {:.1} ms, spawn {:.1} ms)",
+            "{} VM pid {} (network {:.1} ms, spawn {:.1} ms)",
+            if restore { "resuming" } else { "booting" },
             vm.process.pid(),
             t_net.as_secs_f64() * 1e3,
             (t0.elapsed() - t_net).as_secs_f64() * 1e3
@@ -193,6 +213,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 };
                 let _ = svc.target.send(None);
                 let ran = old.started.elapsed();
+                let kept = (old.spec_hash.clone(), old.address, old.tap.clone());
                 drop(old);
                 self.state_dir.clear_record(&name);
                 let Some(svc) = self.services.get_mut(&name) else {
@@ -200,6 +221,18 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 };
                 if !svc.declared {
                     return self.remove(&name).await;
+                }
+                let saved = exit.ended == Ended::Exited(i32::from(ExitStatus::Saved.code()));
+                if saved && svc.state != State::Stopping {
+                    return self.entered_standby(&name, kept).await;
+                }
+                if svc.standby.restored && svc.state == State::Booting {
+                    // The snapshot did not come back: boot afresh; waiting connections
+                    // wait for that instead.
+                    let reason = exit.reason.unwrap_or_else(|| exit.ended.to_string());
+                    error!(UNIKERNEL = %name, "the snapshot could not be restored ({reason}): booting from the image");
+                    svc.last_error = Some(format!("snapshot not restored: {reason}"));
+                    return self.start(&name).await;
                 }
                 if svc.state == State::Stopping {
                     if svc.held {
@@ -228,6 +261,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 svc.restarts += 1;
                 self.start(&name).await;
             }
+            Event::Wake { name } => self.wake(&name).await,
+            Event::IdleDue { name, timer } => self.on_idle_due(&name, timer),
+            Event::Saved { name, vm, result } => self.on_saved(&name, vm, result),
             Event::KillDue { name, vm } => {
                 let stopping = self.services.get(&name).and_then(|s| s.vm.as_ref());
                 let leaving = self.leaving.get(&name);
@@ -254,8 +290,17 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
         svc.set_state(State::Running);
         let _ = svc.target.send(address);
-        info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)");
+        match svc.standby.waking_since.take() {
+            Some(since) => {
+                let ms = since.elapsed().as_secs_f64() * 1e3;
+                svc.standby.wakes += 1;
+                svc.standby.last_wake_ms = Some(ms);
+                info!(UNIKERNEL = %name, "running (woken from standby in {ms:.1} ms)");
+            }
+            None => info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)"),
+        }
         self.status_dirty = true;
+        self.after_ready(name);
     }
 
     /// A VM ended by itself (or never started): restart policy and back-off.
@@ -312,6 +357,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let svc = self.release_hold(name, "start")?;
         match svc.state {
             State::Stopped | State::Failed | State::Backoff => self.start(name).await,
+            State::Standby => self.wake(name).await,
             _ => {}
         }
         self.status_dirty = true;
@@ -327,6 +373,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         if svc.vm.is_some() {
             self.stop_vm(name);
         } else {
+            if svc.state == State::Standby {
+                // Held stopped: its next start is a cold boot.
+                svc.standby.snapshot_bytes = None;
+                self.state_dir.clear_standby(name);
+            }
             svc.set_state(State::Stopped);
         }
         self.status_dirty = true;

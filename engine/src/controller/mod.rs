@@ -9,12 +9,14 @@
 //! - [`lifecycle`]: starting, stopping and supervising one service's VM; operator requests.
 //! - [`adopt`]: taking over the VMs an earlier daemon left running.
 //! - [`repair`]: the resync's check of the host against what was set up.
+//! - [`standby`]: scale to zero: idle -> snapshot -> no process; a connection -> resume.
 //! - [`host`]: the traits at the seams that touch the host.
 pub mod adopt;
 pub mod host;
 pub mod lifecycle;
 pub mod repair;
 mod service;
+pub mod standby;
 
 #[cfg(test)]
 mod fake;
@@ -47,6 +49,12 @@ pub enum OperatorError {
     NoSuchUnikernel,
     #[error("it is being removed (no longer declared)")]
     NotDeclared,
+    #[error("it is not running (state {0})")]
+    NotRunning(State),
+    #[error("it is not on standby (state {0})")]
+    NotOnStandby(State),
+    #[error("it has no network: nothing could wake it again (use stop)")]
+    NoNetwork,
 }
 
 /// Which files a reload reads.
@@ -62,10 +70,38 @@ enum Load<'a> {
 /// What the helpers report.
 #[derive(Debug)]
 pub enum Event {
-    Ended { name: String, vm: u64, exit: Exit },
-    Ready { name: String, vm: u64 },
-    RetryDue { name: String, timer: u64 },
-    KillDue { name: String, vm: u64 },
+    Ended {
+        name: String,
+        vm: u64,
+        exit: Exit,
+    },
+    Ready {
+        name: String,
+        vm: u64,
+    },
+    RetryDue {
+        name: String,
+        timer: u64,
+    },
+    KillDue {
+        name: String,
+        vm: u64,
+    },
+    /// A connection is waiting at a host port of the service (it may be on standby).
+    Wake {
+        name: String,
+    },
+    /// Time to look whether a `standby` service has been idle long enough.
+    IdleDue {
+        name: String,
+        timer: u64,
+    },
+    /// The VMM answered a snapshot request.
+    Saved {
+        name: String,
+        vm: u64,
+        result: Result<host::Saved, String>,
+    },
 }
 
 pub struct Controller<L: Launcher, N: HostNet> {
@@ -247,6 +283,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 svc.spec = spec;
                 svc.declared = true;
                 self.sync_listeners(&name);
+                self.standby_settings_changed(&name).await;
             }
             Action::Stop { name } => {
                 let Some(svc) = self.services.get_mut(&name) else {
@@ -318,7 +355,16 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             if svc.listeners.contains_key(&host) {
                 continue;
             }
-            match self.net.listen(name, host, guest, svc.target.subscribe()) {
+            let events = self.events.clone();
+            let waker = name.to_string();
+            let gate = crate::proxy::Gate {
+                target: svc.target.subscribe(),
+                activity: svc.activity.clone(),
+                wake: std::sync::Arc::new(move || {
+                    let _ = events.send(Event::Wake { name: waker.clone() });
+                }),
+            };
+            match self.net.listen(name, host, guest, gate) {
                 Ok(task) => {
                     svc.listeners.insert(host, (guest, task));
                     let bind_error = format!("cannot listen on host port {host}: ");

@@ -2,6 +2,7 @@
 //! VM instance that runs it (if any).
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -9,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::decl::Spec;
 use crate::plan::Observed;
+use crate::proxy::Activity;
 use crate::state_dir::VmRecord;
 use crate::status::{State, Status};
 use crate::supervise::console::ConsoleRing;
@@ -79,6 +81,30 @@ pub struct Service<P: VmProcess> {
     pub target: watch::Sender<Option<Ipv4Addr>>,
     /// Host port -> (guest port, listener task).
     pub listeners: BTreeMap<u16, (u16, JoinHandle<()>)>,
+    /// Traffic through its host ports (the idle clock of `standby`).
+    pub activity: Arc<Activity>,
+    pub standby: Standby,
+}
+
+/// Where a service with `standby` is in its sleep cycle, and what it cost.
+#[derive(Debug, Default)]
+pub struct Standby {
+    /// A snapshot was asked for; the VM ends once it is written.
+    pub saving: bool,
+    /// A connection arrived while saving: wake as soon as the snapshot is done.
+    pub wake_pending: bool,
+    /// When the wake of the VM that runs now was asked for (it was restored).
+    pub waking_since: Option<Instant>,
+    /// The running VM was resumed from the snapshot (not booted).
+    pub restored: bool,
+    /// Generation of the idle timer: bumping it cancels the pending check.
+    pub idle_timer: u64,
+    pub wakes: u64,
+    /// Connection -> guest running again, of the last wake.
+    pub last_wake_ms: Option<f64>,
+    /// Guest memory in the snapshot, when it has one.
+    pub snapshot_bytes: Option<u64>,
+    pub last_save_ms: Option<u64>,
 }
 
 impl<P: VmProcess> Service<P> {
@@ -98,6 +124,8 @@ impl<P: VmProcess> Service<P> {
             held: false,
             target: watch::channel(None).0,
             listeners: BTreeMap::new(),
+            activity: Arc::new(Activity::default()),
+            standby: Standby::default(),
         }
     }
 
@@ -142,6 +170,11 @@ impl<P: VmProcess> Service<P> {
             exposed: self.spec.exposed().map(|e| (e.host, e.guest)).collect(),
             memory_bytes: self.spec.memory_bytes,
             held: self.held,
+            standby: self.spec.standby.map(|s| s.to_string()),
+            wakes: self.standby.wakes,
+            last_wake_ms: self.standby.last_wake_ms,
+            snapshot_bytes: self.standby.snapshot_bytes,
+            open_connections: self.activity.open() as u64,
         }
     }
 }

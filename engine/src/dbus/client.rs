@@ -38,6 +38,8 @@ pub trait Unikernel {
     fn start(&self) -> zbus::Result<()>;
     fn stop(&self) -> zbus::Result<()>;
     fn restart(&self) -> zbus::Result<()>;
+    fn standby(&self) -> zbus::Result<()>;
+    fn wake(&self) -> zbus::Result<()>;
     fn logs(&self, lines: u32) -> zbus::Result<Vec<String>>;
     fn logs_since(&self, cursor: u64) -> zbus::Result<(Vec<String>, u64)>;
     #[zbus(property)]

@@ -41,6 +41,8 @@ pub enum Request {
     Start(String, oneshot::Sender<Result<(), OperatorError>>),
     Stop(String, oneshot::Sender<Result<(), OperatorError>>),
     Restart(String, oneshot::Sender<Result<(), OperatorError>>),
+    Standby(String, oneshot::Sender<Result<(), OperatorError>>),
+    Wake(String, oneshot::Sender<Result<(), OperatorError>>),
 }
 
 /// Errors callers see, as `org.unikerneld1.Error.<Variant>`.
@@ -55,6 +57,8 @@ pub enum Error {
     NotDeclared(String),
     /// The daemon is shutting down.
     ShuttingDown(String),
+    /// The request does not fit the service's state (e.g. Wake when not on standby).
+    WrongState(String),
 }
 
 impl Error {
@@ -62,6 +66,7 @@ impl Error {
         match e {
             OperatorError::NoSuchUnikernel => Error::NoSuchUnikernel(format!("no unikernel named {name:?}")),
             OperatorError::NotDeclared => Error::NotDeclared(format!("{name} is no longer declared")),
+            other => Error::WrongState(format!("{name}: {other}")),
         }
     }
 }

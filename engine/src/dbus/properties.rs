@@ -11,7 +11,7 @@ use crate::status::Status;
 pub const INTERFACE: &str = "org.unikerneld1.Unikernel";
 
 /// (D-Bus property name, JSON field name), in the order [`values`] returns them.
-pub const PROPERTIES: [(&str, &str); 14] = [
+pub const PROPERTIES: [(&str, &str); 18] = [
     ("Name", "name"),
     ("State", "state"),
     ("Held", "held"),
@@ -26,11 +26,15 @@ pub const PROPERTIES: [(&str, &str); 14] = [
     ("ExposedPorts", "exposed_ports"),
     ("MemoryBytes", "memory_bytes"),
     ("StartedUSec", "started_usec"),
+    ("Wakes", "wakes"),
+    ("LastWakeUSec", "last_wake_usec"),
+    ("SnapshotBytes", "snapshot_bytes"),
+    ("StandbySettings", "standby_settings"),
 ];
 
 /// The value of every property of `s`, in [`PROPERTIES`] order. "None" is the property's
 /// zero value ("" or 0), as systemd does.
-pub fn values(s: &Status) -> [Value<'static>; 14] {
+pub fn values(s: &Status) -> [Value<'static>; 18] {
     [
         Value::from(s.name.clone()),
         Value::from(s.state.as_str()),
@@ -46,6 +50,10 @@ pub fn values(s: &Status) -> [Value<'static>; 14] {
         Value::from(s.exposed.clone()),
         Value::from(s.memory_bytes),
         Value::from(s.started_unix_ms.map(|ms| ms.saturating_mul(1000)).unwrap_or(0)),
+        Value::from(s.wakes),
+        Value::from(s.last_wake_ms.map(|ms| (ms * 1000.0) as u64).unwrap_or(0)),
+        Value::from(s.snapshot_bytes.unwrap_or(0)),
+        Value::from(s.standby.clone().unwrap_or_default()),
     ]
 }
 
@@ -112,6 +120,11 @@ mod tests {
             exposed: vec![(8080, 80)],
             memory_bytes: 16 << 20,
             held: false,
+            standby: Some("idle=30000ms connections=keep-awake prewarm=false".into()),
+            wakes: 3,
+            last_wake_ms: Some(4.5),
+            snapshot_bytes: Some(1 << 20),
+            open_connections: 0,
         }
     }
 
@@ -124,6 +137,9 @@ mod tests {
         assert_eq!(get::<String>(&s, "LastError").as_deref(), Some(""));
         assert_eq!(get::<Vec<(u16, u16)>>(&s, "ExposedPorts"), Some(vec![(8080, 80)]));
         assert_eq!(get::<u32>(&s, "NoSuchProperty"), None);
+        assert_eq!(get::<u64>(&s, "Wakes"), Some(3));
+        assert_eq!(get::<u64>(&s, "LastWakeUSec"), Some(4500));
+        assert_eq!(get::<u64>(&s, "SnapshotBytes"), Some(1 << 20));
         let mut t = s.clone();
         t.pid = Some(43);
         t.state = State::Booting;

@@ -60,6 +60,17 @@ impl Unikernel {
         self.operate(Request::Restart).await
     }
 
+    /// Saves the running VM to a snapshot and ends its process (scale to zero); the next
+    /// connection to an exposed port, or Wake, resumes it.
+    async fn standby(&self) -> Result<(), Error> {
+        self.operate(Request::Standby).await
+    }
+
+    /// Resumes a unikernel on standby from its snapshot.
+    async fn wake(&self) -> Result<(), Error> {
+        self.operate(Request::Wake).await
+    }
+
     /// The last `lines` console lines (at most 200 are kept), oldest first.
     async fn logs(&self, lines: u32) -> Vec<String> {
         let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
@@ -164,5 +175,29 @@ impl Unikernel {
     #[zbus(property)]
     async fn held(&self) -> bool {
         self.prop("Held")
+    }
+
+    /// Wakes from standby since the daemon started.
+    #[zbus(property)]
+    async fn wakes(&self) -> u64 {
+        self.prop("Wakes")
+    }
+
+    /// How long the last wake took: connection (or Wake) -> guest running again.
+    #[zbus(property, name = "LastWakeUSec")]
+    async fn last_wake_usec(&self) -> u64 {
+        self.prop("LastWakeUSec")
+    }
+
+    /// Guest memory in its snapshot (zero pages are not stored); 0 without one.
+    #[zbus(property)]
+    async fn snapshot_bytes(&self) -> u64 {
+        self.prop("SnapshotBytes")
+    }
+
+    /// Its `standby` settings ("" when it does not scale to zero).
+    #[zbus(property)]
+    async fn standby_settings(&self) -> String {
+        self.prop("StandbySettings")
     }
 }

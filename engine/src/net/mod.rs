@@ -16,7 +16,7 @@ pub use contract::mac::MacAddr;
 pub use pool::AddressPool;
 
 use crate::controller::host::{Drift, HostNet};
-use crate::proxy::Target;
+use crate::proxy::Gate;
 use std::io;
 use tokio::task::JoinHandle;
 
@@ -47,6 +47,8 @@ pub enum Error {
     BridgeFull { bridge: String, max: usize },
     #[error("cannot look at the host's links: {0}")]
     Probe(std::io::Error),
+    #[error("{0} has no tap to reopen")]
+    NotAttached(String),
 }
 
 /// What a VM needs to be on the network.
@@ -158,6 +160,26 @@ impl HostNetwork {
         Ok(())
     }
 
+    /// Opens the tap of an attached service again (its address, route and neighbour are
+    /// still in place): what a wake from standby needs, without netlink.
+    pub fn reopen(&mut self, service: &str) -> Result<Attachment, Error> {
+        let tap_name = self
+            .attached
+            .get(service)
+            .cloned()
+            .ok_or_else(|| Error::NotAttached(service.to_string()))?;
+        let address = self.pool.assign(service, None)?;
+        let tap_fd = tap::create(&tap_name)?;
+        Ok(Attachment {
+            tap_name,
+            tap_fd,
+            mac: MacAddr::derived(service),
+            address,
+            prefix: self.pool.prefix(),
+            gateway: self.pool.gateway(),
+        })
+    }
+
     /// Deletes the tap of `service` (its route goes with it) and releases its address.
     pub async fn detach(&mut self, service: &str) -> Result<(), Error> {
         self.pool.release(service);
@@ -233,6 +255,10 @@ impl HostNet for HostNetwork {
         HostNetwork::detach(self, service).await
     }
 
+    fn reopen(&mut self, service: &str) -> Result<Attachment, Error> {
+        HostNetwork::reopen(self, service)
+    }
+
     async fn drift(&mut self) -> Result<Vec<(String, Drift)>, Error> {
         HostNetwork::drift(self).await
     }
@@ -241,7 +267,7 @@ impl HostNet for HostNetwork {
         HostNetwork::rewire(self, service).await
     }
 
-    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, target: Target) -> io::Result<JoinHandle<()>> {
-        crate::proxy::listen(service, host_port, guest_port, target)
+    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, gate: Gate) -> io::Result<JoinHandle<()>> {
+        crate::proxy::listen(service, host_port, guest_port, gate)
     }
 }

@@ -31,7 +31,7 @@ impl VmmLauncher {
         VmmLauncher { vmm, state }
     }
 
-    fn follow(&self, name: &str, process: Process, console: ConsoleRing, fresh: bool) -> Vmm {
+    fn follow(&self, name: &str, process: Process, console: ConsoleRing, fresh: bool, restored: bool) -> Vmm {
         let (first_line_tx, first_line_rx) = oneshot::channel();
         let follower = tokio::spawn(console::follow(
             name.to_string(),
@@ -43,6 +43,8 @@ impl VmmLauncher {
         Vmm {
             process,
             log: self.state.vmm_log(name),
+            control: self.state.control_socket(name),
+            restored,
             console: Some(AbortOnDrop(follower)),
             first_line: Some(first_line_rx),
         }
@@ -61,6 +63,10 @@ impl Drop for AbortOnDrop {
 pub struct Vmm {
     process: Process,
     log: PathBuf,
+    /// Its control socket (snapshots).
+    control: PathBuf,
+    /// Resumed from a snapshot: it serves as soon as it runs.
+    restored: bool,
     console: Option<AbortOnDrop>,
     first_line: Option<oneshot::Receiver<()>>,
 }
@@ -89,17 +95,25 @@ impl Launcher for VmmLauncher {
         let stderr = std::fs::File::create(self.state.vmm_log(name)).map_err(|e| format!("state directory: {e}"))?;
         let cmdline = spec.guest_cmdline(request.net.as_ref().map(|a| a.guest_net()).as_ref());
         let tap = request.net.map(|a| (a.tap_fd, a.mac));
-        let args = VmmArgs {
+        let mut args = VmmArgs {
             initrd: spec.initrd.clone(),
             cmdline,
             memory: MemSize::from_bytes(spec.memory_bytes),
             vcpus: spec.vcpus,
             console: ConsoleTarget::Socket(self.state.console_socket(name)),
+            control: Some(self.state.control_socket(name)),
             // Inherited under its own number (see `Launch::tap`).
             net_fd: tap.as_ref().map(|(fd, _)| fd.as_raw_fd()),
             mac: tap.as_ref().map(|(_, mac)| *mac),
             ..VmmArgs::new(spec.image.clone())
         };
+        if let Some(dir) = request.restore {
+            // Everything but the devices' host ends comes from the snapshot.
+            args.kernel = None;
+            args.initrd = None;
+            args.mac = None;
+            args.restore = Some(dir.to_path_buf());
+        }
         // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
         let launch = Launch {
             vmm: self.vmm.clone(),
@@ -108,13 +122,13 @@ impl Launcher for VmmLauncher {
             stderr,
         };
         let process = Process::spawn(launch).map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;
-        Ok(self.follow(name, process, request.console, true))
+        Ok(self.follow(name, process, request.console, true, request.restore.is_some()))
     }
 
     fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Vmm> {
         let process = Process::adopt(record.pid, record.start_ticks)?;
         // The VMM replays its recent output: into the ring, not to the journal again.
-        Some(self.follow(name, process, console, false))
+        Some(self.follow(name, process, console, false, false))
     }
 
     fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)> {
@@ -166,6 +180,23 @@ fn service_of(cmdline: &[u8], services: &Path) -> Option<String> {
 }
 
 impl VmProcess for Vmm {
+    fn snapshot(&self, dir: PathBuf) -> BoxFuture<Result<crate::controller::host::Saved, String>> {
+        let control = self.control.clone();
+        Box::pin(async move {
+            use contract::control::{AfterSnapshot, Request};
+            let reply = super::control::request(
+                &control,
+                &Request::Snapshot {
+                    dir,
+                    then: AfterSnapshot::Exit,
+                },
+            )
+            .await
+            .map_err(|e| format!("control socket {}: {e}", control.display()))?;
+            reply.saved()
+        })
+    }
+
     fn pid(&self) -> u32 {
         self.process.pid
     }
@@ -199,6 +230,12 @@ impl VmProcess for Vmm {
 
     fn ready(&mut self, probe_at: Option<SocketAddrV4>) -> BoxFuture<()> {
         let first_line = self.first_line.take();
+        if self.restored {
+            // The guest was serving when it was saved: it serves once its vCPUs run, which
+            // is when the VMM's event loop answers on the control socket.
+            let control = self.control.clone();
+            return Box::pin(async move { super::control::until_running(&control).await });
+        }
         Box::pin(async move {
             let Some(first_line) = first_line else {
                 return std::future::pending().await;

@@ -77,11 +77,18 @@ impl Daemon {
             .arg(&self.conf)
             .arg("--state-dir")
             .arg(&self.state)
+            .arg("--snapshot-dir")
+            .arg(self.snapshots())
             .arg("--vmm")
             .arg(vmm_binary())
             .args(&self.args)
             .env("RUST_LOG", "info");
         cmd
+    }
+
+    /// Where the daemon keeps the snapshots of services on standby.
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
     }
 
     /// Kills the daemon the hard way (kill -9); its VMs must survive.

@@ -1,0 +1,41 @@
+//! The daemon's side of a VMM's control socket (protocol: `contract::control`).
+use std::path::Path;
+use std::time::Duration;
+
+use contract::control::{Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A snapshot of a 1 GiB guest that touched all its memory takes about a second here;
+/// anything much longer is a VMM that no longer answers.
+const REPLY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Sends one request and reads its reply.
+pub async fn request(path: &Path, request: &Request) -> std::io::Result<Reply> {
+    let mut stream = UnixStream::connect(path).await?;
+    stream.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream);
+    tokio::time::timeout(REPLY_LIMIT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the VMM did not answer"))??;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the VMM closed the control socket without an answer",
+        ));
+    }
+    Ok(Reply::parse(&line))
+}
+
+/// Returns once the VMM answers a ping: its event loop runs, and so do its vCPUs. The
+/// socket exists from the VMM's first milliseconds, so this mostly waits inside connect
+/// and read, not in sleeps.
+pub async fn until_running(path: &Path) {
+    loop {
+        if let Ok(Reply::Ok(_)) = request(path, &Request::Ping).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
