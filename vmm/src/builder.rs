@@ -257,11 +257,11 @@ pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Machine, Error>
         (None, Some(_)) => return Err(Error::SnapshotHasNoNet),
         _ => {}
     }
-    let mem_file = Arc::new(mem_file);
-    let mem = snapshot::memory::map(mem_file.clone(), saved.memory.bytes).map_err(|what| snapshot::Error::Invalid {
-        path: config.dir.clone(),
-        what,
-    })?;
+    let (mem, origin) =
+        snapshot::memory::open(Arc::new(mem_file), saved.memory.bytes).map_err(|what| snapshot::Error::Invalid {
+            path: config.dir.clone(),
+            what,
+        })?;
     trace.mark("loaded");
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
     let console = console_out(&config.console, &mut events)?;
@@ -298,7 +298,7 @@ pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Machine, Error>
         control,
         vm: Arc::new(vm),
         mem,
-        origin: Origin::File(mem_file),
+        origin,
         trace,
     })
 }

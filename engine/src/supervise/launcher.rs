@@ -41,6 +41,8 @@ impl VmmLauncher {
             Some(first_line_tx),
         ));
         Vmm {
+            name: name.to_string(),
+            state: self.state.clone(),
             process,
             log: self.state.vmm_log(name),
             control: self.state.control_socket(name),
@@ -61,6 +63,8 @@ impl Drop for AbortOnDrop {
 }
 
 pub struct Vmm {
+    name: String,
+    state: StateDir,
     process: Process,
     log: PathBuf,
     /// Its control socket (snapshots).
@@ -216,11 +220,14 @@ impl VmProcess for Vmm {
         let wait = self.process.wait();
         let console = self.console.take();
         let log = self.log.clone();
+        let socket = self.state.console_socket(&self.name);
         Box::pin(async move {
             let ended = wait.await.unwrap_or(Ended::Unknown);
             // The guest's last words are what status shows for a crash: let the follower
-            // read them to the console's end.
-            if let Some(mut c) = console {
+            // read them to the console's end. A VMM refused before it made its console
+            // socket (a bad image or snapshot) has none to read: no wait, so the cold boot
+            // that follows a snapshot that does not restore starts at once.
+            if let Some(mut c) = console.filter(|_| socket.exists()) {
                 let _ = tokio::time::timeout(CONSOLE_DRAIN, &mut c.0).await;
             }
             let reason = vmm_error(&log);

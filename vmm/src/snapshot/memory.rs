@@ -20,6 +20,9 @@ use crate::vstate::memory::GuestMemoryMmap;
 
 const PAGE: usize = 4096;
 
+/// Snapshots with at most this much data are copied in at restore; larger ones are mapped.
+pub const EAGER_LIMIT: u64 = 64 << 20;
+
 /// Where a VM's memory came from, which decides what saving must look at.
 #[derive(Clone, Debug)]
 pub enum Origin {
@@ -118,6 +121,52 @@ pub fn save(mem: &GuestMemoryMmap, origin: &Origin, out: &File) -> io::Result<u6
     Ok(written)
 }
 
+/// Guest RAM of `bytes` from a snapshot's memory file: copied or mapped (see the module
+/// documentation), with the origin that saving it again must know about.
+pub fn open(file: Arc<File>, bytes: u64) -> Result<(GuestMemoryMmap, Origin), String> {
+    let mut pages = vec![false; (bytes as usize).div_ceil(PAGE)];
+    mark_data_extents(&file, 0, bytes as usize, &mut pages).map_err(|e| format!("memory file: {e}"))?;
+    let data = pages.iter().filter(|p| **p).count() as u64 * PAGE as u64;
+    if data <= EAGER_LIMIT {
+        Ok((load(&file, bytes)?.0, Origin::Anonymous))
+    } else {
+        Ok((map(file.clone(), bytes)?, Origin::File(file)))
+    }
+}
+
+/// Guest RAM of `bytes` in anonymous memory, with the file's data extents copied in
+/// (holes stay untouched, so they cost nothing).
+pub fn load(file: &File, bytes: u64) -> Result<(GuestMemoryMmap, u64), String> {
+    let mem = crate::vstate::memory::create(contract::size::MemSize::from_bytes(bytes)).map_err(|e| e.to_string())?;
+    let mut offset = 0u64;
+    let mut copied = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let base = region.as_ptr();
+        let mut pages = vec![false; len.div_ceil(PAGE)];
+        mark_data_extents(file, offset, len, &mut pages).map_err(|e| format!("memory file: {e}"))?;
+        let mut i = 0;
+        while i < pages.len() {
+            if !pages[i] {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < pages.len() && pages[i] {
+                i += 1;
+            }
+            // SAFETY: the region maps `len` bytes at `base`; [start, i) pages lie inside it,
+            // and nothing else uses this fresh mapping yet.
+            let dst = unsafe { std::slice::from_raw_parts_mut(base.add(start * PAGE), (i - start) * PAGE) };
+            file.read_exact_at(dst, offset + (start * PAGE) as u64)
+                .map_err(|e| format!("memory file: {e}"))?;
+            copied += dst.len() as u64;
+        }
+        offset += len as u64;
+    }
+    Ok((mem, copied))
+}
+
 /// Guest RAM of `bytes` mapped privately from `file`, regions laid out as at boot.
 pub fn map(file: Arc<File>, bytes: u64) -> Result<GuestMemoryMmap, String> {
     let mut regions = Vec::new();
@@ -196,11 +245,17 @@ mod tests {
         file.read_exact_at(&mut on_disk, 0x1000).unwrap();
         assert_eq!(&on_disk, b"hello");
 
+        // Copied in instead: the same content, in anonymous memory.
+        let (copied, n) = load(&file, size).unwrap();
+        assert_eq!(n, 3 * PAGE as u64, "only the data extents are read");
+        let mut page = [0u8; 16];
+        copied.read_slice(&mut page, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(page, [0xab; 16]);
+
         // Saving a restored VM keeps what it only ever read from the file.
         let again = tmpfile();
         let written = save(&back, &Origin::File(file), &again).unwrap();
         assert_eq!(written, 3 * PAGE as u64);
-        let mut page = [0u8; 16];
         again.read_exact_at(&mut page, 0x20_0000).unwrap();
         assert_eq!(page, [0xab; 16]);
         again.read_exact_at(&mut buf, 0x1000).unwrap();
