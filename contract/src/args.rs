@@ -117,12 +117,15 @@ impl VmmArgs {
         if let Some(control) = &self.control {
             arg("control", control.clone().into());
         }
-        if let Some(initrd) = &self.initrd {
-            arg("initrd", initrd.clone().into());
+        // A restore takes these from the snapshot: they are not passed (nor shown in ps).
+        if self.restore.is_none() {
+            if let Some(initrd) = &self.initrd {
+                arg("initrd", initrd.clone().into());
+            }
+            arg("cmdline", self.cmdline.clone().into());
+            arg("memory", self.memory.bytes().to_string().into());
+            arg("vcpus", self.vcpus.to_string().into());
         }
-        arg("cmdline", self.cmdline.clone().into());
-        arg("memory", self.memory.bytes().to_string().into());
-        arg("vcpus", self.vcpus.to_string().into());
         arg("console", console_arg(&self.console));
         if let Some(fd) = self.net_fd {
             arg("net-fd", fd.to_string().into());
@@ -193,9 +196,14 @@ mod tests {
             kernel: None,
             restore: Some("/var/lib/unikerneld/snapshots/web".into()),
             initrd: None,
+            cmdline: String::new(),
+            memory: minimal.memory,
+            vcpus: 1,
             ..full
         };
         assert_eq!(round_trip(&restore), restore);
+        let argv = restore.to_argv();
+        assert!(!argv.iter().any(|a| a == "--cmdline" || a == "--memory"), "{argv:?}");
     }
 
     #[test]

@@ -35,8 +35,6 @@ pub struct Activity {
     open: AtomicUsize,
     /// Milliseconds after `base` of the last byte, connection or close.
     last_ms: AtomicU64,
-    /// Connections that arrived while the service could not take them (standby, boot).
-    waited: AtomicU64,
 }
 
 impl Default for Activity {
@@ -45,7 +43,6 @@ impl Default for Activity {
             base: Instant::now(),
             open: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
-            waited: AtomicU64::new(0),
         }
     }
 }
@@ -101,7 +98,6 @@ impl Gate {
         if let Some(a) = *self.target.borrow_and_update() {
             return Ok(a);
         }
-        self.activity.waited.fetch_add(1, Ordering::Relaxed);
         (self.wake)();
         let address = tokio::time::timeout(WAIT_FOR_GUEST, self.target.wait_for(Option::is_some))
             .await

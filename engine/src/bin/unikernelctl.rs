@@ -32,7 +32,7 @@ mod exit {
     version,
     about = "Control unikerneld, the unikernel host daemon (over D-Bus, org.unikerneld1).",
     after_help = "Exit status: 0 success; 1 failure (invalid declarations, a failed request); \
-3 `status NAME`: the unikernel is not running; 4 no such unikernel; 5 unikerneld is not \
+3 `status NAME`: the unikernel is neither running nor on standby; 4 no such unikernel; 5 unikerneld is not \
 reachable on the system bus; 6 access denied (changing things needs root).\n\n\
 DBUS_SYSTEM_BUS_ADDRESS selects another bus than the system one."
 )]
@@ -168,7 +168,11 @@ async fn describe(conn: &Connection, u: &UnikernelProxy<'_>, lines: u32) -> Resu
 fn print_status(v: &serde_json::Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let dot = if s("state") == "running" { "●" } else { "○" };
+    let dot = match s("state").as_str() {
+        "running" => "●",
+        "standby" => "◐",
+        _ => "○",
+    };
     println!("{dot} {} - unikernel", s("name"));
     let held = if v["held"].as_bool() == Some(true) {
         " (stopped by an operator; `unikernelctl start` lifts it)"
@@ -382,7 +386,8 @@ async fn run(command: Command) -> Result<u8> {
             } else {
                 print_status(&v);
             }
-            Ok(if v["state"] == "running" {
+            // On standby counts as up (like an active socket-activated unit): it serves.
+            Ok(if v["state"] == "running" || v["state"] == "standby" {
                 exit::OK
             } else {
                 exit::NOT_RUNNING
