@@ -3,7 +3,8 @@
 //! (a) wake latency, client connect -> first response byte, p50/p90/p99 over N wakes
 //!     (UK_BENCH_WAKES, default 200), beside cold boots of the same service through the
 //!     same port in the same run (its snapshot's state file removed first, every 10th
-//!     round: the failed restore is part of that path, as it is in production);
+//!     round: the failed restore is part of that path, as it is in production), each
+//!     UK_BENCH_GAP_MS (default 50) after the service went to standby;
 //! (b) snapshot time and size, and the VMM's RSS right after a wake vs after a cold boot;
 //! (c) M services on standby (UK_BENCH_STANDBY, default 1000): VMM processes, daemon RSS
 //!     and fds, snapshot bytes on disk, and wakes of 50 of them.
@@ -108,6 +109,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 fn main() {
     let wakes = env_or("UK_BENCH_WAKES", 200);
     let many = env_or("UK_BENCH_STANDBY", 1000);
+    let gap_ms = env_or("UK_BENCH_GAP_MS", 50) as u64;
     let mut d = Daemon::new("sbench");
     d.start();
     println!(
@@ -129,7 +131,7 @@ fn main() {
         // The VMM that just saved is still being torn down by the kernel (closing a VM
         // with an in-kernel irqchip takes 15-22 ms here): a real wake comes after an
         // idle time, not on its heels, so let that finish first.
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(gap_ms));
         let cold = round % 10 == 0;
         if cold {
             std::fs::remove_file(&state_file).unwrap();
