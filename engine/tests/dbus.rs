@@ -114,6 +114,12 @@ fn introspection_list_status_and_busctl_gdbus_match_the_real_vms() {
         ".SpecHash",
         ".ExposedPorts",
         ".MemoryBytes",
+        ".Standby",
+        ".Wake",
+        ".Wakes",
+        ".LastWakeUSec",
+        ".SnapshotBytes",
+        ".StandbySettings",
     ] {
         assert!(intro.contains(member), "{member} missing:\n{intro}");
     }
@@ -345,5 +351,69 @@ fn without_a_bus_the_daemon_runs_and_says_so_once_and_the_cli_says_why() {
         text(&out.stderr).contains("cannot reach the system bus"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn operators_put_a_service_on_standby_and_wake_it_over_the_bus() {
+    let (d, bus) = with_bus("busstandby");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+    let (code, _, err) = ctl_as_nobody(&bus, &["standby", "web"]);
+    assert_eq!(code, 6, "only root: {err}");
+    let (code, _, err) = ctl(&bus, &["wake", "web"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not on standby (state running)"), "{err}");
+
+    let (code, _, err) = ctl(&bus, &["standby", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let s = d.wait_for("web on standby", LONG, |s| {
+        s.services.iter().any(|x| x.name == "web" && x.state == State::Standby)
+    });
+    assert!(s
+        .services
+        .iter()
+        .any(|x| x.name == "api-1.x" && x.state == State::Running));
+    let (code, out, _) = ctl(&bus, &["status", "web"]);
+    assert_eq!(code, 0, "standby counts as up");
+    assert!(out.contains("State: standby") && out.contains("Snapshot: "), "{out}");
+    let bytes = busctl_get(
+        &bus,
+        "/org/unikerneld1/unikernel/web",
+        "org.unikerneld1.Unikernel",
+        "SnapshotBytes",
+    );
+    let bytes: u64 = bytes.trim().strip_prefix("t ").unwrap().parse().unwrap();
+    assert!(bytes > 0, "{bytes}");
+
+    // Woken by hand, then by a request after the next standby.
+    let (code, _, err) = ctl(&bus, &["wake", "web"]);
+    assert_eq!(code, 0, "{err}");
+    d.running("web");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 2", "the same guest");
+    let (code, _, err) = ctl(&bus, &["standby", "web"]);
+    assert_eq!(code, 0, "{err}");
+    d.wait_for("web on standby again", LONG, |s| {
+        s.services.iter().any(|x| x.name == "web" && x.state == State::Standby)
+    });
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 3");
+    d.wait_for("two wakes", LONG, |s| {
+        s.services.iter().any(|x| x.name == "web" && x.wakes == 2)
+    });
+    let wakes = busctl_get(
+        &bus,
+        "/org/unikerneld1/unikernel/web",
+        "org.unikerneld1.Unikernel",
+        "Wakes",
+    );
+    assert_eq!(wakes.trim(), "t 2");
+    let last = busctl_get(
+        &bus,
+        "/org/unikerneld1/unikernel/web",
+        "org.unikerneld1.Unikernel",
+        "LastWakeUSec",
+    );
+    assert!(
+        last.trim().strip_prefix("t ").unwrap().parse::<u64>().unwrap() > 0,
+        "{last}"
     );
 }
