@@ -19,6 +19,7 @@ use crate::net::{sysctl, AddressPool, HostNetwork, Mode};
 use crate::state_dir::StateDir;
 use crate::supervise::launcher::VmmLauncher;
 use crate::watch::{self, Change};
+use std::os::unix::fs::DirBuilderExt;
 
 /// Settings of one daemon.
 #[derive(Clone, Debug)]
@@ -51,6 +52,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.state_dir.display(),
         config.vmm.display()
     );
+    // Snapshots hold guests' memory: the directory is root's alone.
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.snapshot_dir)
+    {
+        warn!(
+            "snapshot directory {}: {e} (services cannot go to standby)",
+            config.snapshot_dir.display()
+        );
+    }
     let state = StateDir::with_snapshots(&config.state_dir, &config.snapshot_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
     let launcher = VmmLauncher::new(config.vmm.clone(), state.clone());

@@ -173,3 +173,32 @@ fn a_held_connection_sleeps_with_the_service_and_its_next_request_wakes_it() {
         s.services[0].wakes == 1
     });
 }
+
+#[test]
+fn a_snapshot_that_cannot_be_written_keeps_the_service_running_and_a_lost_tap_is_rebuilt_on_wake() {
+    let mut d = Daemon::new("standbyfail");
+    d.start();
+    // Where its snapshot should go is a file: saving fails (as on a full disk).
+    std::fs::create_dir_all(d.snapshots()).unwrap();
+    std::fs::write(d.snapshots().join("web"), b"in the way").unwrap();
+    d.declare("web.kdl", &http_decl("web", 8080, "    standby idle=\"500ms\"\n"));
+    let first = d.running("web");
+    assert_eq!(body(&d, 8080), "web 1");
+    let s = d.wait_for("a failed standby", LONG, |s| {
+        s.services[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("standby failed"))
+    });
+    assert_eq!(s.services[0].state, State::Running);
+    assert_eq!(s.services[0].pid, first.pid, "the same VM runs on");
+    assert_eq!(body(&d, 8080), "web 2");
+
+    // Room again: it goes to standby. Then its tap is deleted behind the daemon's back:
+    // the wake sets the network up again instead of resuming on a tap without a route.
+    std::fs::remove_file(d.snapshots().join("web")).unwrap();
+    on_standby(&d, "web");
+    d.ip(&["link", "del", "uk-web"]);
+    assert_eq!(body(&d, 8080), "web 3", "the same guest, on a new tap");
+    assert_eq!(d.taps(), vec!["uk-web".to_string()]);
+}

@@ -117,6 +117,22 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     assert_eq!(line, "http: web listening on port 80\n");
     assert_eq!(get(&ns), "web 1");
     assert_eq!(control(&sock, &Request::Ping), Reply::Ok(vec![]));
+    // A snapshot that cannot be written (here: under a file) is an error, and the guest
+    // runs on as if nothing was asked.
+    let blocked = dir.join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let Reply::Err(why) = control(
+        &sock,
+        &Request::Snapshot {
+            dir: blocked.join("snap"),
+            then: AfterSnapshot::Exit,
+        },
+    ) else {
+        panic!("a snapshot under a file succeeded");
+    };
+    assert!(why.contains("a-file/snap"), "{why}");
+    assert!(vm.0.try_wait().unwrap().is_none(), "the VMM did not exit");
+    assert_eq!(get(&ns), "web 2", "the guest runs on");
     let Reply::Err(other_version) = control_line(&sock, "uk9 ping\n") else {
         panic!("another protocol version was served");
     };
@@ -137,6 +153,13 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     assert_eq!(code, Some(i32::from(ExitStatus::Saved.code())), "stderr: {err}");
     let memory = std::fs::metadata(snap.join("memory")).unwrap();
     assert_eq!(memory.len(), 32 << 20);
+    // Guest memory holds the guest's secrets: the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&snap), 0o700);
+    assert_eq!(mode(&snap.join("memory")), 0o600);
+    assert_eq!(mode(&snap.join("state")), 0o600);
+    assert_eq!(std::fs::read_dir(&snap).unwrap().count(), 2, "no temporary files left");
     let on_disk = memory.blocks() * 512;
     assert!(on_disk < 8 << 20, "{on_disk} bytes on disk for a 32M guest");
     assert!(
@@ -164,12 +187,12 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     // The control socket answers once the VM runs again: then the tap has its carrier.
     assert_eq!(control(&sock, &Request::Ping), Reply::Ok(vec![]));
     let running = start.elapsed();
-    assert_eq!(get(&ns), "web 2", "the counter survived");
+    assert_eq!(get(&ns), "web 3", "the counter survived");
     eprintln!(
         "restore: running after {running:?}, first response after {:?}",
         start.elapsed()
     );
-    assert_eq!(get(&ns), "web 3");
+    assert_eq!(get(&ns), "web 4");
 
     // A checkpoint of the restored VM (memory mapped from the first snapshot) keeps
     // everything, including pages the guest only ever read from that file.
@@ -183,14 +206,14 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     )
     .saved()
     .expect("checkpoint");
-    assert_eq!(get(&ns), "web 4", "still running after a checkpoint");
+    assert_eq!(get(&ns), "web 5", "still running after a checkpoint");
     assert_eq!(control(&sock, &Request::Pause), Reply::Ok(vec![]));
     assert_eq!(control(&sock, &Request::Resume), Reply::Ok(vec![]));
-    assert_eq!(get(&ns), "web 5");
+    assert_eq!(get(&ns), "web 6");
     let _ = restored.0.kill();
     let _ = restored.0.wait();
     let _restored2 = KillOnDrop(spawn(&ns, &["--restore".as_ref(), again.as_os_str()]));
-    assert_eq!(get(&ns), "web 4", "the checkpoint was taken after request 3");
+    assert_eq!(get(&ns), "web 5", "the checkpoint was taken after request 4");
 }
 
 #[test]

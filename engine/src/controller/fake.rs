@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub spawn_error: Option<String>,
     /// A VMM resumed from a snapshot ends at once, refused (a damaged snapshot).
     pub restore_fails: bool,
+    /// Snapshots fail with this reason (a full disk); the VM runs on.
+    pub snapshot_error: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -41,6 +43,7 @@ impl Default for Behaviour {
             ignores_term: false,
             spawn_error: None,
             restore_fails: false,
+            snapshot_error: None,
         }
     }
 }
@@ -200,10 +203,19 @@ impl VmProcess for FakeVm {
     }
 
     fn snapshot(&self, _dir: std::path::PathBuf) -> BoxFuture<Result<super::host::Saved, String>> {
-        self.host.get().snapshots.push(self.vmm.name.clone());
+        let mut host = self.host.get();
+        host.snapshots.push(self.vmm.name.clone());
+        let error = host
+            .behaviour
+            .get(&self.vmm.name)
+            .and_then(|b| b.snapshot_error.clone());
+        drop(host);
         let end = self.vmm.end.clone();
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(3)).await;
+            if let Some(e) = error {
+                return Err(e);
+            }
             end.send_if_modified(|e| e.is_none() && e.replace(Ended::Exited(4)).is_none());
             Ok(super::host::Saved {
                 memory_bytes: 4096,

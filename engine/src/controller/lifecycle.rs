@@ -41,16 +41,22 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         svc.standby.saving = false;
         svc.set_state(State::Booting);
         let explicit = svc.spec.net.as_ref().map(|n| n.address);
-        let attachment = match (explicit, restore) {
-            (Some(_), true) => match self.net.reopen(name) {
+        // A wake reopens the tap it kept; if that tap is gone, it is set up again.
+        let reopened = match (explicit, restore) {
+            (Some(_), true) => self
+                .net
+                .reopen(name)
+                .inspect_err(|e| warn!(UNIKERNEL = %name, "{e}: setting it up again"))
+                .ok(),
+            _ => None,
+        };
+        let attachment = match (explicit, reopened) {
+            (_, Some(a)) => Some(a),
+            (Some(address), None) => match self.net.attach(name, address).await {
                 Ok(a) => Some(a),
                 Err(e) => return self.start_failed(name, format!("network: {e}")),
             },
-            (Some(address), false) => match self.net.attach(name, address).await {
-                Ok(a) => Some(a),
-                Err(e) => return self.start_failed(name, format!("network: {e}")),
-            },
-            (None, _) => None,
+            (None, None) => None,
         };
         let t_net = t0.elapsed();
         if let Err(e) = self.state_dir.prepare(name) {

@@ -784,3 +784,27 @@ async fn standby_survives_a_daemon_restart_and_a_changed_declaration_boots_afres
     assert!(!h.host.get().restored.contains(&h.pid("web").unwrap()), "a cold boot");
     assert!(!snap.exists(), "the old snapshot is deleted");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_that_fails_leaves_the_service_running_and_tries_again_later() {
+    let mut h = Harness::new("snapfail").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            snapshot_error: Some("No space left on device".into()),
+            ..Behaviour::default()
+        },
+    );
+    h.write("web.kdl", &standby_decl("web", "idle=\"1s\""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(1100)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    let gate = h.host.get().gates.get(&8080).cloned().unwrap();
+    assert!(gate.target.borrow().is_some(), "connections go through again");
+    let err = h.status("web").last_error.unwrap_or_default();
+    assert!(err.contains("standby failed: No space left on device"), "{err}");
+    let pid = h.pid("web");
+    h.run_for(Duration::from_millis(1200)).await;
+    assert!(h.host.get().snapshots.len() >= 2, "tried again after another idle time");
+    assert_eq!(h.pid("web"), pid, "the same VM all along");
+}

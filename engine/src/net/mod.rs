@@ -47,8 +47,13 @@ pub enum Error {
     BridgeFull { bridge: String, max: usize },
     #[error("cannot look at the host's links: {0}")]
     Probe(std::io::Error),
-    #[error("{0} has no tap to reopen")]
+    #[error("{0} has no tap to reopen (deleted behind the daemon's back?)")]
     NotAttached(String),
+}
+
+/// The host side's MAC of a service's tap (routed mode): stable, and never the guest's.
+fn host_mac(service: &str) -> MacAddr {
+    MacAddr::derived(&format!("host side of {service}"))
 }
 
 /// What a VM needs to be on the network.
@@ -134,7 +139,10 @@ impl HostNetwork {
             Mode::Routed => {
                 self.nl.add_address(index, self.pool.gateway(), 32).await?;
                 sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
-                self.nl.set_up(index).await?;
+                // The guest's gateway is this tap's MAC. A fixed one per service means a
+                // tap set up again (deleted behind our back, or after a reboot) is the
+                // gateway a guest resumed from a snapshot still has in its ARP cache.
+                self.nl.set_up_with_mac(index, host_mac(service).bytes()).await?;
                 self.nl.replace_route_v4(address, 32, index).await?;
                 self.nl.replace_neighbour(index, address, mac.bytes()).await?;
             }
@@ -168,6 +176,12 @@ impl HostNetwork {
             .get(service)
             .cloned()
             .ok_or_else(|| Error::NotAttached(service.to_string()))?;
+        // Opening a tap that is gone would create a new one, without address or route.
+        let c_name = std::ffi::CString::new(tap_name.as_str()).map_err(|_| Error::NotAttached(service.to_string()))?;
+        // SAFETY: a valid NUL-terminated name; if_nametoindex only reads it.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+            return Err(Error::NotAttached(service.to_string()));
+        }
         let address = self.pool.assign(service, None)?;
         let tap_fd = tap::create(&tap_name)?;
         Ok(Attachment {

@@ -81,6 +81,16 @@ impl Netlink {
             .map_err(request(format!("set link {index} up")))
     }
 
+    /// Sets the link up with this MAC address, in one request.
+    pub async fn set_up_with_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().address(mac.to_vec()).build())
+            .execute()
+            .await
+            .map_err(request(format!("set link {index} up")))
+    }
+
     pub async fn set_master(&self, index: u32, bridge: u32) -> Result<(), Error> {
         self.handle
             .link()

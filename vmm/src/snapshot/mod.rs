@@ -11,7 +11,7 @@ pub mod memory;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -77,32 +77,57 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Writes a snapshot into `dir` (created if needed). `fill` gets the open, empty memory
 /// file, writes guest memory into it and returns the state to record; the files appear
-/// under their real names only once both are complete.
+/// under their real names only once both are complete, and a failure (a full disk) leaves
+/// no partial files behind. A snapshot holds the guest's memory, secrets included: the
+/// directory is its owner's alone (0700, files 0600).
 pub fn write(dir: &Path, fill: impl FnOnce(&File) -> Result<(Snapshot, u64), String>) -> Result<u64, Error> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
     let state_tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let mem_file = OpenOptions::new()
+    let result = write_files(dir, &mem_tmp, &state_tmp, fill);
+    if result.is_err() {
+        let _ = fs::remove_file(&mem_tmp);
+        let _ = fs::remove_file(&state_tmp);
+    }
+    result
+}
+
+fn private_file(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&mem_tmp)
-        .map_err(io_err(&mem_tmp))?;
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+fn write_files(
+    dir: &Path,
+    mem_tmp: &Path,
+    state_tmp: &Path,
+    fill: impl FnOnce(&File) -> Result<(Snapshot, u64), String>,
+) -> Result<u64, Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))?;
+    let mem_file = private_file(mem_tmp)?;
     let (mut snapshot, written) = fill(&mem_file).map_err(|what| Error::Invalid {
         path: dir.to_path_buf(),
         what,
     })?;
-    snapshot.memory.file_ino = mem_file.metadata().map_err(io_err(&mem_tmp))?.ino();
+    snapshot.memory.file_ino = mem_file.metadata().map_err(io_err(mem_tmp))?.ino();
     let bytes = format::encode(&snapshot).map_err(|source| Error::Format {
-        path: state_tmp.clone(),
+        path: state_tmp.to_path_buf(),
         source,
     })?;
-    fs::write(&state_tmp, bytes).map_err(io_err(&state_tmp))?;
+    std::io::Write::write_all(&mut private_file(state_tmp)?, &bytes).map_err(io_err(state_tmp))?;
     let mem_path = dir.join(MEMORY_FILE);
-    fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
+    fs::rename(mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
     let state_path = dir.join(STATE_FILE);
-    fs::rename(&state_tmp, &state_path).map_err(io_err(&state_path))?;
+    fs::rename(state_tmp, &state_path).map_err(io_err(&state_path))?;
     Ok(written)
 }
 
