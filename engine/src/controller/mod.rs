@@ -363,6 +363,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 wake: std::sync::Arc::new(move || {
                     let _ = events.send(Event::Wake { name: waker.clone() });
                 }),
+                limits: crate::proxy::Limits::default(),
             };
             match self.net.listen(name, host, guest, gate) {
                 Ok(task) => {
