@@ -50,6 +50,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 started_unix_ms: record.started_unix_ms,
                 boot_ms: record.boot_ms,
                 tasks: Vec::new(),
+                unrecorded: None,
             };
             let Some(mut svc) = svc.take() else {
                 // No longer declared: there is no spec to supervise it by. Stop it; its

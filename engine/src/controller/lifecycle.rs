@@ -88,9 +88,14 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             started_unix_ms: unix_ms(),
             boot_ms: None,
             tasks: Vec::new(),
+            unrecorded: None,
         };
         if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
-            warn!(UNIKERNEL = %name, "cannot record the VM (a daemon restart would not adopt it): {e}");
+            // A VM nothing records would be found by no later daemon (it would run twice,
+            // or hold its tap): it does not run. Its end is handled like a quick crash.
+            error!(UNIKERNEL = %name, "cannot record VM pid {}: {e}; ending it", vm.process.pid());
+            let _ = vm.process.signal(Signal::Kill);
+            vm.unrecorded = Some(format!("cannot record the VM in the state directory: {e}"));
         }
         info!(
             UNIKERNEL = %name,
@@ -219,6 +224,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 };
                 let _ = svc.target.send(None);
                 let ran = old.started.elapsed();
+                let unrecorded = old.unrecorded.clone();
                 let kept = (old.spec_hash.clone(), old.address, old.tap.clone());
                 drop(old);
                 self.state_dir.clear_record(&name);
@@ -250,9 +256,10 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                     // We stopped it to replace or restart it.
                     return self.start(&name).await;
                 }
-                let reason = match exit.reason {
-                    Some(e) => format!("{}: {e}", exit.ended),
-                    None => exit.ended.to_string(),
+                let reason = match (unrecorded, exit.reason) {
+                    (Some(why), _) => why,
+                    (None, Some(e)) => format!("{}: {e}", exit.ended),
+                    (None, None) => exit.ended.to_string(),
                 };
                 warn!(UNIKERNEL = %name, "VM ended after {:.0} ms: {reason}", ran.as_secs_f64() * 1e3);
                 self.after_end(&name, exit.ended, ran, reason);

@@ -32,6 +32,8 @@ pub struct Vm<P: VmProcess> {
     pub boot_ms: Option<f64>,
     /// Exit watcher and readiness probe: they end with the VM (aborted on drop).
     pub tasks: Vec<JoinHandle<()>>,
+    /// Why it was ended at once: its record could not be written.
+    pub unrecorded: Option<String>,
 }
 
 impl<P: VmProcess> Drop for Vm<P> {

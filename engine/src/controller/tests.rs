@@ -808,3 +808,22 @@ async fn a_snapshot_that_fails_leaves_the_service_running_and_tries_again_later(
     assert!(h.host.get().snapshots.len() >= 2, "tried again after another idle time");
     assert_eq!(h.pid("web"), pid, "the same VM all along");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vm_that_cannot_be_recorded_does_not_run() {
+    let mut h = Harness::new("norecord").await;
+    // Its record's place is taken by a directory: writing the record fails.
+    std::fs::create_dir_all(h.root.join("run/services/web/vm.json/x")).unwrap();
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(50)).await;
+    assert!(!h.host.running().contains_key("web"), "no unrecorded VMM runs");
+    assert_eq!(h.state("web"), Some(State::Backoff));
+    let err = h.status("web").last_error.unwrap_or_default();
+    assert!(err.contains("cannot record the VM in the state directory"), "{err}");
+    // Room again: the next try runs and stays.
+    std::fs::remove_dir_all(h.root.join("run/services/web/vm.json")).unwrap();
+    h.run_for(Duration::from_secs(2)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert_eq!(h.host.running()["web"].len(), 1);
+}
