@@ -53,6 +53,19 @@ impl Daemon {
         self.start_with(&[]);
     }
 
+    /// Starts the daemon and returns at once (its first reconcile may be under way).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(cmd.spawn().expect("unikerneld"));
+    }
+
     /// Starts the daemon with extra environment variables.
     pub fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none());
@@ -204,6 +217,40 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Every live VMM process of this state directory, recorded or not, with its service
+    /// (found by its console socket path, as the daemon's own sweep finds them).
+    pub fn vmm_processes(&self) -> Vec<(u32, String)> {
+        let prefix = format!("unix:{}/", self.state.join("services").display());
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.first().is_some_and(|a| a.ends_with("unikernel-vmm")) || !alive(pid) {
+                continue;
+            }
+            let service = args
+                .windows(2)
+                .find(|w| w[0] == "--console")
+                .and_then(|w| w[1].strip_prefix(&prefix))
+                .and_then(|rest| rest.strip_suffix("/console.sock"));
+            if let Some(service) = service {
+                out.push((pid, service.to_string()));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 pub fn alive(pid: u32) -> bool {
     // A zombie is not alive; /proc/PID/stat's state field says.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -217,8 +264,9 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in self.recorded_pids() {
-            // SAFETY: kill(2) on a pid we recorded.
+        let found = self.vmm_processes().into_iter().map(|(pid, _)| pid);
+        for pid in self.recorded_pids().into_iter().chain(found) {
+            // SAFETY: kill(2) on a VMM of this test's state directory.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         std::thread::sleep(Duration::from_millis(50));
