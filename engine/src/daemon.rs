@@ -184,6 +184,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
     info!("ready: {}", ctl.snapshot().summary());
 
     let mut hup = signal(SignalKind::hangup())?;
+    let plans = crate::single_flight::SingleFlight::<crate::plan::Plan>::default();
     let mut resync = tokio::time::interval(resync_every);
     resync.tick().await;
     let mut publish_at: Option<tokio::time::Instant> = None;
@@ -212,11 +213,15 @@ pub async fn serve<L: Launcher, N: HostNet>(
                     let _ = tx.send(ctl.reload().await);
                 }
                 Request::Plan(tx) => {
-                    let (dir, observed) = ctl.plan_input();
-                    tokio::task::spawn_blocking(move || {
-                        let loaded = crate::decl::Loader::default().load_dir(&dir);
-                        let _ = tx.send(crate::plan::plan(&loaded.specs, &observed));
-                    });
+                    // One parse at a time, shared by every caller that asks meanwhile.
+                    if plans.join(tx) {
+                        let (dir, observed) = ctl.plan_input();
+                        let plans = plans.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let loaded = crate::decl::Loader::default().load_dir(&dir);
+                            plans.finish(crate::plan::plan(&loaded.specs, &observed));
+                        });
+                    }
                 }
                 Request::Start(name, tx) => {
                     let _ = tx.send(ctl.operator_start(&name).await);

@@ -11,6 +11,7 @@ pub mod decl;
 pub mod net;
 pub mod plan;
 pub mod proxy;
+pub mod single_flight;
 pub mod state_dir;
 pub mod status;
 pub mod supervise;

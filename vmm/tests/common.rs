@@ -270,6 +270,17 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// CPU time of every thread of `pid` so far, in nanoseconds (schedstat: exact, where
+/// `cpu_ticks` counts in 10 ms steps).
+pub fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Kills and reaps a child when dropped, so a failing test leaves no VM behind.
 pub struct KillOnDrop(pub std::process::Child);
 
