@@ -198,3 +198,18 @@ fn multiboot_images_that_cannot_boot_are_refused_with_the_reason() {
     assert!(err.contains("neither an ELF nor has an a.out kludge"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_fifo_or_a_directory_is_refused_at_once_not_waited_on() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.0.join("image.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path; mkfifo creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = std::time::Instant::now();
+    let err = refused(&fifo, &[]);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let err = refused(&dir.0, &[]);
+    assert!(err.contains("not a regular file"), "{err}");
+}

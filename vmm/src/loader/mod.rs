@@ -14,6 +14,7 @@ mod multiboot;
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
@@ -77,9 +78,21 @@ fn open(path: &Path) -> Result<(File, u64), Error> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
-    let len = file.metadata().map_err(io_err)?.len();
-    Ok((file, len))
+    // O_NONBLOCK: opening a FIFO must not block the VMM until a writer comes (a service
+    // would sit in `booting` for ever); only regular files are images.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO or device cannot be an image)",
+        )));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Reads up to `buf.len()` bytes at `offset`; short reads near the end of file are fine.
