@@ -111,7 +111,7 @@ impl Pending {
                     d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)));
                 }
             }
-            Change::Unknown => self.names = None,
+            Change::Unknown | Change::Replaced => self.names = None,
         }
         let now = tokio::time::Instant::now();
         let cap = self.due.map(|d| d.1).unwrap_or(now + watch::MAX_DELAY);
@@ -198,7 +198,15 @@ pub async fn serve<L: Launcher, N: HostNet>(
         }
         let deadline = pending.deadline();
         tokio::select! {
-            Some(change) = changed.recv() => pending.add(change),
+            Some(change) = changed.recv() => {
+                if change == Change::Replaced {
+                    // The old watch follows the old directory: watch the path afresh.
+                    info!("{} was replaced: watching it again", config_dir.display());
+                    watcher = None;
+                    try_watch(&mut watcher);
+                }
+                pending.add(change);
+            }
             _ = sleep_until(deadline) => {
                 pending.due = None;
                 match pending.names.take() {

@@ -18,21 +18,39 @@ pub const MAX_DELAY: Duration = Duration::from_millis(500);
 pub enum Change {
     Paths(Vec<PathBuf>),
     Unknown,
+    /// The directory itself was created, removed or renamed (a `rm -rf` and `mkdir`, a
+    /// `mv new conf`): the watch on it is stale and must be made again.
+    Replaced,
 }
 
-/// Watches `dir` (not recursively) and sends each change. Keep the returned watcher alive
-/// for as long as events are wanted.
+/// Watches `dir` (not recursively) and sends each change; also watches `dir`'s parent for
+/// `dir` itself coming and going, so a replaced directory is noticed at once instead of
+/// at the next resync. Works while `dir` does not exist yet. Keep the returned watcher
+/// alive for as long as events are wanted.
 pub fn watch(dir: &Path, changed: UnboundedSender<Change>) -> notify::Result<notify::RecommendedWatcher> {
+    let own = dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let change = match event {
             Ok(e) if e.kind.is_access() => return,
             Ok(e) if e.need_rescan() || e.paths.is_empty() => Change::Unknown,
+            Ok(e) if e.paths.iter().any(|p| *p == own) => Change::Replaced,
+            // The parent's other entries are none of our business.
+            Ok(e) if !e.paths.iter().any(|p| p.parent() == Some(own.as_path())) => return,
             Ok(e) => Change::Paths(e.paths),
             Err(_) => Change::Unknown,
         };
         let _ = changed.send(change);
     })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        watcher.watch(parent, RecursiveMode::NonRecursive)?;
+    }
+    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => {}
+        // Not there (yet): its creation shows in the parent's watch.
+        Err(_) if parent.is_some() && !dir.exists() => {}
+        Err(e) => return Err(e),
+    }
     Ok(watcher)
 }
 
@@ -53,5 +71,29 @@ mod tests {
             .unwrap()
             .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replaced_directory_is_reported_and_its_parent_is_otherwise_ignored() {
+        let parent = std::env::temp_dir().join(format!("uk-watchp-{}", std::process::id()));
+        let dir = parent.join("conf");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = watch(&dir, tx).unwrap();
+        std::fs::write(parent.join("unrelated"), "x").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        let mut seen = Vec::new();
+        while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            seen.push(c);
+        }
+        assert!(seen.contains(&Change::Replaced), "{seen:?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|c| matches!(c, Change::Paths(p) if p.iter().any(|p| p.ends_with("unrelated")))),
+            "{seen:?}"
+        );
+        std::fs::remove_dir_all(&parent).unwrap();
     }
 }

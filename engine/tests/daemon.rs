@@ -420,3 +420,31 @@ fn a_vmm_left_unrecorded_by_a_killed_daemon_is_ended_by_the_next() {
     assert_eq!(s.services.len(), 1);
     assert_eq!(d.get(8080).unwrap().1.trim(), "web 1", "one guest serves, a fresh one");
 }
+
+#[test]
+fn a_config_dir_deleted_and_made_again_is_watched_again_at_once() {
+    let mut d = Daemon::new("rewatch");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    // `rm -rf` and `mkdir` (a redeploy): nothing is stopped while the directory is gone,
+    // and what appears in the new one is applied long before the 30 s resync.
+    std::fs::remove_dir_all(&d.conf).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.service("web").unwrap().pid,
+        web.pid,
+        "an unreadable directory removes nothing"
+    );
+    std::fs::create_dir(&d.conf).unwrap();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    d.declare("api.kdl", &http_decl("api", 8081, ""));
+    let t = std::time::Instant::now();
+    d.running("api");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(d.service("web").unwrap().pid, web.pid);
+    // And the new directory's edits keep coming.
+    d.undeclare("api.kdl");
+    d.wait_for("api gone", Duration::from_secs(10), |s| s.services.len() == 1);
+    assert!(d.log_text().contains("was replaced: watching it again"));
+}
