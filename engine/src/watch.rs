@@ -33,7 +33,7 @@ pub fn watch(dir: &Path, changed: UnboundedSender<Change>) -> notify::Result<not
         let change = match event {
             Ok(e) if e.kind.is_access() => return,
             Ok(e) if e.need_rescan() || e.paths.is_empty() => Change::Unknown,
-            Ok(e) if e.paths.iter().any(|p| *p == own) => Change::Replaced,
+            Ok(e) if e.paths.contains(&own) => Change::Replaced,
             // The parent's other entries are none of our business.
             Ok(e) if !e.paths.iter().any(|p| p.parent() == Some(own.as_path())) => return,
             Ok(e) => Change::Paths(e.paths),
