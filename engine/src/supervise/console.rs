@@ -85,6 +85,8 @@ async fn connect(socket: &PathBuf, attempts: u32) -> Result<UnixStream, std::io:
 /// `first_line` fires when the guest's first line arrives (a readiness line). When another
 /// client takes the socket (the VMM serves one at a time), the follower takes it back,
 /// says so, and logs only what it had not seen (the header says where the replay starts).
+/// A guest that prints without end is rate-limited in the journal ([`LineBudget`]); the
+/// ring (and `unikernelctl logs`) keeps every line.
 pub async fn follow(
     service: String,
     socket: PathBuf,
@@ -105,6 +107,7 @@ pub async fn follow(
     // header says where we start.
     let mut seen: Option<u64> = None;
     let mut last_takeover: Option<tokio::time::Instant> = None;
+    let mut budget = LineBudget::new();
     loop {
         let mut reader = BufReader::new(stream);
         let mut header = Vec::new();
@@ -151,7 +154,21 @@ pub async fn follow(
             replay_left = replay_left.saturating_sub(n);
             let text = clean(&line);
             if !replayed || log_rest_of_replay {
-                tracing::info!(target: "console", UNIKERNEL = %service, "{text}");
+                match budget.take() {
+                    Verdict::Log { dropped: 0 } => {
+                        tracing::info!(target: "console", UNIKERNEL = %service, "{text}")
+                    }
+                    Verdict::Log { dropped } => {
+                        tracing::warn!(
+                            UNIKERNEL = %service,
+                            "{dropped} console lines were not logged (more than {} lines/s); `unikernelctl logs` has the last {}",
+                            LineBudget::PER_SEC,
+                            RING_LINES
+                        );
+                        tracing::info!(target: "console", UNIKERNEL = %service, "{text}");
+                    }
+                    Verdict::Drop => {}
+                }
             }
             ring.push(text);
             if let Some(tx) = first_line.take() {
@@ -173,9 +190,78 @@ pub async fn follow(
     }
 }
 
+/// How many console lines per second of one service go to the journal: a steady rate
+/// with a burst allowance (a token bucket), so a boot banner always gets through and a
+/// guest printing 20,000 lines/s costs the daemon little.
+pub struct LineBudget {
+    tokens: f64,
+    last: tokio::time::Instant,
+    dropped: u64,
+}
+
+/// What to do with one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Log it; `dropped` lines were not logged since the last one that was.
+    Log {
+        dropped: u64,
+    },
+    Drop,
+}
+
+impl LineBudget {
+    pub const PER_SEC: u32 = 200;
+    pub const BURST: u32 = 1000;
+
+    pub fn new() -> Self {
+        LineBudget {
+            tokens: f64::from(Self::BURST),
+            last: tokio::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    pub fn take(&mut self) -> Verdict {
+        let now = tokio::time::Instant::now();
+        let refill = (now - self.last).as_secs_f64() * f64::from(Self::PER_SEC);
+        self.tokens = (self.tokens + refill).min(f64::from(Self::BURST));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Verdict::Log {
+                dropped: std::mem::take(&mut self.dropped),
+            }
+        } else {
+            self.dropped += 1;
+            Verdict::Drop
+        }
+    }
+}
+
+impl Default for LineBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_cut_to_the_rate_and_the_dropped_lines_are_counted() {
+        let mut b = LineBudget::new();
+        let logged = (0..5000).filter(|_| b.take() != Verdict::Drop).count();
+        assert_eq!(logged, LineBudget::BURST as usize, "the burst, then nothing");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // 100 ms at 200/s: 20 more, the first of which reports the 4,000 dropped.
+        assert_eq!(b.take(), Verdict::Log { dropped: 4000 });
+        let more = (0..100).filter(|_| b.take() != Verdict::Drop).count();
+        assert_eq!(more, 19);
+        // A quiet guest gets its whole burst back.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!((0..1000).filter(|_| b.take() != Verdict::Drop).count(), 1000);
+    }
 
     #[test]
     fn the_ring_is_bounded_and_tails_in_order() {
