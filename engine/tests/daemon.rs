@@ -448,3 +448,23 @@ fn a_config_dir_deleted_and_made_again_is_watched_again_at_once() {
     d.wait_for("api gone", Duration::from_secs(10), |s| s.services.len() == 1);
     assert!(d.log_text().contains("was replaced: watching it again"));
 }
+
+#[test]
+fn a_vmm_stopped_with_sigstop_is_found_and_replaced() {
+    let mut d = Daemon::new("sigstop");
+    d.args = vec!["--resync".into(), "1".into()];
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+    let pid = web.pid.unwrap();
+    // SAFETY: kill(2) on the VMM this test's daemon started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let s = d.wait_for("a new VMM", LONG, |s| {
+        s.services[0].state == State::Running && s.services[0].pid.is_some_and(|p| p != pid)
+    });
+    let err = s.services[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("stopped answering"), "{err}");
+    assert!(!alive(pid), "the stopped VMM was killed");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1", "a fresh guest serves");
+}

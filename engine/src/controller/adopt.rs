@@ -51,6 +51,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 boot_ms: record.boot_ms,
                 tasks: Vec::new(),
                 unrecorded: None,
+                unanswered: 0,
             };
             let Some(mut svc) = svc.take() else {
                 // No longer declared: there is no spec to supervise it by. Stop it; its

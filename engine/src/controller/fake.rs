@@ -33,6 +33,8 @@ pub struct Behaviour {
     pub restore_fails: bool,
     /// Snapshots fail with this reason (a full disk); the VM runs on.
     pub snapshot_error: Option<String>,
+    /// Its VMM stops answering (SIGSTOP, a hang) once ready.
+    pub hangs: bool,
 }
 
 impl Default for Behaviour {
@@ -44,6 +46,7 @@ impl Default for Behaviour {
             spawn_error: None,
             restore_fails: false,
             snapshot_error: None,
+            hangs: false,
         }
     }
 }
@@ -200,6 +203,16 @@ impl Launcher for FakeLauncher {
 impl VmProcess for FakeVm {
     fn pid(&self) -> u32 {
         self.pid
+    }
+
+    fn responsive(&self) -> BoxFuture<bool> {
+        let hangs = self.host.get().behaviour.get(&self.vmm.name).is_some_and(|b| b.hangs);
+        Box::pin(async move {
+            if hangs {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            !hangs
+        })
     }
 
     fn snapshot(&self, _dir: std::path::PathBuf) -> BoxFuture<Result<super::host::Saved, String>> {

@@ -81,6 +81,10 @@ pub trait VmProcess: 'static {
     /// printed its first console line; a restored VM serves as soon as it runs again.
     /// Called at most once.
     fn ready(&mut self, probe: Option<SocketAddrV4>) -> BoxFuture<()>;
+    /// Whether the VMM still answers (its event loop runs): false when it is stopped
+    /// (SIGSTOP) or hung. A VMM without a control socket (started by an older daemon)
+    /// counts as answering.
+    fn responsive(&self) -> BoxFuture<bool>;
     /// Asks the VMM to save the VM into `dir` and end (standby). The VMM then ends with
     /// [`contract::exit::ExitStatus::Saved`].
     fn snapshot(&self, dir: std::path::PathBuf) -> BoxFuture<Result<Saved, String>>;

@@ -89,6 +89,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             boot_ms: None,
             tasks: Vec::new(),
             unrecorded: None,
+            unanswered: 0,
         };
         if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
             // A VM nothing records would be found by no later daemon (it would run twice,
@@ -277,6 +278,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Event::Wake { name } => self.wake(&name).await,
             Event::IdleDue { name, timer } => self.on_idle_due(&name, timer),
             Event::Saved { name, vm, result } => self.on_saved(&name, vm, result),
+            Event::Liveness { name, vm, answered } => self.on_liveness(&name, vm, answered),
             Event::KillDue { name, vm } => {
                 let stopping = self.services.get(&name).and_then(|s| s.vm.as_ref());
                 let leaving = self.leaving.get(&name);

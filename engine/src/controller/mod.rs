@@ -96,6 +96,12 @@ pub enum Event {
         name: String,
         timer: u64,
     },
+    /// A liveness ping of a running VM's VMM came back (or did not).
+    Liveness {
+        name: String,
+        vm: u64,
+        answered: bool,
+    },
     /// The VMM answered a snapshot request.
     Saved {
         name: String,
@@ -186,6 +192,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     pub async fn resync(&mut self) -> Plan {
         let plan = self.converge().await;
         self.repair().await;
+        self.check_liveness();
         plan
     }
 

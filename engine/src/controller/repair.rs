@@ -5,9 +5,12 @@
 //! (taken by someone else) is tried again.
 use tracing::warn;
 
-use super::host::{Drift, HostNet, Launcher};
-use super::Controller;
+use super::host::{Drift, HostNet, Launcher, Signal, VmProcess};
+use super::{Controller, Event};
 use crate::status::State;
+
+/// Liveness pings in a row a VMM may miss before it is restarted.
+const UNANSWERED_LIMIT: u32 = 2;
 
 impl<L: Launcher, N: HostNet> Controller<L, N> {
     pub(super) async fn repair(&mut self) {
@@ -44,5 +47,53 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 }
             }
         }
+    }
+
+    /// Pings every running VM's VMM over its control socket (off the loop; the answers
+    /// come back as events). A VMM stopped with SIGSTOP, or hung, holds its guest and its
+    /// host port hostage while looking alive to a pidfd: it is found here.
+    pub(super) fn check_liveness(&self) {
+        for (name, svc) in &self.services {
+            let Some(vm) = svc.vm.as_ref() else { continue };
+            if svc.state != State::Running || svc.standby.saving {
+                continue;
+            }
+            let ping = vm.process.responsive();
+            let (tx, name, id) = (self.events.clone(), name.clone(), vm.id);
+            tokio::spawn(async move {
+                let answered = ping.await;
+                let _ = tx.send(Event::Liveness { name, vm: id, answered });
+            });
+        }
+    }
+
+    pub(super) fn on_liveness(&mut self, name: &str, vm: u64, answered: bool) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let Some(v) = svc.vm.as_mut().filter(|v| v.id == vm) else {
+            return;
+        };
+        if answered {
+            v.unanswered = 0;
+            return;
+        }
+        v.unanswered += 1;
+        if v.unanswered < UNANSWERED_LIMIT || svc.state != State::Running {
+            return;
+        }
+        let pid = v.process.pid();
+        warn!(
+            UNIKERNEL = %name,
+            "VM pid {pid} stopped answering its control socket ({} checks in a row): killing it and starting again",
+            v.unanswered
+        );
+        let _ = v.process.signal(Signal::Kill);
+        svc.last_error = Some(format!(
+            "the VMM (pid {pid}) stopped answering (stopped with SIGSTOP, or hung); restarted"
+        ));
+        svc.restarts += 1;
+        // Its end (the kill works on a stopped process) starts the next VM.
+        svc.set_state(State::Stopping);
+        let _ = svc.target.send(None);
+        self.status_dirty = true;
     }
 }

@@ -34,6 +34,8 @@ pub struct Vm<P: VmProcess> {
     pub tasks: Vec<JoinHandle<()>>,
     /// Why it was ended at once: its record could not be written.
     pub unrecorded: Option<String>,
+    /// Liveness pings in a row it did not answer.
+    pub unanswered: u32,
 }
 
 impl<P: VmProcess> Drop for Vm<P> {

@@ -827,3 +827,36 @@ async fn a_vm_that_cannot_be_recorded_does_not_run() {
     assert_eq!(h.state("web"), Some(State::Running));
     assert_eq!(h.host.running()["web"].len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vmm_that_stops_answering_is_killed_and_started_again() {
+    let mut h = Harness::new("hang").await;
+    h.write("web.kdl", &decl("web", "net { expose 8080 guest=80 }\n"));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let first = h.pid("web").unwrap();
+    // Answering: nothing happens however often it is asked.
+    for _ in 0..3 {
+        h.ctl().resync().await;
+        h.run_for(Duration::from_secs(1)).await;
+    }
+    assert_eq!(h.pid("web"), Some(first));
+    h.host.behave(
+        "web",
+        Behaviour {
+            hangs: true,
+            ..Behaviour::default()
+        },
+    );
+    h.ctl().resync().await;
+    h.run_for(Duration::from_secs(6)).await;
+    assert_eq!(h.pid("web"), Some(first), "one missed ping is not enough");
+    h.ctl().resync().await;
+    h.run_for(Duration::from_secs(6)).await;
+    assert!(h.host.get().signals.contains(&(first, Signal::Kill)));
+    let now = h.pid("web").unwrap();
+    assert_ne!(now, first, "a new VM runs");
+    assert_eq!(h.state("web"), Some(State::Running));
+    let err = h.status("web").last_error.unwrap_or_default();
+    assert!(err.contains("stopped answering"), "{err}");
+}

@@ -10,6 +10,10 @@ use tokio::net::UnixStream;
 /// anything much longer is a VMM that no longer answers.
 const REPLY_LIMIT: Duration = Duration::from_secs(30);
 
+/// How long a VMM may take to answer a liveness ping (its event loop answers in
+/// microseconds; this allows for a host under heavy load).
+pub const LIVENESS_LIMIT: Duration = Duration::from_secs(5);
+
 /// Sends one request and reads its reply.
 pub async fn request(path: &Path, request: &Request) -> std::io::Result<Reply> {
     let mut stream = UnixStream::connect(path).await?;

@@ -184,6 +184,20 @@ fn service_of(cmdline: &[u8], services: &Path) -> Option<String> {
 }
 
 impl VmProcess for Vmm {
+    fn responsive(&self) -> BoxFuture<bool> {
+        let control = self.control.clone();
+        Box::pin(async move {
+            if !control.exists() {
+                return true;
+            }
+            let ping = super::control::request(&control, &contract::control::Request::Ping);
+            matches!(
+                tokio::time::timeout(super::control::LIVENESS_LIMIT, ping).await,
+                Ok(Ok(contract::control::Reply::Ok(_)))
+            )
+        })
+    }
+
     fn snapshot(&self, dir: PathBuf) -> BoxFuture<Result<crate::controller::host::Saved, String>> {
         let control = self.control.clone();
         Box::pin(async move {
