@@ -167,10 +167,11 @@ impl Gate {
     }
 }
 
-/// Binds `host_port` on all addresses (so the bind error, e.g. port in use, is immediate)
-/// and serves it until the returned task is aborted.
-pub fn listen(service: &str, host_port: u16, guest_port: u16, gate: Gate) -> std::io::Result<JoinHandle<()>> {
-    let std_listener = std::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], host_port)))?;
+/// Binds `bind` (0.0.0.0 for every address; the bind error, e.g. port in use, is
+/// immediate) and serves it until the returned task is aborted.
+pub fn listen(service: &str, bind: SocketAddrV4, guest_port: u16, gate: Gate) -> std::io::Result<JoinHandle<()>> {
+    let host_port = bind.port();
+    let std_listener = std::net::TcpListener::bind(SocketAddr::V4(bind))?;
     std_listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(std_listener)?;
     let service = service.to_string();
@@ -301,6 +302,10 @@ mod tests {
         (gate, woken)
     }
 
+    fn any(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)
+    }
+
     fn free_port() -> u16 {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         free.local_addr().unwrap().port()
@@ -314,7 +319,7 @@ mod tests {
         let host_port = free_port();
         let (gate, woken) = gate(rx);
         let activity = gate.activity.clone();
-        let task = listen("t", host_port, backend_port, gate).unwrap();
+        let task = listen("t", any(host_port), backend_port, gate).unwrap();
         let client = tokio::spawn(async move {
             let mut c = TcpStream::connect(("127.0.0.1", host_port)).await.unwrap();
             c.write_all(b"ping").await.unwrap();
@@ -350,7 +355,7 @@ mod tests {
         let (tx, rx) = watch::channel(Some(Ipv4Addr::LOCALHOST));
         let host_port = free_port();
         let (gate, woken) = gate(rx);
-        let _task = listen("t", host_port, backend_port, gate).unwrap();
+        let _task = listen("t", any(host_port), backend_port, gate).unwrap();
         let mut c = TcpStream::connect(("127.0.0.1", host_port)).await.unwrap();
         c.write_all(b"one").await.unwrap();
         let (mut s, _) = backend.accept().await.unwrap();
@@ -379,7 +384,7 @@ mod tests {
             idle_timeout: Duration::from_millis(300),
         };
         let activity = capped.activity.clone();
-        let _task = listen("t", host_port, 1, capped).unwrap();
+        let _task = listen("t", any(host_port), 1, capped).unwrap();
         // No guest: four wait, the others are closed at once.
         let mut clients = Vec::new();
         for _ in 0..7 {
@@ -405,7 +410,7 @@ mod tests {
         let port2 = free_port();
         let (mut gate2, _) = gate(rx2);
         gate2.limits.idle_timeout = Duration::from_millis(300);
-        let _task2 = listen("t", port2, backend.local_addr().unwrap().port(), gate2).unwrap();
+        let _task2 = listen("t", any(port2), backend.local_addr().unwrap().port(), gate2).unwrap();
         let mut c = TcpStream::connect(("127.0.0.1", port2)).await.unwrap();
         let (_s, _) = backend.accept().await.unwrap();
         let t = std::time::Instant::now();
@@ -424,6 +429,6 @@ mod tests {
         let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         let (_tx, rx) = watch::channel(None);
-        assert!(listen("t", port, 80, gate(rx).0).is_err());
+        assert!(listen("t", any(port), 80, gate(rx).0).is_err());
     }
 }

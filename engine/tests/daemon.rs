@@ -468,3 +468,34 @@ fn a_vmm_stopped_with_sigstop_is_found_and_replaced() {
     assert!(!alive(pid), "the stopped VMM was killed");
     assert_eq!(d.get(8080).unwrap().1.trim(), "web 1", "a fresh guest serves");
 }
+
+#[test]
+fn a_host_port_bound_to_loopback_is_not_served_elsewhere_and_can_move_in_place() {
+    let mut d = Daemon::new("bind");
+    d.start();
+    let decl = |bind: &str| {
+        format!(
+            "unikernel \"web\" {{\n    image \"{}\"\n    cmdline \"name=web port=80\"\n    net {{ expose 8080 guest=80{bind} }}\n}}\n",
+            image("http").display()
+        )
+    };
+    d.declare("web.kdl", &decl(" bind=\"127.0.0.1\""));
+    let web = d.running("web");
+    assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+    // The pool's gateway is an address of this host (on the tap): not served there.
+    let gateway = "10.200.0.1:8080";
+    let other = d.ns.run(move || http_get(gateway));
+    assert!(other.is_err(), "served on {gateway}: {other:?}");
+    // All addresses again: an update in place, the same VM.
+    d.declare("web.kdl", &decl(""));
+    let deadline = std::time::Instant::now() + LONG;
+    let served = loop {
+        if let Ok(r) = d.ns.run(move || http_get(gateway)) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served on {gateway}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(served.1.trim(), "web 2");
+    assert_eq!(d.service("web").unwrap().pid, web.pid);
+}

@@ -362,3 +362,18 @@ fn standby_settings_parse_and_their_mistakes_say_where() {
     assert!(with_net("\"30s\"").message.contains("properties, not values"));
     assert!(with_net("prewarm=\"yes\"").message.contains("#true or #false"));
 }
+
+#[test]
+fn a_host_port_may_name_its_bind_address() {
+    let (specs, diags) =
+        parse("unikernel \"web\" {\n    image \"/x\"\n    net {\n        expose 8080 guest=80 bind=\"127.0.0.1\"\n        expose 9090\n    }\n}\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    let e: Vec<_> = specs[0].exposed().collect();
+    assert_eq!(e[0].bind, std::net::Ipv4Addr::LOCALHOST);
+    assert!(e[1].bind.is_unspecified(), "all addresses by default");
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { expose 8080 bind=\"localhost\" }\n}\n");
+    assert_eq!(e.line, 3);
+    assert!(e.message.contains("bind takes one IPv4 address"), "{}", e.message);
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { expose 8080 bnd=\"127.0.0.1\" }\n}\n");
+    assert_eq!(e.help.as_deref(), Some("did you mean `bind`?"));
+}

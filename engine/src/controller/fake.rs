@@ -328,7 +328,8 @@ impl HostNet for FakeNet {
         Ok(())
     }
 
-    fn listen(&mut self, service: &str, host_port: u16, _guest: u16, gate: Gate) -> io::Result<JoinHandle<()>> {
+    fn listen(&mut self, service: &str, bind: SocketAddrV4, _guest: u16, gate: Gate) -> io::Result<JoinHandle<()>> {
+        let host_port = bind.port();
         let mut host = self.0.get();
         if host.taken_ports.contains(&host_port) || host.listeners.get(&host_port).is_some_and(|s| s != service) {
             return Err(io::Error::from(io::ErrorKind::AddrInUse));

@@ -115,7 +115,7 @@ pub trait HostNet {
     async fn drift(&mut self) -> Result<Vec<(String, Drift)>, net::Error>;
     /// Re-wires the tap of `service` (up, route, neighbour), for [`Drift::Unwired`].
     async fn rewire(&mut self, service: &str) -> Result<(), net::Error>;
-    /// Listens on `host_port` and splices connections to `guest_port` at `target`, until
-    /// the task is aborted. Binding errors are immediate.
-    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, gate: Gate) -> io::Result<JoinHandle<()>>;
+    /// Listens on `bind` (address and host port) and splices connections to `guest_port`
+    /// of the gate's target, until the task is aborted. Binding errors are immediate.
+    fn listen(&mut self, service: &str, bind: SocketAddrV4, guest_port: u16, gate: Gate) -> io::Result<JoinHandle<()>>;
 }

@@ -279,6 +279,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Event::IdleDue { name, timer } => self.on_idle_due(&name, timer),
             Event::Saved { name, vm, result } => self.on_saved(&name, vm, result),
             Event::Liveness { name, vm, answered } => self.on_liveness(&name, vm, answered),
+            Event::Relisten { name } => self.sync_listeners(&name),
             Event::KillDue { name, vm } => {
                 let stopping = self.services.get(&name).and_then(|s| s.vm.as_ref());
                 let leaving = self.leaving.get(&name);

@@ -96,6 +96,10 @@ pub enum Event {
         name: String,
         timer: u64,
     },
+    /// Open the host-port listeners of a service again (one it replaced was still closing).
+    Relisten {
+        name: String,
+    },
     /// A liveness ping of a running VM's VMM came back (or did not).
     Liveness {
         name: String,
@@ -348,17 +352,20 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     }
 
     /// Opens the host-port listeners the spec asks for and closes the others.
-    fn sync_listeners(&mut self, name: &str) {
+    pub(super) fn sync_listeners(&mut self, name: &str) {
         let Some(svc) = self.services.get_mut(name) else { return };
-        let wanted: BTreeMap<u16, u16> = svc.spec.exposed().map(|e| (e.host, e.guest)).collect();
+        let wanted: BTreeMap<u16, (u16, std::net::Ipv4Addr)> =
+            svc.spec.exposed().map(|e| (e.host, (e.guest, e.bind))).collect();
+        let mut closed = Vec::new();
         svc.listeners.retain(|host, (guest, task)| {
             let keep = wanted.get(host) == Some(guest);
             if !keep {
                 task.abort();
+                closed.push(*host);
             }
             keep
         });
-        for (host, guest) in wanted {
+        for (host, (guest, bind)) in wanted {
             if svc.listeners.contains_key(&host) {
                 continue;
             }
@@ -372,15 +379,28 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 }),
                 limits: crate::proxy::Limits::default(),
             };
-            match self.net.listen(name, host, guest, gate) {
+            match self
+                .net
+                .listen(name, std::net::SocketAddrV4::new(bind, host), guest, gate)
+            {
                 Ok(task) => {
-                    svc.listeners.insert(host, (guest, task));
+                    svc.listeners.insert(host, ((guest, bind), task));
                     let bind_error = format!("cannot listen on host port {host}: ");
                     if svc.last_error.as_ref().is_some_and(|e| e.starts_with(&bind_error)) {
                         info!(UNIKERNEL = %name, "listening on host port {host} now");
                         svc.last_error = None;
                         self.status_dirty = true;
                     }
+                }
+                Err(e) if closed.contains(&host) && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    // The listener it replaces closes when its task is next polled: try
+                    // again in a moment rather than at the next resync.
+                    let tx = self.events.clone();
+                    let name = name.to_string();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        let _ = tx.send(Event::Relisten { name });
+                    });
                 }
                 Err(e) => {
                     let msg = format!("cannot listen on host port {host}: {e}");

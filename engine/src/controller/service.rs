@@ -83,8 +83,8 @@ pub struct Service<P: VmProcess> {
     pub held: bool,
     /// The guest address while running: what the host-port proxies connect to.
     pub target: watch::Sender<Option<Ipv4Addr>>,
-    /// Host port -> (guest port, listener task).
-    pub listeners: BTreeMap<u16, (u16, JoinHandle<()>)>,
+    /// Host port -> ((guest port, bind address), listener task).
+    pub listeners: BTreeMap<u16, ((u16, Ipv4Addr), JoinHandle<()>)>,
     /// Traffic through its host ports (the idle clock of `standby`).
     pub activity: Arc<Activity>,
     pub standby: Standby,

@@ -516,24 +516,40 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
             "expose" => {
                 let mut host = None;
                 let mut guest = None;
+                let mut bind = Ipv4Addr::UNSPECIFIED;
                 for e in child.entries() {
                     match e.name().map(|n| n.value()) {
                         None if host.is_none() => host = integer(r, e, "the host port", 1..=65535, diags),
                         Some("guest") => guest = integer(r, e, "the guest port", 1..=65535, diags),
+                        Some("bind") => match string(r, e, "bind", diags).map(str::parse::<Ipv4Addr>) {
+                            Some(Ok(a)) if !a.is_multicast() && !a.is_broadcast() => bind = a,
+                            Some(_) => diags.push(r.error(
+                                e.span(),
+                                "bind takes one IPv4 address of this host",
+                                "not a host address",
+                                Some(
+                                    "write bind=\"127.0.0.1\" (this host only) or leave it out (all addresses)".into(),
+                                ),
+                            )),
+                            None => {}
+                        },
                         None => diags.push(r.error(
                             e.span(),
                             "expose takes one host port",
                             "extra value",
                             Some("write expose 8080 guest=80".into()),
                         )),
-                        Some(other) => diags.push(r.error(
-                            e.span(),
-                            format!("unknown property `{other}`"),
-                            "unknown",
-                            Some(
-                                did_you_mean(other, &["guest"]).unwrap_or_else(|| "write expose 8080 guest=80".into()),
+                        Some(other) => diags.push(
+                            r.error(
+                                e.span(),
+                                format!("unknown property `{other}`"),
+                                "unknown",
+                                Some(
+                                    did_you_mean(other, &["guest", "bind"])
+                                        .unwrap_or_else(|| "write expose 8080 guest=80 [bind=\"127.0.0.1\"]".into()),
+                                ),
                             ),
-                        )),
+                        ),
                     }
                 }
                 match host {
@@ -546,6 +562,7 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
                     Some(h) => spec.expose.push(Expose {
                         host: h as u16,
                         guest: guest.unwrap_or(h) as u16,
+                        bind,
                     }),
                     None => diags.push(r.error(
                         child.span(),

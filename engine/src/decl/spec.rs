@@ -52,6 +52,8 @@ impl RestartPolicy {
 pub struct Expose {
     pub host: u16,
     pub guest: u16,
+    /// The host address the port listens on (0.0.0.0: all of them).
+    pub bind: Ipv4Addr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +146,13 @@ impl Spec {
 
     /// The fields applied to a running VM without replacing it.
     pub fn live_fields(&self) -> [(&'static str, String); 3] {
-        let expose: Vec<String> = self.exposed().map(|e| format!("{}:{}", e.host, e.guest)).collect();
+        let expose: Vec<String> = self
+            .exposed()
+            .map(|e| match e.bind.is_unspecified() {
+                true => format!("{}:{}", e.host, e.guest),
+                false => format!("{}:{}:{}", e.bind, e.host, e.guest),
+            })
+            .collect();
         [
             ("expose", expose.join(",")),
             ("restart", self.restart.as_str().to_string()),

@@ -281,7 +281,13 @@ impl HostNet for HostNetwork {
         HostNetwork::rewire(self, service).await
     }
 
-    fn listen(&mut self, service: &str, host_port: u16, guest_port: u16, gate: Gate) -> io::Result<JoinHandle<()>> {
-        crate::proxy::listen(service, host_port, guest_port, gate)
+    fn listen(
+        &mut self,
+        service: &str,
+        bind: std::net::SocketAddrV4,
+        guest_port: u16,
+        gate: Gate,
+    ) -> io::Result<JoinHandle<()>> {
+        crate::proxy::listen(service, bind, guest_port, gate)
     }
 }
