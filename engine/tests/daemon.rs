@@ -499,3 +499,49 @@ fn a_host_port_bound_to_loopback_is_not_served_elsewhere_and_can_move_in_place()
     assert_eq!(served.1.trim(), "web 2");
     assert_eq!(d.service("web").unwrap().pid, web.pid);
 }
+
+#[test]
+fn running_out_of_file_descriptors_is_survived_and_everything_recovers() {
+    let mut d = Daemon::new("nofile");
+    d.nofile = Some(96);
+    d.args = vec!["--resync".into(), "1".into()];
+    d.start();
+    // A service whose guest never comes: its host port keeps connections waiting.
+    d.declare(
+        "web.kdl",
+        "unikernel \"web\" {\n    image \"/nonexistent\"\n    restart \"never\"\n    net { expose 8080 }\n}\n",
+    );
+    d.wait_for("web failed", LONG, |s| {
+        s.services.iter().any(|x| x.state == State::Failed)
+    });
+    // Remote clients pile up until the daemon has no descriptor left.
+    let clients = d.ns.run(|| {
+        (0..150)
+            .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:8080").ok())
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile a new service is declared (no host port: its first console line is its
+    // readiness, the case that used to hang in `booting` when the console could not be
+    // connected).
+    d.declare(
+        "api.kdl",
+        &format!(
+            "unikernel \"api\" {{\n    image \"{}\"\n    cmdline \"name=api port=80\"\n    net {{ }}\n}}\n",
+            image("http").display()
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    drop(clients);
+    // The waiting connections end (their clients left, or the 10 s wait runs out), the
+    // descriptors come back, and the daemon catches up on its own.
+    let s = d.wait_for("api running after the exhaustion", Duration::from_secs(60), |s| {
+        s.services.iter().any(|x| x.name == "api" && x.state == State::Running)
+    });
+    assert!(s.services.iter().any(|x| x.name == "web" && x.state == State::Failed));
+    let log = d.log_text();
+    assert!(log.contains("Too many open files"), "the exhaustion was said:\n{log}");
+    // And it keeps converging: a removal is applied.
+    d.undeclare("api.kdl");
+    d.wait_for("api gone", LONG, |s| s.services.len() == 1);
+}

@@ -131,6 +131,8 @@ pub struct Controller<L: Launcher, N: HostNet> {
     /// What was last logged about the declarations, so a resync does not repeat it.
     last_reported: Vec<String>,
     status_dirty: bool,
+    /// Why status.json could not be written last time, if it could not.
+    status_error: Option<String>,
     /// Held for the daemon's life: one daemon per state directory.
     _lock: std::fs::File,
 }
@@ -161,6 +163,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             decl_errors: Vec::new(),
             last_reported: Vec::new(),
             status_dirty: true,
+            status_error: None,
             _lock: lock,
         })
     }
@@ -480,8 +483,22 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         crate::systemd::status(&snap.summary());
         match serde_json::to_vec_pretty(&snap) {
             Ok(json) => {
-                if let Err(e) = write_atomic(&self.state_dir.status_file(), &json) {
-                    warn!("cannot write {}: {e}", self.state_dir.status_file().display());
+                match write_atomic(&self.state_dir.status_file(), &json) {
+                    Ok(()) => {
+                        if self.status_error.take().is_some() {
+                            info!("{} is written again", self.state_dir.status_file().display());
+                        }
+                    }
+                    Err(e) => {
+                        // Tried again at the next publish: a full disk or fd table must
+                        // not leave a stale status behind once there is room. Said once.
+                        let msg = format!("cannot write {}: {e}", self.state_dir.status_file().display());
+                        if self.status_error.as_ref() != Some(&msg) {
+                            warn!("{msg} (trying again)");
+                            self.status_error = Some(msg);
+                        }
+                        self.status_dirty = true;
+                    }
                 }
             }
             Err(e) => warn!("cannot encode the status: {e}"),

@@ -66,13 +66,44 @@ fn clean(bytes: &[u8]) -> String {
 /// follower waits this long before taking it back (no busy tug of war).
 const RECONNECT_AFTER: Duration = Duration::from_millis(50);
 
-async fn connect(socket: &PathBuf, attempts: u32) -> Result<UnixStream, std::io::Error> {
+/// The daemon is out of something (descriptors, memory): not a reason to give up on a
+/// console, only to wait until there is room again.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
+/// Connects to the console socket: `attempts` tries 2 ms apart while it does not exist
+/// yet; while the daemon is out of descriptors, for as long as that lasts (the follower
+/// ends with its VM, which aborts it), saying so once.
+async fn connect(service: &str, socket: &PathBuf, attempts: u32) -> Result<UnixStream, std::io::Error> {
     let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
-    for _ in 0..attempts {
+    let mut tries = 0;
+    let mut said = false;
+    while tries < attempts {
         match UnixStream::connect(socket).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                if said {
+                    tracing::info!(UNIKERNEL = %service, "console socket connected again: the daemon has room again");
+                }
+                return Ok(s);
+            }
+            Err(e) if out_of_resources(&e) => {
+                if !said {
+                    said = true;
+                    tracing::warn!(
+                        UNIKERNEL = %service,
+                        "cannot connect to the console socket {}: {e}; trying again until there is room",
+                        socket.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             Err(e) => {
                 last = e;
+                tries += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -95,7 +126,7 @@ pub async fn follow(
     mut first_line: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     // The VMM binds the socket before the guest runs; give it a moment to appear.
-    let mut stream = match connect(&socket, 500).await {
+    let mut stream = match connect(&service, &socket, 500).await {
         Ok(s) => s,
         Err(e) => {
             // The errno matters: EMFILE (the daemon is out of fds) is not ENOENT.
@@ -184,7 +215,9 @@ pub async fn follow(
         if last_takeover.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             tokio::time::sleep(RECONNECT_AFTER).await;
         }
-        let Ok(again) = connect(&socket, 1).await else { return };
+        let Ok(again) = connect(&service, &socket, 1).await else {
+            return;
+        };
         last_takeover = Some(tokio::time::Instant::now());
         stream = again;
     }

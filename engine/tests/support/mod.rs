@@ -27,6 +27,8 @@ pub struct Daemon {
     pub log: PathBuf,
     /// Extra daemon arguments.
     pub args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) for the daemon, when a test wants it low.
+    pub nofile: Option<u64>,
     child: Option<Child>,
 }
 
@@ -45,6 +47,7 @@ impl Daemon {
             conf,
             dir,
             args: Vec::new(),
+            nofile: None,
             child: None,
         }
     }
@@ -96,6 +99,22 @@ impl Daemon {
             .arg(vmm_binary())
             .args(&self.args)
             .env("RUST_LOG", "info");
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; the limit is inherited through exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    match libc::setrlimit(libc::RLIMIT_NOFILE, &lim) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+        }
         cmd
     }
 
