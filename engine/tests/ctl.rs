@@ -104,3 +104,41 @@ fn deeply_nested_and_huge_files_are_errors_not_crashes() {
     assert!(err.contains("huge.kdl:16385:3"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn check_knows_the_pool_the_host_and_the_command_line_limit() {
+    let net =
+        |address: &str| format!("unikernel \"web\" {{\n    image \"/x\"\n    net {{ address \"{address}\" }}\n}}\n");
+    let outside = dir("pool-out", &[("web.kdl", &net("192.168.7.5"))]);
+    let (code, _, err) = ctl(&["check", outside.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("web.kdl:1:1") && err.contains("192.168.7.5"), "{err}");
+    let (code, _, err) = ctl(&["check", outside.to_str().unwrap(), "--pool", "192.168.7.0/24"]);
+    assert_eq!(code, 0, "inside the pool given: {err}");
+    let gateway = dir("pool-gw", &[("web.kdl", &net("10.200.0.1"))]);
+    let (code, _, err) = ctl(&["check", gateway.to_str().unwrap()]);
+    assert_eq!(code, 1, "the gateway is the host's: {err}");
+
+    let huge = dir(
+        "mem",
+        &[(
+            "web.kdl",
+            "unikernel \"web\" {\n    image \"/x\"\n    memory \"100000G\"\n}\n",
+        )],
+    );
+    let (code, _, err) = ctl(&["check", huge.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("web.kdl:3:12") && err.contains("more than this host's RAM"),
+        "{err}"
+    );
+
+    let long = format!(
+        "unikernel \"web\" {{\n    image \"/x\"\n    cmdline \"{}\"\n}}\n",
+        "x".repeat(70_000)
+    );
+    let long = dir("cmdline", &[("web.kdl", &long)]);
+    let (code, _, err) = ctl(&["check", long.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("70000 bytes, more than the 64512"), "{err}");
+}

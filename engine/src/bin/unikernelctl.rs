@@ -87,6 +87,9 @@ enum Command {
         /// Directory of *.kdl declarations
         #[arg(default_value = DEFAULT_CONFIG_DIR)]
         dir: PathBuf,
+        /// The daemon's address pool (its --pool): explicit addresses must lie in it
+        #[arg(long, value_name = "CIDR", default_value = "10.200.0.0/16")]
+        pool: unikerneld::net::AddressPool,
     },
     /// Show what would change: the daemon's own plan, or DIR's declarations against what runs
     Plan {
@@ -268,10 +271,24 @@ fn report(loaded: &unikerneld::decl::Loaded) {
 
 async fn run(command: Command) -> Result<u8> {
     match command {
-        Command::Check { dir } => {
+        Command::Check { dir, mut pool } => {
             let loaded = Loader::default().load_dir(&dir);
             report(&loaded);
-            let errors = loaded.errors().count();
+            // What only the daemon's pool can tell: an explicit address outside it, or one
+            // it keeps for itself (network, gateway, broadcast).
+            let mut pool_errors = 0;
+            for spec in loaded.specs.values() {
+                if let Some(address) = spec.net.as_ref().and_then(|n| n.address) {
+                    if let Err(e) = pool.reserve(&spec.name, address) {
+                        pool_errors += 1;
+                        eprintln!(
+                            "{}: error: {e} (use an address inside the pool, or none to get one from it)",
+                            spec.source
+                        );
+                    }
+                }
+            }
+            let errors = loaded.errors().count() + pool_errors;
             if errors == 0 {
                 println!(
                     "{}: {} unikernel(s) declared, configuration OK",
