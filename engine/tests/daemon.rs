@@ -545,3 +545,38 @@ fn running_out_of_file_descriptors_is_survived_and_everything_recovers() {
     d.undeclare("api.kdl");
     d.wait_for("api gone", LONG, |s| s.services.len() == 1);
 }
+
+#[test]
+fn idle_connections_cannot_lock_a_service_out_for_longer_than_its_idle_timeout() {
+    use std::io::Read;
+    let mut d = Daemon::new("idleconn");
+    d.start();
+    d.declare(
+        "web.kdl",
+        &http_decl("web", 8080, "").replace(
+            "net { expose 8080 guest=80 }",
+            "net {\n        expose 8080 guest=80\n        connections max=2 idle=\"1s\"\n    }",
+        ),
+    );
+    d.running("web");
+    let (third_closed, idle_closed, after) = d.ns.run(|| {
+        let connect = || {
+            let s = std::net::TcpStream::connect("127.0.0.1:8080").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        };
+        let mut idle: Vec<_> = (0..2).map(|_| connect()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // At the cap: closed at once, not queued behind the quiet ones.
+        let mut third = connect();
+        let t = std::time::Instant::now();
+        let third_closed = matches!(third.read(&mut [0u8; 1]), Ok(0)) && t.elapsed() < Duration::from_secs(1);
+        // The quiet ones are closed after the idle timeout...
+        let idle_closed = idle.iter_mut().all(|s| matches!(s.read(&mut [0u8; 1]), Ok(0)));
+        // ...and a client is served again.
+        (third_closed, idle_closed, http_get("127.0.0.1:8080"))
+    });
+    assert!(third_closed, "the connection over the cap was closed at once");
+    assert!(idle_closed, "the idle connections were closed");
+    assert_eq!(after.unwrap().0, 200);
+}

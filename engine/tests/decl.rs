@@ -377,3 +377,21 @@ fn a_host_port_may_name_its_bind_address() {
     let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { expose 8080 bnd=\"127.0.0.1\" }\n}\n");
     assert_eq!(e.help.as_deref(), Some("did you mean `bind`?"));
 }
+
+#[test]
+fn connection_limits_parse_and_change_in_place() {
+    let (specs, diags) =
+        parse("unikernel \"web\" {\n    image \"/x\"\n    net {\n        expose 8080\n        connections max=48 idle=\"60s\"\n    }\n}\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    let c = specs[0].net.as_ref().unwrap().connections;
+    assert_eq!((c.max, c.idle), (Some(48), Some(std::time::Duration::from_secs(60))));
+    let (plain, _) = parse("unikernel \"web\" {\n    image \"/x\"\n    net {\n        expose 8080\n    }\n}\n");
+    assert_eq!(plain[0].hash(), specs[0].hash(), "not part of the VM");
+    assert_eq!(plain[0].changed_live_fields(&specs[0]), vec!["connections"]);
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { connections idle=\"500ms\" }\n}\n");
+    assert!(e.message.contains("invalid idle timeout"), "{}", e.message);
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { connections max=0 }\n}\n");
+    assert!(e.message.contains("out of range"), "{}", e.message);
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { connections most=3 }\n}\n");
+    assert!(e.message.contains("connections takes max=N"), "{}", e.message);
+}

@@ -57,6 +57,21 @@ pub enum OperatorError {
     NoNetwork,
 }
 
+/// The host-port limits a spec asks for, over the proxy's defaults.
+fn proxy_limits(spec: &Spec) -> crate::proxy::Limits {
+    let mut limits = crate::proxy::Limits::default();
+    if let Some(c) = spec.net.as_ref().map(|n| n.connections) {
+        if let Some(max) = c.max {
+            limits.max_open = max as usize;
+            limits.max_waiting = limits.max_waiting.min(max as usize);
+        }
+        if let Some(idle) = c.idle {
+            limits.idle_timeout = idle;
+        }
+    }
+    limits
+}
+
 /// Which files a reload reads.
 enum Load<'a> {
     /// Those inotify named (and new ones).
@@ -357,8 +372,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// Opens the host-port listeners the spec asks for and closes the others.
     pub(super) fn sync_listeners(&mut self, name: &str) {
         let Some(svc) = self.services.get_mut(name) else { return };
-        let wanted: BTreeMap<u16, (u16, std::net::Ipv4Addr)> =
-            svc.spec.exposed().map(|e| (e.host, (e.guest, e.bind))).collect();
+        let limits = proxy_limits(&svc.spec);
+        let wanted: BTreeMap<u16, service::ListenerSpec> = svc
+            .spec
+            .exposed()
+            .map(|e| (e.host, (e.guest, e.bind, limits)))
+            .collect();
         let mut closed = Vec::new();
         svc.listeners.retain(|host, (guest, task)| {
             let keep = wanted.get(host) == Some(guest);
@@ -368,7 +387,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             }
             keep
         });
-        for (host, (guest, bind)) in wanted {
+        for (host, (guest, bind, limits)) in wanted {
             if svc.listeners.contains_key(&host) {
                 continue;
             }
@@ -380,14 +399,14 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 wake: std::sync::Arc::new(move || {
                     let _ = events.send(Event::Wake { name: waker.clone() });
                 }),
-                limits: crate::proxy::Limits::default(),
+                limits,
             };
             match self
                 .net
                 .listen(name, std::net::SocketAddrV4::new(bind, host), guest, gate)
             {
                 Ok(task) => {
-                    svc.listeners.insert(host, ((guest, bind), task));
+                    svc.listeners.insert(host, ((guest, bind, limits), task));
                     let bind_error = format!("cannot listen on host port {host}: ");
                     if svc.last_error.as_ref().is_some_and(|e| e.starts_with(&bind_error)) {
                         info!(UNIKERNEL = %name, "listening on host port {host} now");

@@ -83,12 +83,16 @@ pub struct Service<P: VmProcess> {
     pub held: bool,
     /// The guest address while running: what the host-port proxies connect to.
     pub target: watch::Sender<Option<Ipv4Addr>>,
-    /// Host port -> ((guest port, bind address), listener task).
-    pub listeners: BTreeMap<u16, ((u16, Ipv4Addr), JoinHandle<()>)>,
+    /// Host port -> (what its listener was opened with, the listener's task).
+    pub listeners: BTreeMap<u16, (ListenerSpec, JoinHandle<()>)>,
     /// Traffic through its host ports (the idle clock of `standby`).
     pub activity: Arc<Activity>,
     pub standby: Standby,
 }
+
+/// What a host-port listener was opened with: guest port, bind address, limits. A
+/// listener whose spec changed is replaced.
+pub type ListenerSpec = (u16, Ipv4Addr, crate::proxy::Limits);
 
 /// Where a service with `standby` is in its sleep cycle, and what it cost.
 #[derive(Debug, Default)]

@@ -10,5 +10,5 @@ pub mod template;
 
 pub use diagnostic::DeclError;
 pub use load::{Loaded, Loader};
-pub use spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
+pub use spec::{Connections as ConnectionLimits, Expose, NetSpec, RestartPolicy, Source, Spec};
 pub use standby::{Connections, StandbySpec};

@@ -33,7 +33,7 @@ use super::template;
 const SERVICE_FIELDS: [&str; 9] = [
     "image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart", "standby",
 ];
-const NET_FIELDS: [&str; 2] = ["address", "expose"];
+const NET_FIELDS: [&str; 3] = ["address", "expose", "connections"];
 const DEFAULT_MEMORY: u64 = 16 << 20;
 /// Most diagnostics reported per file: the first ones say what to fix; thousands more
 /// would only fill the journal and the status.
@@ -517,6 +517,7 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
     let mut spec = NetSpec {
         address: None,
         expose: Vec::new(),
+        connections: Default::default(),
     };
     for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
         let field = child.name().value();
@@ -604,12 +605,44 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
                     )),
                 }
             }
-            other => diags.push(r.error(
-                child.name().span(),
-                format!("unknown net setting `{other}`"),
-                "unknown",
-                Some(did_you_mean(other, &NET_FIELDS).unwrap_or_else(|| "net settings are address, expose".into())),
-            )),
+            "connections" => {
+                for e in child.entries() {
+                    match e.name().map(|n| n.value()) {
+                        Some("max") => {
+                            if let Some(n) = integer(r, e, "max", 1..=1_000_000, diags) {
+                                spec.connections.max = Some(n as u32);
+                            }
+                        }
+                        Some("idle") => match string(r, e, "idle", diags).map(super::standby::parse_duration) {
+                            Some(Some(d)) if d >= std::time::Duration::from_secs(1) => spec.connections.idle = Some(d),
+                            Some(_) => diags.push(r.error(
+                                e.span(),
+                                "invalid idle timeout",
+                                "invalid duration",
+                                Some("write a duration of at least 1s, like \"60s\" or \"15m\"".into()),
+                            )),
+                            None => {}
+                        },
+                        _ => diags.push(r.error(
+                            e.span(),
+                            "connections takes max=N and idle=\"DURATION\"",
+                            "unknown",
+                            Some("write connections max=48 idle=\"60s\"".into()),
+                        )),
+                    }
+                }
+            }
+            other => diags.push(
+                r.error(
+                    child.name().span(),
+                    format!("unknown net setting `{other}`"),
+                    "unknown",
+                    Some(
+                        did_you_mean(other, &NET_FIELDS)
+                            .unwrap_or_else(|| "net settings are address, expose, connections".into()),
+                    ),
+                ),
+            ),
         }
     }
     Some(spec)

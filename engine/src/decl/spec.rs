@@ -61,6 +61,17 @@ pub struct NetSpec {
     /// Declared address, or `None` for one from the pool.
     pub address: Option<Ipv4Addr>,
     pub expose: Vec<Expose>,
+    /// `connections max=N idle="60s"`: what the host ports accept (None: the defaults).
+    pub connections: Connections,
+}
+
+/// Limits on a service's host-port connections, as declared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Connections {
+    /// Open connections at most (more are closed at once).
+    pub max: Option<u32>,
+    /// A connection quiet both ways for this long is closed.
+    pub idle: Option<std::time::Duration>,
 }
 
 /// One declared unikernel service.
@@ -145,7 +156,7 @@ impl Spec {
     }
 
     /// The fields applied to a running VM without replacing it.
-    pub fn live_fields(&self) -> [(&'static str, String); 3] {
+    pub fn live_fields(&self) -> [(&'static str, String); 4] {
         let expose: Vec<String> = self
             .exposed()
             .map(|e| match e.bind.is_unspecified() {
@@ -160,6 +171,7 @@ impl Spec {
                 "standby",
                 self.standby.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
             ),
+            ("connections", format!("{:?}", self.net.as_ref().map(|n| n.connections))),
         ]
     }
 
@@ -176,7 +188,10 @@ impl Spec {
     /// Whether the live fields are equal (cheaper than [`Spec::changed_live_fields`]: no
     /// text; this runs for every service on every reload).
     pub fn same_live_fields(&self, other: &Spec) -> bool {
-        self.restart == other.restart && self.standby == other.standby && self.exposed().eq(other.exposed())
+        self.restart == other.restart
+            && self.standby == other.standby
+            && self.exposed().eq(other.exposed())
+            && self.net.as_ref().map(|n| n.connections) == other.net.as_ref().map(|n| n.connections)
     }
 
     /// Names of the live fields that differ (an in-place update when nothing else does).
