@@ -91,27 +91,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a debounced reload reads.
+enum Scope {
+    /// The files inotify named.
+    Names(HashSet<OsString>),
+    /// Every file whose stamp moved (something a file points to changed).
+    Stamps,
+    /// Every file (a lost event: anything may have changed).
+    All,
+}
+
 /// Debounced declaration changes: reload once the directory has been quiet for
 /// [`watch::DEBOUNCE`] (or [`watch::MAX_DELAY`] passed since the first change).
 #[derive(Default)]
 struct Pending {
     due: Option<(tokio::time::Instant, tokio::time::Instant)>,
-    /// What inotify named since the last reload (file names), or None after a lost event.
-    names: Option<HashSet<OsString>>,
+    /// What to read since the last reload.
+    scope: Option<Scope>,
 }
 
 impl Pending {
     fn add(&mut self, change: Change) {
         if self.due.is_none() {
-            self.names = Some(HashSet::new());
+            self.scope = Some(Scope::Names(HashSet::new()));
         }
         match change {
             Change::Paths(paths) => {
-                if let Some(d) = self.names.as_mut() {
-                    d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)));
+                // A name that is not a declaration (`..data` swapped, a symlinked
+                // directory) may change what declarations point to: compare stamps.
+                // (Editors' temporary files land here too: a stamp check is cheap.)
+                let other = paths.iter().any(|p| p.extension().is_none_or(|x| x != "kdl"));
+                match self.scope.as_mut() {
+                    Some(Scope::Names(d)) if !other => {
+                        d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)))
+                    }
+                    Some(Scope::Names(_)) => self.scope = Some(Scope::Stamps),
+                    _ => {}
                 }
             }
-            Change::Unknown | Change::Replaced => self.names = None,
+            Change::Stamps => {
+                if matches!(self.scope, Some(Scope::Names(_)) | None) {
+                    self.scope = Some(Scope::Stamps);
+                }
+            }
+            Change::Unknown | Change::Replaced => self.scope = Some(Scope::All),
         }
         let now = tokio::time::Instant::now();
         let cap = self.due.map(|d| d.1).unwrap_or(now + watch::MAX_DELAY);
@@ -148,9 +171,33 @@ pub async fn serve<L: Launcher, N: HostNet>(
         }
     };
     try_watch(&mut watcher);
+    // The targets of symlinked declaration files, and the watch on them.
+    let mut targets: (
+        std::collections::BTreeSet<std::path::PathBuf>,
+        Option<notify::RecommendedWatcher>,
+    ) = Default::default();
+    let follow_targets = |t: &mut (
+        std::collections::BTreeSet<std::path::PathBuf>,
+        Option<notify::RecommendedWatcher>,
+    )| {
+        let now = watch::symlink_targets(&config_dir);
+        if now != t.0 {
+            t.1 = None;
+            if !now.is_empty() {
+                match watch::watch_targets(&now, changed_tx.clone()) {
+                    Ok(w) => t.1 = Some(w),
+                    Err(e) => warn!(
+                        "cannot watch the targets of symlinked declarations ({e}); the resync catches their changes"
+                    ),
+                }
+            }
+            t.0 = now;
+        }
+    };
 
     ctl.adopt().await;
     ctl.converge().await;
+    follow_targets(&mut targets);
     grow(ctl.service_count());
 
     // The D-Bus API reads what the loop publishes and sends it requests.
@@ -209,10 +256,12 @@ pub async fn serve<L: Launcher, N: HostNet>(
             }
             _ = sleep_until(deadline) => {
                 pending.due = None;
-                match pending.names.take() {
-                    Some(names) => ctl.reload_changed(&names).await,
-                    None => ctl.reload().await,
+                match pending.scope.take() {
+                    Some(Scope::Names(names)) => ctl.reload_changed(&names).await,
+                    Some(Scope::Stamps) => ctl.converge().await,
+                    Some(Scope::All) | None => ctl.reload().await,
                 };
+                follow_targets(&mut targets);
             }
             Some(event) = events.recv() => ctl.handle(event).await,
             Some(request) = requests.recv() => match request {
@@ -250,6 +299,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
             _ = resync.tick() => {
                 try_watch(&mut watcher);
                 ctl.resync().await;
+                follow_targets(&mut targets);
             }
             _ = hup.recv() => {
                 info!("reload requested (SIGHUP)");

@@ -21,6 +21,48 @@ pub enum Change {
     /// The directory itself was created, removed or renamed (a `rm -rf` and `mkdir`, a
     /// `mv new conf`): the watch on it is stale and must be made again.
     Replaced,
+    /// Something a declaration file points to changed (a symlink's target, or a
+    /// symlinked directory swapped, as Kubernetes does with `..data`): compare every
+    /// file's stamp.
+    Stamps,
+}
+
+/// Where the `*.kdl` files of `dir` that are symlinks point (resolved), so that their
+/// targets can be watched too.
+pub fn symlink_targets(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "kdl"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .filter_map(|e| std::fs::canonicalize(e.path()).ok())
+        .collect()
+}
+
+/// Watches the directories holding `targets` and sends [`Change::Stamps`] when one of
+/// the targets changes (other entries of those directories are ignored).
+pub fn watch_targets(
+    targets: &std::collections::BTreeSet<PathBuf>,
+    changed: UnboundedSender<Change>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let wanted = targets.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(e) if e.kind.is_access() => false,
+            Ok(e) => e.need_rescan() || e.paths.iter().any(|p| wanted.contains(p)),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = changed.send(Change::Stamps);
+        }
+    })?;
+    let dirs: std::collections::BTreeSet<&Path> = targets.iter().filter_map(|t| t.parent()).collect();
+    for dir in dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
 }
 
 /// Watches `dir` (not recursively) and sends each change; also watches `dir`'s parent for

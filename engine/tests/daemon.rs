@@ -580,3 +580,53 @@ fn idle_connections_cannot_lock_a_service_out_for_longer_than_its_idle_timeout()
     assert!(idle_closed, "the idle connections were closed");
     assert_eq!(after.unwrap().0, 200);
 }
+
+#[test]
+fn symlinked_declarations_are_followed_at_once_files_and_swapped_directories() {
+    use std::os::unix::fs::symlink;
+    let mut d = Daemon::new("symlinks");
+    d.start();
+    let decl = |name: &str, memory: &str| {
+        let port = if name == "web" { 8080 } else { 8081 };
+        http_decl(name, port, &format!("    memory \"{memory}\"\n"))
+    };
+    // A file whose target lives elsewhere (a checkout, /usr/share/...).
+    let real = d.dir.join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("web.kdl"), decl("web", "16M")).unwrap();
+    symlink(real.join("web.kdl"), d.conf.join("web.kdl")).unwrap();
+    // Kubernetes' ConfigMap layout: api.kdl -> ..data/api.kdl, ..data -> ..v1.
+    let v1 = d.conf.join("..v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(v1.join("api.kdl"), decl("api", "16M")).unwrap();
+    symlink("..v1", d.conf.join("..data")).unwrap();
+    symlink("..data/api.kdl", d.conf.join("api.kdl")).unwrap();
+    let web = d.running("web");
+    let api = d.running("api");
+
+    // The target changes (written the safe way, next to it): noticed at once, not by the
+    // 30 s resync.
+    let t = std::time::Instant::now();
+    std::fs::write(real.join(".web.kdl.tmp"), decl("web", "24M")).unwrap();
+    std::fs::rename(real.join(".web.kdl.tmp"), real.join("web.kdl")).unwrap();
+    d.wait_for("web replaced", Duration::from_secs(10), |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "web" && x.pid != web.pid && x.state == State::Running)
+    });
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(d.service("web").unwrap().memory_bytes, 24 << 20);
+
+    // A new revision swapped in as one rename of ..data.
+    let v2 = d.conf.join("..v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("api.kdl"), decl("api", "32M")).unwrap();
+    symlink("..v2", d.conf.join("..data_tmp")).unwrap();
+    std::fs::rename(d.conf.join("..data_tmp"), d.conf.join("..data")).unwrap();
+    d.wait_for("api replaced", Duration::from_secs(10), |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "api" && x.pid != api.pid && x.state == State::Running)
+    });
+    assert_eq!(d.service("api").unwrap().memory_bytes, 32 << 20);
+}
