@@ -14,6 +14,9 @@ pub enum ExitStatus {
     Refused = 3,
     /// The VM was saved to a snapshot (a `snapshot exit` control request) and stopped.
     Saved = 4,
+    /// The host ran out of threads, memory or file descriptors before the guest ran:
+    /// nothing is wrong with the VM; try again when there is room.
+    NoResources = 5,
 }
 
 impl ExitStatus {
@@ -28,6 +31,7 @@ impl ExitStatus {
             2 => ExitStatus::Usage,
             3 => ExitStatus::Refused,
             4 => ExitStatus::Saved,
+            5 => ExitStatus::NoResources,
             _ => return None,
         })
     }
@@ -40,6 +44,7 @@ impl ExitStatus {
             ExitStatus::Usage => "bad VMM command line",
             ExitStatus::Refused => "refused before start",
             ExitStatus::Saved => "saved to a snapshot and stopped",
+            ExitStatus::NoResources => "the host is out of threads, memory or file descriptors",
         }
     }
 }
@@ -71,6 +76,7 @@ mod tests {
             ExitStatus::Usage,
             ExitStatus::Refused,
             ExitStatus::Saved,
+            ExitStatus::NoResources,
         ] {
             assert_eq!(ExitStatus::from_code(i32::from(s.code())), Some(s));
         }

@@ -630,3 +630,68 @@ fn symlinked_declarations_are_followed_at_once_files_and_swapped_directories() {
     });
     assert_eq!(d.service("api").unwrap().memory_bytes, 32 << 20);
 }
+
+/// A pids cgroup of the test's own (cgroup v1 here; v2 hosts have the controller in the
+/// unified tree), removed when dropped.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new(tag: &str) -> PidsCgroup {
+        let base = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .iter()
+            .map(std::path::Path::new)
+            .find(|p| p.join("cgroup.procs").exists() && (p.join("pids.max").exists() || p.ends_with("pids")))
+            .expect("a pids cgroup controller");
+        let dir = base.join(format!("ukt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        PidsCgroup(dir)
+    }
+
+    fn set_max(&self, max: &str) {
+        std::fs::write(self.0.join("pids.max"), max).unwrap();
+    }
+
+    fn current(&self) -> u64 {
+        std::fs::read_to_string(self.0.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_host_out_of_processes_puts_services_in_back_off_and_they_start_when_room_comes_back() {
+    let cg = PidsCgroup::new("pids");
+    let mut d = Daemon::new("pids");
+    d.cgroup = Some(cg.0.clone());
+    d.args = vec!["--resync".into(), "1".into()];
+    d.start();
+    d.declare("a.kdl", &http_decl("a", 8080, ""));
+    d.running("a");
+    // Room for what runs now and a little more: not for four more VMMs.
+    cg.set_max(&(cg.current() + 3).to_string());
+    for (i, n) in ["b", "c", "d", "e"].iter().enumerate() {
+        d.declare(&format!("{n}.kdl"), &http_decl(n, 8081 + i as u16, ""));
+    }
+    let s = d.wait_for("a start refused for lack of processes", LONG, |s| {
+        s.services.iter().any(|x| {
+            x.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("out of resources") || e.contains("out of threads"))
+        })
+    });
+    assert!(s.services.iter().all(|x| x.state != State::Failed), "{s:#?}");
+    // Room again: everything starts, nothing was given up on.
+    cg.set_max("max");
+    d.wait_for("all five running", Duration::from_secs(60), |s| {
+        s.services.len() == 5 && s.services.iter().all(|x| x.state == State::Running)
+    });
+    drop(d);
+}

@@ -73,6 +73,21 @@ pub enum Error {
 
 pub use contract::limits::MAX_VCPUS;
 
+impl Error {
+    /// The host is out of something (threads, memory, descriptors), not the VM at fault:
+    /// the same VM may start a moment later.
+    pub fn is_host_exhaustion(&self) -> bool {
+        let errno =
+            |e: &kvm_ioctls::Error| matches!(e.errno(), libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE);
+        match self {
+            Error::Threads(_) | Error::Memory(memory::Error::Mmap { .. }) => true,
+            Error::Vm(vm::Error::OpenKvm(e)) | Error::Vm(vm::Error::Kvm { source: e, .. }) => errno(e),
+            Error::Vcpu(vcpu::Error::Kvm { source, .. }) => errno(source),
+            _ => false,
+        }
+    }
+}
+
 /// Timestamps of the boot phases, printed with `--trace-boot`.
 pub struct BootTrace {
     start: Instant,

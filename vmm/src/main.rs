@@ -75,19 +75,22 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitStatus::Usage.code());
         }
     };
+    let refused = |e: builder::Error| {
+        eprintln!("{}", error_line(&e));
+        let status = if e.is_host_exhaustion() {
+            ExitStatus::NoResources
+        } else {
+            ExitStatus::Refused
+        };
+        ExitCode::from(status.code())
+    };
     let machine = match built {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("{}", error_line(&e));
-            return ExitCode::from(ExitStatus::Refused.code());
-        }
+        Err(e) => return refused(e),
     };
     let (outcome, trace) = match machine.run(ap_exit) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("{}", error_line(&e));
-            return ExitCode::from(ExitStatus::Refused.code());
-        }
+        Err(e) => return refused(e),
     };
     if cli.trace_boot {
         eprintln!(

@@ -14,6 +14,17 @@ use crate::supervise::backoff::{self, Decision};
 use crate::supervise::process::Ended;
 use contract::exit::ExitStatus;
 
+/// How often a start that found the host out of resources is tried again.
+const NO_RESOURCES_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether an error the daemon met while starting a VM says the host is out of threads,
+/// processes, memory or descriptors (EAGAIN, ENOMEM, ENFILE, EMFILE, as std::io prints them).
+fn host_exhausted(reason: &str) -> bool {
+    ["(os error 11)", "(os error 12)", "(os error 23)", "(os error 24)"]
+        .iter()
+        .any(|e| reason.contains(e))
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -113,10 +124,16 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.status_dirty = true;
     }
 
-    /// A start that failed before any VM ran counts like a VM that ended at once.
+    /// A start that failed before any VM ran counts like a VM that ended at once, unless
+    /// the host was out of resources (then it is retried without counting).
     fn start_failed(&mut self, name: &str, reason: String) {
         error!(UNIKERNEL = %name, "cannot start: {reason}");
-        self.after_end(name, Ended::Exited(3), Duration::ZERO, reason);
+        let ended = if host_exhausted(&reason) {
+            Ended::Exited(i32::from(ExitStatus::NoResources.code()))
+        } else {
+            Ended::Exited(3)
+        };
+        self.after_end(name, ended, Duration::ZERO, reason);
     }
 
     /// Spawns the helpers of a VM: exit watcher and readiness probe.
@@ -323,7 +340,17 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     fn after_end(&mut self, name: &str, ended: Ended, ran: Duration, reason: String) {
         let Some(svc) = self.services.get_mut(name) else { return };
         svc.last_error = Some(reason.clone());
-        match backoff::decide(svc.spec.restart, ended, ran, &mut svc.quick_failures) {
+        let decision = if ended == Ended::Exited(i32::from(ExitStatus::NoResources.code())) {
+            // Nothing is wrong with the VM: the host is full. Not a crash loop; try again
+            // until there is room (a steady second apart, never `failed`).
+            svc.last_error = Some(format!(
+                "{reason} (the host is out of resources; trying again every second)"
+            ));
+            Decision::Restart(NO_RESOURCES_RETRY)
+        } else {
+            backoff::decide(svc.spec.restart, ended, ran, &mut svc.quick_failures)
+        };
+        match decision {
             Decision::Restart(delay) => {
                 svc.set_state(State::Backoff);
                 svc.timer += 1;

@@ -860,3 +860,25 @@ async fn a_vmm_that_stops_answering_is_killed_and_started_again() {
     let err = h.status("web").last_error.unwrap_or_default();
     assert!(err.contains("stopped answering"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_host_out_of_resources_is_retried_every_second_and_never_failed() {
+    let mut h = Harness::new("exhausted").await;
+    h.host.behave(
+        "web",
+        Behaviour {
+            spawn_error: Some("cannot run unikernel-vmm: Resource temporarily unavailable (os error 11)".into()),
+            ..Default::default()
+        },
+    );
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    // Far more than the five quick failures that make a crash loop `failed`.
+    h.run_for(Duration::from_secs(20)).await;
+    assert_eq!(h.state("web"), Some(State::Backoff));
+    let err = h.status("web").last_error.unwrap_or_default();
+    assert!(err.contains("out of resources; trying again every second"), "{err}");
+    h.host.behave("web", Behaviour::default());
+    h.run_for(Duration::from_millis(1100)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+}

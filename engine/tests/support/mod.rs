@@ -29,6 +29,8 @@ pub struct Daemon {
     pub args: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) for the daemon, when a test wants it low.
     pub nofile: Option<u64>,
+    /// A cgroup (v1 or v2 directory with `cgroup.procs`) to start the daemon in.
+    pub cgroup: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -48,6 +50,7 @@ impl Daemon {
             dir,
             args: Vec::new(),
             nofile: None,
+            cgroup: None,
             child: None,
         }
     }
@@ -99,6 +102,36 @@ impl Daemon {
             .arg(vmm_binary())
             .args(&self.args)
             .env("RUST_LOG", "info");
+        if let Some(procs) = self.cgroup.as_ref().map(|c| c.join("cgroup.procs")) {
+            use std::os::unix::process::CommandExt;
+            let procs = std::ffi::CString::new(procs.to_str().unwrap()).unwrap();
+            // SAFETY: open/write/close/getpid are async-signal-safe; the buffer is ours.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let mut buf = [0u8; 16];
+                    let mut pid = libc::getpid() as u32;
+                    let mut i = buf.len();
+                    loop {
+                        i -= 1;
+                        buf[i] = b'0' + (pid % 10) as u8;
+                        pid /= 10;
+                        if pid == 0 {
+                            break;
+                        }
+                    }
+                    let n = libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+                    libc::close(fd);
+                    if n < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(n) = self.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; the limit is inherited through exec.
