@@ -42,6 +42,17 @@ pub struct StandbyRecord {
     pub memory_bytes: u64,
 }
 
+/// How long a lock whose recorded holder is gone may take to be released.
+const LOCK_STRAGGLER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether `pid` names a live process (a zombie is not).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
@@ -108,14 +119,25 @@ impl StateDir {
             .read(true)
             .write(true)
             .open(&path)?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        // A daemon killed while it spawned a VMM leaves the lock with that child for the
+        // moment until its exec closes the descriptor: when the pid written in the lock
+        // is gone, wait for that moment instead of refusing to start.
+        let deadline = std::time::Instant::now() + LOCK_STRAGGLER_WAIT;
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(io::Error::other(format!(
-                "another unikerneld (pid {}) uses the state directory {}",
-                holder.trim(),
-                self.root.display()
-            )));
+            let holder = holder.trim();
+            let gone = holder.parse::<u32>().is_ok_and(|pid| !process_alive(pid));
+            if !gone || std::time::Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "another unikerneld (pid {holder}) uses the state directory {}",
+                    self.root.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         file.set_len(0)?;
         write!(file, "{}", std::process::id())?;
@@ -256,6 +278,30 @@ mod tests {
         assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
         drop(held);
         dir.lock().unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_lock_left_with_a_dead_daemons_child_is_waited_for() {
+        let root = std::env::temp_dir().join(format!("uk-lock-{}", std::process::id()));
+        let dir = StateDir::new(&root).unwrap();
+        let held = dir.lock().unwrap();
+        // The pid in the lock is gone (a killed daemon); its descriptor lives on a moment
+        // longer (a child between fork and exec), here another open file.
+        let dead = (2..u32::MAX).rev().step_by(7919).find(|p| !process_alive(*p)).unwrap();
+        std::fs::write(root.join("lock"), dead.to_string()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            drop(held);
+        });
+        let t = std::time::Instant::now();
+        dir.lock().unwrap();
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        release.join().unwrap();
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
