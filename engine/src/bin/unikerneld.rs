@@ -71,7 +71,8 @@ fn default_vmm() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(contract::VMM_BINARY))
 }
 
-/// Each VM costs the daemon a few fds (pidfd, console socket): use the whole hard limit.
+/// Each VM costs the daemon a few fds (pidfd, console socket, listening sockets): use the
+/// whole hard limit, and say so (the unit's LimitNOFILE sets the hard limit).
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -80,8 +81,17 @@ fn raise_fd_limit() {
     // SAFETY: get/setrlimit with a valid struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!("RLIMIT_NOFILE: {old} -> {}", lim.rlim_cur);
+            } else {
+                tracing::warn!(
+                    "cannot raise RLIMIT_NOFILE from {old} to {}: {}",
+                    lim.rlim_cur,
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     }
 }

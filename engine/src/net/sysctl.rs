@@ -12,6 +12,9 @@ pub fn read(key: &str) -> Option<String> {
     std::fs::read_to_string(path(key)).ok().map(|s| s.trim().to_string())
 }
 
+/// The kernel's ceiling for kernel.pid_max on 64-bit hosts.
+const PID_MAX_LIMIT: u64 = 4_194_304;
+
 /// One change made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -33,6 +36,12 @@ pub fn wanted(vms: usize, mode: &Mode) -> Vec<(&'static str, u64)> {
         ("net.ipv4.neigh.default.gc_thresh3", (4 * n).max(1024)),
         // The daemon's listening sockets for exposed ports take bursts of connections.
         ("net.core.somaxconn", 4096),
+        // Each 1-vCPU VMM is 2 threads of ours plus the kernel's kvm-nx-lpage-recovery
+        // thread: pids and threads run out long before memory does (32,768 pids stop a
+        // host near 6,000 VMs). Room for 4 per VM plus 16,384 for the rest of the host:
+        // a default host (32,768) is left alone up to 4,096 VMs.
+        ("kernel.pid_max", (4 * n + 16_384).min(PID_MAX_LIMIT)),
+        ("kernel.threads-max", 4 * n + 16_384),
     ];
     if *mode == Mode::Routed {
         // Many /32 routes: room in the route cache.
@@ -92,6 +101,13 @@ mod tests {
         let big = wanted(5000, &Mode::Routed);
         assert!(big.contains(&("net.ipv4.neigh.default.gc_thresh3", 20000)));
         assert!(big.iter().any(|(k, _)| *k == "net.ipv4.route.max_size"));
+        // 10,000 VMs need more pids than a default host has (32,768).
+        let dense = wanted(10_000, &Mode::Routed);
+        assert!(dense.contains(&("kernel.pid_max", 56_384)));
+        assert!(dense.contains(&("kernel.threads-max", 56_384)));
+        // Up to 4,096 VMs a default host (pid_max 32,768) is not touched.
+        assert!(wanted(4096, &Mode::Routed).contains(&("kernel.pid_max", 32_768)));
+        assert!(wanted(10_000_000, &Mode::Routed).contains(&("kernel.pid_max", PID_MAX_LIMIT)));
     }
 
     #[test]
