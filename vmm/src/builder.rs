@@ -144,6 +144,39 @@ pub struct Machine {
     pub trace: BootTrace,
 }
 
+/// What a boot and a restore both end with.
+struct Parts {
+    vcpus: Vec<Vcpu>,
+    devices: DeviceManager,
+    exit: ExitRequest,
+    events: EventLoop,
+    control: Option<UnixListener>,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    origin: Origin,
+    trace: BootTrace,
+}
+
+impl Machine {
+    fn assemble(p: Parts) -> Machine {
+        Machine {
+            vcpus: p.vcpus,
+            pio: Arc::new(p.devices.pio),
+            mmio: Arc::new(p.devices.mmio),
+            serial: p.devices.legacy.serial.clone(),
+            legacy: p.devices.legacy,
+            net: p.devices.net,
+            exit: p.exit,
+            events: p.events,
+            control: p.control,
+            vm: Arc::new(p.vm),
+            mem: p.mem,
+            origin: p.origin,
+            trace: p.trace,
+        }
+    }
+}
+
 fn bind_control(path: Option<&Path>) -> Result<Option<UnixListener>, Error> {
     path.map(|path| {
         control::bind(path).map_err(|source| Error::Control {
@@ -245,21 +278,17 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     }
     trace.mark("vcpus");
 
-    Ok(Machine {
+    Ok(Machine::assemble(Parts {
         vcpus,
-        pio: Arc::new(devices.pio),
-        mmio: Arc::new(devices.mmio),
-        serial: devices.legacy.serial.clone(),
-        legacy: devices.legacy,
-        net: devices.net,
+        devices,
         exit,
         events,
         control,
-        vm: Arc::new(vm),
+        vm,
         mem,
         origin: Origin::Anonymous,
         trace,
-    })
+    }))
 }
 
 /// Builds the machine saved in a snapshot, ready to resume where it was paused. The
@@ -301,21 +330,17 @@ pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Machine, Error>
     }
     trace.mark("vcpus");
 
-    Ok(Machine {
+    Ok(Machine::assemble(Parts {
         vcpus,
-        pio: Arc::new(devices.pio),
-        mmio: Arc::new(devices.mmio),
-        serial: devices.legacy.serial.clone(),
-        legacy: devices.legacy,
-        net: devices.net,
+        devices,
         exit,
         events,
         control,
-        vm: Arc::new(vm),
+        vm,
         mem,
         origin,
         trace,
-    })
+    }))
 }
 
 /// How a run ended.
