@@ -25,7 +25,7 @@ fn host_exhausted(reason: &str) -> bool {
         .any(|e| reason.contains(e))
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -6,23 +6,16 @@
 //! same tap and the connection goes through. A snapshot that does not restore is a cold
 //! boot (see `lifecycle`), so a waiting connection is served either way.
 use std::net::Ipv4Addr;
-use std::time::SystemTime;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::host::{HostNet, Launcher, Saved, VmProcess};
+use super::lifecycle::unix_ms;
 use super::{Controller, Event, OperatorError};
 use crate::decl::Connections;
 use crate::state_dir::StandbyRecord;
 use crate::status::State;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// A VM just became ready: go to standby at once (`prewarm`, after a cold boot with

@@ -58,14 +58,6 @@ fn cap(r: &Reporter, diags: &mut Vec<DeclError>) {
 /// Room kept on the guest command line for what the daemon and the VMM add.
 const CMDLINE_HEADROOM: usize = 1024;
 
-/// This host's RAM, when the kernel says.
-fn host_ram() -> Option<u64> {
-    // SAFETY: sysinfo only writes the struct we pass.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a sysinfo struct.
-    (unsafe { libc::sysinfo(&mut info) } == 0).then(|| info.totalram as u64 * u64::from(info.mem_unit))
-}
-
 /// Most `{` a file may hold (thousands of declarations; no real file comes close).
 pub const MAX_BLOCKS: usize = 16_384;
 
@@ -336,15 +328,20 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                         templated.push((entry.span(), cmdline.clone()));
                     }
                     "memory" => match value.parse::<MemSize>().map(MemSize::bytes) {
-                        Ok(b) if b >= limits::MIN_MEMORY && b % limits::MEMORY_ALIGN == 0 && host_ram().is_some_and(|h| b > h) => {
-                            diags.push(r.error(
-                                entry.span(),
-                                format!("memory {value:?} is more than this host's RAM ({})", MemSize::from_bytes(host_ram().unwrap_or(0))),
-                                "cannot start here",
-                                Some("guest memory is reserved lazily, but never beyond the host's RAM: use a size like 16M or 1G".into()),
-                            ))
+                        Ok(b) if b >= limits::MIN_MEMORY && b % limits::MEMORY_ALIGN == 0 => {
+                            match limits::host_ram().filter(|&host| b > host) {
+                                Some(host) => diags.push(r.error(
+                                    entry.span(),
+                                    format!(
+                                        "memory {value:?} is more than this host's RAM ({})",
+                                        MemSize::from_bytes(host)
+                                    ),
+                                    "cannot start here",
+                                    Some("guest memory is reserved lazily, but never beyond the host's RAM: use a size like 16M or 1G".into()),
+                                )),
+                                None => memory_bytes = b,
+                            }
                         }
-                        Ok(b) if b >= limits::MIN_MEMORY && b % limits::MEMORY_ALIGN == 0 => memory_bytes = b,
                         _ => diags.push(r.error(
                             entry.span(),
                             format!("invalid memory size {value:?}"),

@@ -78,21 +78,26 @@ fn open(path: &Path) -> Result<(File, u64), Error> {
         path: path.to_path_buf(),
         source,
     };
-    // O_NONBLOCK: opening a FIFO must not block the VMM until a writer comes (a service
-    // would sit in `booting` for ever); only regular files are images.
+    let (file, meta) = open_regular(path).map_err(io_err)?;
+    Ok((file, meta.len()))
+}
+
+/// Opens a file the VMM reads (an image, a snapshot's files) only if it is a regular
+/// file. O_NONBLOCK: opening a FIFO must not block the VMM until a writer comes (a
+/// service would sit in `booting` for ever).
+pub(crate) fn open_regular(path: &Path) -> io::Result<(File, std::fs::Metadata)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err)?;
-    let meta = file.metadata().map_err(io_err)?;
+        .open(path)?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(io_err(io::Error::new(
+        return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, FIFO or device cannot be an image)",
-        )));
+            "not a regular file (a directory, FIFO or device)",
+        ));
     }
-    Ok((file, meta.len()))
+    Ok((file, meta))
 }
 
 /// Reads up to `buf.len()` bytes at `offset`; short reads near the end of file are fine.

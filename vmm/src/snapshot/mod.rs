@@ -131,30 +131,14 @@ fn write_files(
     Ok(written)
 }
 
-/// Opens a file of the snapshot without blocking (a FIFO in its place must not hang the
-/// VMM) and only if it is a regular file.
-fn open_regular(path: &Path) -> Result<File, Error> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err(path))?;
-    let is_file = file.metadata().map_err(io_err(path))?.is_file();
-    if !is_file {
-        return Err(Error::Invalid {
-            path: path.to_path_buf(),
-            what: "not a regular file".into(),
-        });
-    }
-    Ok(file)
-}
-
 /// Reads and checks a snapshot directory: the state file's header, its content's bounds,
 /// and that the memory file is the one written with it. Nothing of a VM exists yet.
 pub fn read(dir: &Path) -> Result<(Snapshot, File), Error> {
     let state_path = dir.join(STATE_FILE);
     let mut bytes = Vec::new();
-    open_regular(&state_path)?
+    crate::loader::open_regular(&state_path)
+        .map_err(io_err(&state_path))?
+        .0
         .take(format::MAX_STATE_BYTES as u64 + 64)
         .read_to_end(&mut bytes)
         .map_err(io_err(&state_path))?;
@@ -168,8 +152,7 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File), Error> {
     };
     snapshot.validate().map_err(invalid)?;
     let mem_path = dir.join(MEMORY_FILE);
-    let mem = open_regular(&mem_path)?;
-    let meta = mem.metadata().map_err(io_err(&mem_path))?;
+    let (mem, meta) = crate::loader::open_regular(&mem_path).map_err(io_err(&mem_path))?;
     if meta.ino() != snapshot.memory.file_ino {
         return Err(invalid(
             "the memory file was not written with this state (a newer or older snapshot's?)".into(),

@@ -21,13 +21,6 @@ pub enum Error {
     Mmap { memory: MemSize, reason: String },
 }
 
-fn host_ram() -> Option<u64> {
-    // SAFETY: sysinfo only writes the struct we pass.
-    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a sysinfo struct.
-    (unsafe { libc::sysinfo(&mut info) } == 0).then(|| info.totalram as u64 * u64::from(info.mem_unit))
-}
-
 /// Checks a requested size before anything is mapped.
 pub fn validate(memory: MemSize) -> Result<(), Error> {
     let bytes = memory.bytes();
@@ -37,7 +30,7 @@ pub fn validate(memory: MemSize) -> Result<(), Error> {
     if bytes % PAGE_SIZE != 0 {
         return Err(Error::Unaligned(memory));
     }
-    if let Some(host) = host_ram().filter(|&h| bytes > h) {
+    if let Some(host) = contract::limits::host_ram().filter(|&h| bytes > h) {
         return Err(Error::MoreThanHost {
             memory,
             host: MemSize::from_bytes(host),
