@@ -25,16 +25,6 @@ fn now_ms() -> f64 {
         * 1e3
 }
 
-fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Host ports: bursts and fills from 10000, single starts from 30000.
 fn decl(name: &str) -> String {
     let n: u32 = name[1..].parse().unwrap();
@@ -72,15 +62,6 @@ fn one_start(d: &Daemon, name: &str, n_before: usize) -> (f64, f64) {
     d.undeclare(&format!("{name}.kdl"));
     d.wait_for("probe gone", Duration::from_secs(60), |s| s.services.len() == n_before);
     r
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn main() {

@@ -22,16 +22,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use unikerneld::status::{State, Status};
 
-fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 fn decl(name: &str, port: u16, standby: &str) -> String {
     format!(
         "unikernel \"{name}\" {{\n    image \"{}\"\n    cmdline \"name={name} port=80\"\n    net {{ expose {port} guest=80 }}\n    standby {standby}\n}}\n",
@@ -62,34 +52,10 @@ fn timed_get(port: u16) -> (f64, f64) {
     (first_ms, t.elapsed().as_secs_f64() * 1e3)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Processes running `unikernel-vmm` whose console lies in `state`.
-fn vmm_processes(state: &std::path::Path) -> usize {
-    let needle = state.join("services").display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
-        .filter(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("unikernel-vmm") && cmd.contains(&needle)
-        })
-        .count()
 }
 
 fn disk_bytes(dir: &std::path::Path) -> u64 {
@@ -214,7 +180,7 @@ fn main() {
     println!(
         "(c) {many} services on standby after {:.1} s (each booted once, then saved): {} VMM processes; daemon RSS {:.1} MiB, {} fds; snapshots on disk {:.1} MiB ({:.0} KiB each)",
         filled.as_secs_f64(),
-        vmm_processes(&d.state),
+        d.vmm_processes().len(),
         rss_kib(pid) as f64 / 1024.0,
         fds(pid),
         disk_bytes(&d.snapshots()) as f64 / (1 << 20) as f64,

@@ -61,19 +61,10 @@ impl Daemon {
 
     /// Starts the daemon and returns at once (its first reconcile may be under way).
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = self.command();
-        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        self.child = Some(cmd.spawn().expect("unikerneld"));
+        self.spawn_with(&[]);
     }
 
-    /// Starts the daemon with extra environment variables.
-    pub fn start_with(&mut self, env: &[(&str, &str)]) {
+    fn spawn_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -86,6 +77,11 @@ impl Daemon {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("unikerneld"));
+    }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
+        self.spawn_with(env);
         self.wait_for("the daemon's first status", Duration::from_secs(10), |_| true);
     }
 
@@ -301,6 +297,28 @@ impl Daemon {
         out.sort();
         out
     }
+}
+
+/// A benchmark's size knob: `key` from the environment, else `default`.
+pub fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The `p` quantile (0..=1) of `v`.
+pub fn pct(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Resident memory of `pid` in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn alive(pid: u32) -> bool {
