@@ -4,66 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use tracing::error;
+use unikerneld::cli::unikerneld::{Cli, Network, BUILT_IN_VMM};
 use unikerneld::daemon::{self, Config};
-use unikerneld::net::{AddressPool, Mode};
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Network {
-    /// Each tap is its own link with a /32 route and proxy ARP (no limit on VMs)
-    Routed,
-    /// Every tap is a port of one bridge holding the gateway (at most 1024 VMs)
-    Bridged,
-}
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "unikerneld",
-    version,
-    about = "Converge a directory of KDL declarations into running KVM unikernels.",
-    after_help = "Edit the declarations and the daemon converges: new services boot, changed ones are \
-replaced, removed ones stop. SIGHUP (systemctl reload) reloads at once. The daemon's exit never stops \
-VMs: a new daemon adopts them from the state directory.\n\n\
-Logs go to the journal when it is there (each service's events and console lines carry \
-UNIKERNEL=<name>), else to stderr; RUST_LOG filters (default info)."
-)]
-struct Cli {
-    /// Directory of declarations (*.kdl)
-    #[arg(long, value_name = "DIR", default_value = "/etc/unikernels")]
-    config_dir: PathBuf,
-
-    /// Runtime state: VM records, console sockets, status.json
-    #[arg(long, value_name = "DIR", default_value = "/run/unikerneld")]
-    state_dir: PathBuf,
-
-    /// Snapshots of services on standby (one folder each; as large as the memory their
-    /// guests touched)
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/unikerneld/snapshots")]
-    snapshot_dir: PathBuf,
-
-    /// The per-VM monitor [default: unikernel-vmm next to this program, else on PATH]
-    #[arg(long, value_name = "PATH")]
-    vmm: Option<PathBuf>,
-
-    /// How guests reach the host
-    #[arg(long, value_enum, default_value = "routed")]
-    network: Network,
-
-    /// Bridge name for --network bridged
-    #[arg(long, value_name = "NAME", default_value = "ukbr0")]
-    bridge: String,
-
-    /// Guest addresses come from this pool; the first address is the host side (gateway)
-    #[arg(long, value_name = "CIDR", default_value = "10.200.0.0/16")]
-    pool: AddressPool,
-
-    /// Full reload this often (seconds), whatever inotify reported
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    resync: u64,
-}
+use unikerneld::net::Mode;
 
 fn default_vmm() -> PathBuf {
+    if let Some(path) = BUILT_IN_VMM.map(PathBuf::from).filter(|p| p.exists()) {
+        return path;
+    }
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(contract::VMM_BINARY)))

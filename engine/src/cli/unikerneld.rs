@@ -1,0 +1,68 @@
+//! The command line of `unikerneld` (here, not in the binary, so that the man page and the
+//! shell completions are generated from the same definition).
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::net::AddressPool;
+
+/// The VMM's path when `--vmm` is not given, set when a package is built
+/// (`UNIKERNELD_VMM=/usr/libexec/unikerneld/unikernel-vmm cargo build`): the VMM is not a
+/// program users run, so it does not belong on PATH.
+pub const BUILT_IN_VMM: Option<&str> = option_env!("UNIKERNELD_VMM");
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Network {
+    /// Each tap is its own link with a /32 route and proxy ARP (no limit on VMs)
+    Routed,
+    /// Every tap is a port of one bridge holding the gateway (at most 1024 VMs)
+    Bridged,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "unikerneld",
+    version,
+    about = "Converge a directory of KDL declarations into running KVM unikernels.",
+    after_help = "Edit the declarations and the daemon converges: new services boot, changed ones are \
+replaced, removed ones stop. SIGHUP (systemctl reload) reloads at once. The daemon's exit never stops \
+VMs: a new daemon adopts them from the state directory.\n\n\
+Logs go to the journal when it is there (each service's events and console lines carry \
+UNIKERNEL=<name>), else to stderr; RUST_LOG filters (default info)."
+)]
+pub struct Cli {
+    /// Directory of declarations (*.kdl)
+    #[arg(long, value_name = "DIR", default_value = "/etc/unikernels")]
+    pub config_dir: PathBuf,
+
+    /// Runtime state: VM records, console sockets, status.json
+    #[arg(long, value_name = "DIR", default_value = "/run/unikerneld")]
+    pub state_dir: PathBuf,
+
+    /// Snapshots of services on standby (one folder each; as large as the memory their
+    /// guests touched)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/unikerneld/snapshots")]
+    pub snapshot_dir: PathBuf,
+
+    /// The per-VM monitor [default: the path built in (the package's is
+    /// /usr/libexec/unikerneld/unikernel-vmm), else unikernel-vmm next to this program, else
+    /// on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub vmm: Option<PathBuf>,
+
+    /// How guests reach the host
+    #[arg(long, value_enum, default_value = "routed")]
+    pub network: Network,
+
+    /// Bridge name for --network bridged
+    #[arg(long, value_name = "NAME", default_value = "ukbr0")]
+    pub bridge: String,
+
+    /// Guest addresses come from this pool; the first address is the host side (gateway)
+    #[arg(long, value_name = "CIDR", default_value = "10.200.0.0/16")]
+    pub pool: AddressPool,
+
+    /// Full reload this often (seconds), whatever inotify reported
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub resync: u64,
+}
