@@ -65,7 +65,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let state = StateDir::with_snapshots(&config.state_dir, &config.snapshot_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
-    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone());
+    let scopes = crate::systemd::scope::Scopes::connect().await;
+    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone(), scopes);
     let (tx, events) = mpsc::unbounded_channel();
     let controller = Controller::new(config.config_dir.clone(), state, launcher, net, tx)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;

@@ -4,6 +4,7 @@
 //! (`net`), exposes host ports (`proxy`), keeps runtime state for adoption (`state_dir`)
 //! and reports honest status (`status`, `systemd`, `dbus`). `daemon` is the control loop
 //! that ties them to inotify, signals, D-Bus and systemd.
+pub mod cli;
 pub mod controller;
 pub mod daemon;
 pub mod dbus;

@@ -395,3 +395,40 @@ fn connection_limits_parse_and_change_in_place() {
     let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    net { connections most=3 }\n}\n");
     assert!(e.message.contains("connections takes max=N"), "{}", e.message);
 }
+
+#[test]
+fn limits_parse_change_in_place_and_are_checked_against_the_guest() {
+    let (specs, diags) = parse(
+        "unikernel \"web\" {\n    image \"/x\"\n    limits {\n        memory-max \"48M\"\n        cpu-weight 50\n        cpu-quota \"25%\"\n        tasks-max 8\n    }\n}\n",
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    let l = specs[0].limits;
+    assert_eq!(
+        (l.memory_max, l.cpu_weight, l.cpu_quota_percent, l.tasks_max),
+        (Some(48 << 20), Some(50), Some(25), Some(8))
+    );
+    let (plain, _) = parse("unikernel \"web\" {\n    image \"/x\"\n}\n");
+    assert!(plain[0].limits.is_empty());
+    assert_eq!(plain[0].hash(), specs[0].hash(), "limits apply to the running VM");
+    assert_eq!(plain[0].changed_live_fields(&specs[0]), vec!["limits"]);
+
+    // memory-max is checked against memory even when memory comes later.
+    let e = first_error(
+        "unikernel \"web\" {\n    image \"/x\"\n    limits { memory-max \"16M\"; }\n    memory \"32M\"\n}\n",
+    );
+    assert_eq!((e.line, e.column), (3, 25));
+    assert!(
+        e.message.contains("less than the guest's memory (32M)"),
+        "{}",
+        e.message
+    );
+    assert!(e.help.unwrap().contains("\"36M\""));
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    limits { cpu-quota \"250%\"; }\n}\n");
+    assert!(e.help.unwrap().contains("\"100%\" (100% per vCPU)"));
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    vcpus 2\n    limits { tasks-max 3; }\n}\n");
+    assert!(e.message.contains("out of range"), "{}", e.message);
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    limits { memory-mx \"64M\"; }\n}\n");
+    assert_eq!(e.help.as_deref(), Some("did you mean `memory-max`?"));
+    let e = first_error("unikernel \"web\" {\n    image \"/x\"\n    limits \"64M\"\n}\n");
+    assert!(e.message.contains("takes a block"), "{}", e.message);
+}

@@ -85,6 +85,8 @@ pub struct HostState {
     pub restored: BTreeSet<u32>,
     /// Snapshots taken, by service.
     pub snapshots: Vec<String>,
+    /// (service, limits) of every in-place limits change.
+    pub limits: Vec<(String, crate::decl::LimitsSpec)>,
 }
 
 /// The host both fakes share, and the test inspects.
@@ -203,6 +205,10 @@ impl Launcher for FakeLauncher {
 impl VmProcess for FakeVm {
     fn pid(&self) -> u32 {
         self.pid
+    }
+
+    fn apply_limits(&self, limits: &crate::decl::LimitsSpec) {
+        self.host.get().limits.push((self.vmm.name.clone(), *limits));
     }
 
     fn responsive(&self) -> BoxFuture<bool> {

@@ -88,6 +88,9 @@ pub trait VmProcess: 'static {
     /// Asks the VMM to save the VM into `dir` and end (standby). The VMM then ends with
     /// [`contract::exit::ExitStatus::Saved`].
     fn snapshot(&self, dir: std::path::PathBuf) -> BoxFuture<Result<Saved, String>>;
+    /// Applies changed resource limits to the running VMM (its systemd scope), in place.
+    /// Failures are the launcher's to report: limits never stop a VM.
+    fn apply_limits(&self, limits: &crate::decl::LimitsSpec);
 }
 
 /// What differs between the host and what the controller set up for a service.

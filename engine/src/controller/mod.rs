@@ -36,7 +36,7 @@ use crate::plan::{plan, Action, Observed, Plan};
 use crate::state_dir::{write_atomic, StateDir};
 use crate::status::{DeclarationError, Snapshot, State};
 use crate::supervise::console::ConsoleRing;
-use host::{Exit, HostNet, Launcher};
+use host::{Exit, HostNet, Launcher, VmProcess};
 use service::{Service, Vm};
 
 /// A VMM asked to stop gets this long before SIGKILL.
@@ -309,6 +309,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                     return;
                 };
                 info!(UNIKERNEL = %name, "update in place: {} changed (the VM keeps running)", changed.join(", "));
+                if spec.limits != svc.spec.limits {
+                    if let Some(vm) = &svc.vm {
+                        vm.process.apply_limits(&spec.limits);
+                    }
+                }
                 svc.spec = spec;
                 svc.declared = true;
                 self.sync_listeners(&name);

@@ -2,6 +2,7 @@
 //! (file:line:col), what, and how to fix it. Loading is per file: a file that fails keeps
 //! its last good specs (see [`load::Loader`]).
 pub mod diagnostic;
+pub mod limits;
 pub mod load;
 pub mod parse;
 pub mod spec;
@@ -9,6 +10,7 @@ pub mod standby;
 pub mod template;
 
 pub use diagnostic::DeclError;
+pub use limits::LimitsSpec;
 pub use load::{Loaded, Loader};
 pub use spec::{Connections as ConnectionLimits, Expose, NetSpec, RestartPolicy, Source, Spec};
 pub use standby::{Connections, StandbySpec};

@@ -30,8 +30,8 @@ use super::diagnostic::{did_you_mean, DeclError, Reporter};
 use super::spec::{Expose, NetSpec, RestartPolicy, Source, Spec};
 use super::template;
 
-const SERVICE_FIELDS: [&str; 9] = [
-    "image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart", "standby",
+const SERVICE_FIELDS: [&str; 10] = [
+    "image", "cmdline", "env", "memory", "vcpus", "initrd", "net", "restart", "standby", "limits",
 ];
 const NET_FIELDS: [&str; 3] = ["address", "expose", "connections"];
 const DEFAULT_MEMORY: u64 = 16 << 20;
@@ -128,7 +128,7 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
     (specs, diags)
 }
 
-fn string<'a>(r: &Reporter, e: &'a KdlEntry, what: &str, diags: &mut Vec<DeclError>) -> Option<&'a str> {
+pub(super) fn string<'a>(r: &Reporter, e: &'a KdlEntry, what: &str, diags: &mut Vec<DeclError>) -> Option<&'a str> {
     match e.value() {
         KdlValue::String(s) => Some(s),
         other => {
@@ -143,7 +143,7 @@ fn string<'a>(r: &Reporter, e: &'a KdlEntry, what: &str, diags: &mut Vec<DeclErr
     }
 }
 
-fn integer(
+pub(super) fn integer(
     r: &Reporter,
     e: &KdlEntry,
     what: &str,
@@ -174,7 +174,7 @@ fn integer(
 }
 
 /// The single positional argument of `node`, and no properties.
-fn one_arg<'a>(r: &Reporter, node: &'a KdlNode, diags: &mut Vec<DeclError>) -> Option<&'a KdlEntry> {
+pub(super) fn one_arg<'a>(r: &Reporter, node: &'a KdlNode, diags: &mut Vec<DeclError>) -> Option<&'a KdlEntry> {
     let args: Vec<&KdlEntry> = node.entries().iter().filter(|e| e.name().is_none()).collect();
     for (e, name) in node.entries().iter().filter_map(|e| Some((e, e.name()?))) {
         let name = name.value();
@@ -208,7 +208,7 @@ fn one_arg<'a>(r: &Reporter, node: &'a KdlNode, diags: &mut Vec<DeclError>) -> O
     }
 }
 
-fn no_children(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) {
+pub(super) fn no_children(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) {
     if let Some(children) = node.children() {
         diags.push(r.error(
             children.span(),
@@ -268,6 +268,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
     let mut restart = RestartPolicy::Always;
     let mut standby = None;
     let mut standby_at = None;
+    let mut limits_node: Option<&KdlNode> = None;
     let mut seen: Vec<&str> = Vec::new();
 
     for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
@@ -296,7 +297,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
             continue;
         }
         seen.push(field);
-        if field != "net" {
+        if field != "net" && field != "limits" {
             no_children(r, child, diags);
         }
         match field {
@@ -409,9 +410,15 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
                 standby_at = Some(child.name().span());
                 standby = super::standby::parse(r, child, diags);
             }
+            // Checked against memory and vcpus, which may come after it.
+            "limits" => limits_node = Some(child),
             _ => net = net_block(r, child, diags),
         }
     }
+    let limits = match limits_node {
+        Some(node) => super::limits::parse(r, node, memory_bytes, vcpus, diags).unwrap_or_default(),
+        None => Default::default(),
+    };
     if let Some(at) = standby_at {
         if net.as_ref().is_none_or(|n: &NetSpec| n.expose.is_empty()) {
             diags.push(r.error(
@@ -462,6 +469,7 @@ fn service(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option<S
         net,
         restart,
         standby,
+        limits,
         source: Source {
             file: r.file().to_path_buf(),
             line,

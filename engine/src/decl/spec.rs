@@ -89,6 +89,8 @@ pub struct Spec {
     pub restart: RestartPolicy,
     /// Scale to zero; `None`: the VM runs while declared.
     pub standby: Option<super::StandbySpec>,
+    /// Resource limits of the VMM's systemd scope (applied in place).
+    pub limits: super::LimitsSpec,
     pub source: Source,
     /// [`Spec::hash`], computed once (plans ask for it for every service on every reload).
     pub hash_cache: HashCache,
@@ -127,7 +129,8 @@ pub const HASH_VERSION: &str = "uk-spec-v1";
 
 impl Spec {
     /// The fields that make two specs "the same VM", each with its name, in a canonical
-    /// text form. Fields applied to a running VM in place (`expose`, `restart`) and the
+    /// text form. Fields applied to a running VM in place (`expose`, `restart`, `standby`,
+    /// `connections`, `limits`) and the
     /// source place are not among them.
     pub fn vm_fields(&self) -> [(&'static str, String); 7] {
         let net = match &self.net {
@@ -156,7 +159,7 @@ impl Spec {
     }
 
     /// The fields applied to a running VM without replacing it.
-    pub fn live_fields(&self) -> [(&'static str, String); 4] {
+    pub fn live_fields(&self) -> [(&'static str, String); 5] {
         let expose: Vec<String> = self
             .exposed()
             .map(|e| match e.bind.is_unspecified() {
@@ -172,6 +175,7 @@ impl Spec {
                 self.standby.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
             ),
             ("connections", format!("{:?}", self.net.as_ref().map(|n| n.connections))),
+            ("limits", self.limits.to_string()),
         ]
     }
 
@@ -192,6 +196,7 @@ impl Spec {
             && self.standby == other.standby
             && self.exposed().eq(other.exposed())
             && self.net.as_ref().map(|n| n.connections) == other.net.as_ref().map(|n| n.connections)
+            && self.limits == other.limits
     }
 
     /// Names of the live fields that differ (an in-place update when nothing else does).

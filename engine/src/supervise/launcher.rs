@@ -16,6 +16,7 @@ use super::probe;
 use super::process::{Ended, Launch, Process};
 use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Signal, VmProcess};
 use crate::state_dir::{StateDir, VmRecord};
+use crate::systemd::scope::Scopes;
 
 /// How long the end of a VM waits for its console's last lines (the VMM is gone, so the
 /// follower reaches the end at once unless the socket misbehaves).
@@ -24,11 +25,13 @@ const CONSOLE_DRAIN: Duration = Duration::from_millis(200);
 pub struct VmmLauncher {
     vmm: PathBuf,
     state: StateDir,
+    /// Where systemd runs the host: each VMM's own scope.
+    scopes: Option<Scopes>,
 }
 
 impl VmmLauncher {
-    pub fn new(vmm: PathBuf, state: StateDir) -> VmmLauncher {
-        VmmLauncher { vmm, state }
+    pub fn new(vmm: PathBuf, state: StateDir, scopes: Option<Scopes>) -> VmmLauncher {
+        VmmLauncher { vmm, state, scopes }
     }
 
     fn follow(&self, name: &str, process: Process, console: ConsoleRing, fresh: bool, restored: bool) -> Vmm {
@@ -49,6 +52,7 @@ impl VmmLauncher {
             restored,
             console: Some(AbortOnDrop(follower)),
             first_line: Some(first_line_rx),
+            scopes: self.scopes.clone(),
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct Vmm {
     restored: bool,
     console: Option<AbortOnDrop>,
     first_line: Option<oneshot::Receiver<()>>,
+    scopes: Option<Scopes>,
 }
 
 /// How much of the end of the VMM's stderr is searched for its error line.
@@ -126,11 +131,19 @@ impl Launcher for VmmLauncher {
             stderr,
         };
         let process = Process::spawn(launch).map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;
+        if let Some(scopes) = &self.scopes {
+            scopes.place(name, process.pid, spec.limits);
+        }
         Ok(self.follow(name, process, request.console, true, request.restore.is_some()))
     }
 
     fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Vmm> {
         let process = Process::adopt(record.pid, record.start_ticks)?;
+        // Started by a daemon without scopes (an older one, or systemd came later): its
+        // scope now; one already in its scope stays there.
+        if let Some(scopes) = &self.scopes {
+            scopes.place(name, process.pid, Default::default());
+        }
         // The VMM replays its recent output: into the ring, not to the journal again.
         Some(self.follow(name, process, console, false, false))
     }
@@ -217,6 +230,15 @@ impl VmProcess for Vmm {
 
     fn pid(&self) -> u32 {
         self.process.pid
+    }
+
+    fn apply_limits(&self, limits: &crate::decl::LimitsSpec) {
+        match &self.scopes {
+            Some(scopes) => scopes.set_limits(&self.name, *limits),
+            None => {
+                tracing::warn!(UNIKERNEL = %self.name, "limits {limits} not applied: systemd does not run this host (no scope)")
+            }
+        }
     }
 
     fn start_ticks(&self) -> u64 {

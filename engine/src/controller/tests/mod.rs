@@ -728,3 +728,42 @@ async fn a_host_out_of_resources_is_retried_every_second_and_never_failed() {
     h.run_for(Duration::from_millis(1100)).await;
     assert_eq!(h.state("web"), Some(State::Running));
 }
+
+#[tokio::test(start_paused = true)]
+async fn changed_limits_apply_to_the_running_vm_in_place() {
+    let mut h = Harness::new("limits").await;
+    h.write("web.kdl", &decl("web", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let pid = h.pid("web");
+    h.write(
+        "web.kdl",
+        &decl("web", "limits { memory-max \"64M\"; cpu-weight 10; }\n"),
+    );
+    let plan = h.ctl().reload().await;
+    assert!(
+        matches!(&plan.actions[..], [Action::Update { changed, .. }] if changed == &["limits"]),
+        "{:?}",
+        plan.actions
+    );
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.pid("web"), pid, "the VM keeps running");
+    assert_eq!(h.host.spawn_count("web"), 1);
+    let applied = h.host.get().limits.clone();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].0, "web");
+    assert_eq!(
+        (applied[0].1.memory_max, applied[0].1.cpu_weight),
+        (Some(64 << 20), Some(10))
+    );
+    // An unrelated in-place change does not touch the limits again.
+    h.write(
+        "web.kdl",
+        &decl(
+            "web",
+            "limits { memory-max \"64M\"; cpu-weight 10; }\nrestart \"never\"\n",
+        ),
+    );
+    h.ctl().reload().await;
+    assert_eq!(h.host.get().limits.len(), 1);
+}

@@ -1,5 +1,7 @@
 //! systemd integration: readiness, status line and watchdog through sd_notify (all no-ops
 //! when the daemon was not started by systemd), and logging to the journal.
+pub mod scope;
+
 use std::time::Duration;
 
 use sd_notify::NotifyState;
