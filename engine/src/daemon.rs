@@ -37,7 +37,9 @@ pub struct Config {
 }
 
 /// Status is published at most this often, and only after a change: an idle daemon wakes
-/// for nothing but the resync (and the watchdog, when systemd asks).
+/// for nothing but the resync (and the watchdog, when systemd asks). The first change after
+/// a quiet spell is published at once (a service that serves is `running` in status.json
+/// and on D-Bus by then); a burst of changes is published once per period.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs the daemon until SIGTERM or SIGINT. Its exit never stops VMs.
@@ -236,13 +238,14 @@ pub async fn serve<L: Launcher, N: HostNet>(
     let mut resync = tokio::time::interval(resync_every);
     resync.tick().await;
     let mut publish_at: Option<tokio::time::Instant> = None;
+    let mut published_at = tokio::time::Instant::now();
     let watchdog_every = crate::systemd::watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut pending = Pending::default();
     tokio::pin!(shutdown);
     loop {
         if ctl.is_dirty() && publish_at.is_none() {
-            publish_at = Some(tokio::time::Instant::now() + PUBLISH_EVERY);
+            publish_at = Some((published_at + PUBLISH_EVERY).max(tokio::time::Instant::now()));
         }
         let deadline = pending.deadline();
         tokio::select! {
@@ -308,6 +311,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
             }
             _ = sleep_until(publish_at) => {
                 publish_at = None;
+                published_at = tokio::time::Instant::now();
                 grow(ctl.service_count());
                 publish_now(&mut ctl);
             }

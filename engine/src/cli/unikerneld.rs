@@ -27,6 +27,10 @@ pub enum Network {
     after_help = "Edit the declarations and the daemon converges: new services boot, changed ones are \
 replaced, removed ones stop. SIGHUP (systemctl reload) reloads at once. The daemon's exit never stops \
 VMs: a new daemon adopts them from the state directory.\n\n\
+Where systemd is PID 1, each VM runs in its own scope, unikernel-<name>.scope in unikernel.slice \
+(systemctl status unikernel-web.scope, systemd-cgtop), with the declaration's limits. \
+`systemctl stop unikerneld` leaves the VMs running (their host ports, served by the daemon, close \
+until it starts again); `systemctl stop unikerneld unikernel.slice` stops everything.\n\n\
 Logs go to the journal when it is there (each service's events and console lines carry \
 UNIKERNEL=<name>), else to stderr; RUST_LOG filters (default info)."
 )]
