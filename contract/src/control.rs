@@ -13,6 +13,11 @@
 //! releases never misread each other. Replies are `ok [values...]` or `err <message>`.
 //! Paths are the rest of the line after the fixed words (they may contain spaces, not
 //! newlines).
+
+/// The files of a snapshot directory (`snapshot exit` writes them, `--restore DIR` reads
+/// them): the VM's state, written last, and its memory.
+pub const SNAPSHOT_STATE_FILE: &str = "state";
+pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
 use std::fmt;
 use std::path::PathBuf;
 

@@ -85,7 +85,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                     warn!(UNIKERNEL = %name, "cannot take over its address: {e}");
                 }
             }
-            let snapshot_there = self.state_dir.snapshot_dir(&name).join("state").exists();
+            let snapshot_there = self
+                .state_dir
+                .snapshot_dir(&name)
+                .join(contract::control::SNAPSHOT_STATE_FILE)
+                .exists();
             match desired.get(&name) {
                 Some(spec) if spec.hash() == record.spec_hash && snapshot_there => {
                     let mut svc = Service::new(spec.clone());

@@ -134,6 +134,8 @@ pub struct FakeVm {
     pid: u32,
     vmm: FakeVmm,
     host: FakeHost,
+    /// Started by an earlier daemon: its exit status went to its real parent.
+    adopted: bool,
 }
 
 impl Launcher for FakeLauncher {
@@ -175,6 +177,7 @@ impl Launcher for FakeLauncher {
             pid,
             vmm,
             host: self.0.clone(),
+            adopted: false,
         })
     }
 
@@ -197,6 +200,7 @@ impl Launcher for FakeLauncher {
                 pid: record.pid,
                 vmm,
                 host: self.0.clone(),
+                adopted: true,
             }
         })
     }
@@ -221,7 +225,7 @@ impl VmProcess for FakeVm {
         })
     }
 
-    fn snapshot(&self, _dir: std::path::PathBuf) -> BoxFuture<Result<super::host::Saved, String>> {
+    fn snapshot(&self, dir: std::path::PathBuf) -> BoxFuture<Result<super::host::Saved, String>> {
         let mut host = self.host.get();
         host.snapshots.push(self.vmm.name.clone());
         let error = host
@@ -235,6 +239,11 @@ impl VmProcess for FakeVm {
             if let Some(e) = error {
                 return Err(e);
             }
+            // As the VMM does: the state file last, then the exit.
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let tmp = dir.join(".state.tmp");
+            std::fs::write(&tmp, b"fake").map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, dir.join(contract::control::SNAPSHOT_STATE_FILE)).map_err(|e| e.to_string())?;
             end.send_if_modified(|e| e.is_none() && e.replace(Ended::Exited(4)).is_none());
             Ok(super::host::Saved {
                 memory_bytes: 4096,
@@ -262,8 +271,10 @@ impl VmProcess for FakeVm {
 
     fn ended(&mut self) -> BoxFuture<Exit> {
         let mut end = self.vmm.end.subscribe();
+        let adopted = self.adopted;
         Box::pin(async move {
             let ended = match end.wait_for(Option::is_some).await {
+                Ok(_) if adopted => Ended::Unknown,
                 Ok(e) => e.unwrap_or(Ended::Unknown),
                 Err(_) => Ended::Unknown,
             };

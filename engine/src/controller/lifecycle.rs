@@ -44,6 +44,16 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
 
     /// Starts the VMM of `name`: a cold boot, or (`restore`) the VM saved in its snapshot,
     /// on the tap and address it kept while on standby.
+    /// Whether the VMM of `name`, asked for a snapshot, wrote one (a new state file was
+    /// renamed into place): for adopted VMMs, whose exit status is not ours to read.
+    fn saved_since(&self, name: &str) -> bool {
+        let Some(svc) = self.services.get(name).filter(|s| s.standby.saving) else {
+            return false;
+        };
+        let now = super::standby::state_inode(&self.state_dir.snapshot_dir(name));
+        now.is_some() && now != svc.standby.state_before
+    }
+
     pub(super) async fn start_vm(&mut self, name: &str, restore: bool) {
         let Some(svc) = self.services.get_mut(name) else { return };
         let t0 = Instant::now();
@@ -246,13 +256,14 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 let kept = (old.spec_hash.clone(), old.address, old.tap.clone());
                 drop(old);
                 self.state_dir.clear_record(&name);
+                let saved = exit.ended == Ended::Exited(i32::from(ExitStatus::Saved.code()))
+                    || (exit.ended == Ended::Unknown && self.saved_since(&name));
                 let Some(svc) = self.services.get_mut(&name) else {
                     return;
                 };
                 if !svc.declared {
                     return self.remove(&name).await;
                 }
-                let saved = exit.ended == Ended::Exited(i32::from(ExitStatus::Saved.code()));
                 if saved && svc.state != State::Stopping {
                     return self.entered_standby(&name, kept).await;
                 }

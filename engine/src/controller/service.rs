@@ -99,6 +99,11 @@ pub type ListenerSpec = (u16, Ipv4Addr, crate::proxy::Limits);
 pub struct Standby {
     /// A snapshot was asked for; the VM ends once it is written.
     pub saving: bool,
+    /// The inode of the snapshot's state file when it was asked for (none: no file). A
+    /// VMM adopted from an earlier daemon ends with no exit status we can read: a state
+    /// file renamed into place since then is what says it saved. (Not its mtime: file
+    /// times come from a coarse clock that can lag the request's timestamp.)
+    pub state_before: Option<u64>,
     /// A connection arrived while saving: wake as soon as the snapshot is done.
     pub wake_pending: bool,
     /// When the wake of the VM that runs now was asked for (it was restored).

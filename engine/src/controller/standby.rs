@@ -72,9 +72,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// (with status "saved") completes the move to standby.
     fn suspend(&mut self, name: &str) {
         let dir = self.state_dir.snapshot_dir(name);
+        let state_before = state_inode(&dir);
         let Some(svc) = self.services.get_mut(name) else { return };
         let Some(vm) = svc.vm.as_ref() else { return };
         svc.standby.saving = true;
+        svc.standby.state_before = state_before;
         svc.standby.wake_pending = false;
         let _ = svc.target.send(None);
         let saving = vm.process.snapshot(dir);
@@ -192,4 +194,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.wake(name).await;
         Ok(())
     }
+}
+
+/// The inode of the state file in snapshot directory `dir`, if there is one.
+pub(super) fn state_inode(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join(contract::control::SNAPSHOT_STATE_FILE))
+        .ok()
+        .map(|m| m.ino())
 }

@@ -23,8 +23,7 @@ use crate::devices::virtio::transport::mmio::MmioSnapshot;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm::VmState;
 
-pub const STATE_FILE: &str = "state";
-pub const MEMORY_FILE: &str = "memory";
+pub use contract::control::{SNAPSHOT_MEMORY_FILE as MEMORY_FILE, SNAPSHOT_STATE_FILE as STATE_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -100,16 +100,46 @@ async fn a_snapshot_that_does_not_restore_boots_afresh_and_serves() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_vm_adopted_from_an_earlier_daemon_goes_to_standby_too() {
+    // Its exit status is not ours to read (it is not our child): the snapshot written
+    // since the request is what says it saved, not a crash to restart from.
+    let mut h = Harness::new("adoptsave").await;
+    h.write("web.kdl", &standby_decl("web", "idle=\"1s\""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    h.restart_daemon().await;
+    h.ctl().converge().await;
+    h.run_for(Duration::from_millis(1200)).await;
+    assert_eq!(h.state("web"), Some(State::Standby));
+    assert_eq!(h.status("web").restarts, 0, "not taken for a crash");
+    assert_eq!(h.host.spawn_count("web"), 1, "nothing restarted");
+    let _client = h.connect();
+    h.run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.state("web"), Some(State::Running));
+    assert!(
+        h.host.get().restored.contains(&h.pid("web").unwrap()),
+        "resumed, not booted"
+    );
+
+    // Without a snapshot written, an adopted VMM's end is a crash, as before.
+    h.restart_daemon().await;
+    h.ctl().converge().await;
+    let pid = h.pid("web").unwrap();
+    h.host.kill(pid, Ended::Signaled(libc::SIGKILL));
+    h.run_for(Duration::from_millis(500)).await;
+    assert_eq!(h.status("web").restarts, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn standby_survives_a_daemon_restart_and_a_changed_declaration_boots_afresh() {
     let mut h = Harness::new("standbyadopt").await;
     h.write("web.kdl", &standby_decl("web", "idle=\"1s\""));
     h.ctl().reload().await;
     h.run_for(Duration::from_millis(1200)).await;
     assert_eq!(h.state("web"), Some(State::Standby));
-    // The fake does not write files: the snapshot's state file stands for the real one.
     let snap = h.root.join("run/snapshots/web");
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::write(snap.join("state"), b"x").unwrap();
+    assert!(snap.join("state").exists(), "the fake VMM wrote its state file");
     h.restart_daemon().await;
     h.ctl().converge().await;
     assert_eq!(h.state("web"), Some(State::Standby), "adopted on standby");
