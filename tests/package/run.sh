@@ -46,6 +46,10 @@ check() { # check "what" command...: runs the command, prints pass/FAIL
 work=$(mktemp -d /tmp/uk-package.XXXXXX)
 nspawn_pid=
 cleanup() {
+    if [ "$failures" != 0 ] && [ -n "${leader:-}" ]; then
+        echo "== unikerneld's journal in the container (last 80 lines)"
+        nsenter -t "$leader" -a journalctl -q -n 80 -u unikerneld --no-pager 2>&1 | sed 's/^/      /' || true
+    fi
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         kill "$nspawn_pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
@@ -107,13 +111,14 @@ for _ in $(seq 100); do
 done
 [ -n "$leader" ] || { cat "$work/console.log"; echo "FATAL: the container did not start" >&2; exit 1; }
 inside() { nsenter -t "$leader" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+for _ in $(seq 100); do [ -S "/proc/$leader/root/run/systemd/private" ] && break; sleep 0.05; done
 state=$(inside timeout 60 systemctl is-system-running --wait || true)
 echo "booted ($state) in $((($(date +%s%N) - t0) / 1000000)) ms"
 
 # Helpers run inside the container.
 http() { inside curl -s --max-time 5 "http://127.0.0.1:$1/"; }
 main_pid() { inside systemctl show -P MainPID unikerneld; }
-vm_pid() { inside unikernelctl status web --json 2>/dev/null | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$'; }
+vm_pid() { inside unikernelctl status web --json 2>/dev/null | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$' || true; }
 wait_http() { # wait_http PORT PATTERN
     for _ in $(seq 500); do
         http "$1" 2>/dev/null | grep -q "$2" && return 0
@@ -140,7 +145,9 @@ inside cp /usr/share/doc/unikerneld/examples/web.kdl /etc/unikernels/web.kdl
 t0=$(date +%s%N)
 check "web answers on its host port 8080" wait_http 8080 "web 1"
 echo "      (file copied -> first HTTP 200 in $((($(date +%s%N) - t0) / 1000000)) ms, polling every 20 ms)"
-check "unikernelctl status web says running" bash -c "nsenter -t $leader -a unikernelctl status web | grep -q 'State: running'"
+# Status follows the guest within one publishing period (100 ms).
+check "unikernelctl status web says running" \
+    bash -c "for i in \$(seq 50); do nsenter -t $leader -a unikernelctl status web 2>&1 | grep -q 'State: running' && exit 0; sleep 0.05; done; nsenter -t $leader -a unikernelctl status web"
 check "busctl lists web" bash -c "nsenter -t $leader -a busctl call org.unikerneld1 /org/unikerneld1 org.unikerneld1.Manager ListUnikernels | grep -q '\"web\"'"
 check "a non-root unikernelctl restart web is denied (exit 6)" \
     bash -c "nsenter -t $leader -a setpriv --reuid=65534 --regid=65534 --clear-groups unikernelctl restart web; [ \$? = 6 ]"
@@ -188,6 +195,16 @@ check "apt install --reinstall" \
 check "a new daemon" bash -c "[ \"$(main_pid)\" != $daemon ] && [ \"\$(nsenter -t $leader -a systemctl is-active unikerneld)\" = active ]"
 check "the same VMM ($pid)" bash -c "[ \"$(vm_pid)\" = $pid ]"
 check "the same guest: the counter goes on at 5" wait_http 8080 "web 5"
+
+echo "== standby under the unit's hardening: snapshot in /var/lib/unikerneld, wake on a request"
+check "unikernelctl standby web" inside unikernelctl standby web
+# The VM was adopted (restart, upgrade): its exit status is not the daemon's to read,
+# yet it must be on standby, not taken for a crash and restarted.
+check "web is on standby, with no process" \
+    bash -c "for i in \$(seq 50); do s=\$(nsenter -t $leader -a unikernelctl status web); grep -q 'State: standby' <<<\"\$s\" && ! grep -q 'PID:' <<<\"\$s\" && exit 0; sleep 0.05; done; echo \"\$s\"; exit 1"
+check "its snapshot is in /var/lib/unikerneld/snapshots/web" inside test -s /var/lib/unikerneld/snapshots/web/memory
+check "a request wakes it: the counter goes on at 6" wait_http 8080 "web 6"
+pid=$(vm_pid)
 
 echo "== remove, purge"
 check "apt remove" inside env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q unikerneld
