@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::controller::host::{HostNet, Launcher};
 use crate::controller::{Controller, Event};
-use crate::dbus::{self, Published, Request, Shared};
+use crate::dbus::{self, Published, Request, Shared, SyncReply};
 use crate::net::{sysctl, AddressPool, HostNetwork, Mode};
+use crate::source::git::{Follower, GitConfig, Outcome};
 use crate::state_dir::StateDir;
 use crate::supervise::launcher::VmmLauncher;
 use crate::watch::{self, Change};
@@ -34,6 +35,8 @@ pub struct Config {
     pub resync_every: Duration,
     pub mode: Mode,
     pub pool: AddressPool,
+    /// Follow a git remote (`--git`): `config_dir` is then its `current` link.
+    pub git: Option<crate::source::git::GitConfig>,
 }
 
 /// Status is published at most this often, and only after a change: an idle daemon wakes
@@ -89,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             sysctl::apply(&sysctl::wanted(n.max(1024), &mode));
         }
     };
-    serve(controller, events, config.resync_every, grow, shutdown).await?;
+    serve(controller, events, config.resync_every, config.git, grow, shutdown).await?;
     info!("stopping; the VMs keep running and the next unikerneld adopts them");
     Ok(())
 }
@@ -155,10 +158,48 @@ pub async fn serve<L: Launcher, N: HostNet>(
     mut ctl: Controller<L, N>,
     mut events: mpsc::UnboundedReceiver<Event>,
     resync_every: Duration,
+    git: Option<GitConfig>,
     mut grow: impl FnMut(usize),
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config_dir = ctl.config_dir().to_path_buf();
+    // Where the declarations come from: a followed git remote, or the directory itself
+    // (whose git HEAD, if it is a work tree, is reported as the revision).
+    let (source_tx, mut source_events) = mpsc::unbounded_channel::<SourceEvent>();
+    let syncs = match git {
+        Some(cfg) => {
+            let follower = Follower::new(cfg.clone());
+            info!(
+                "following {} ({}{}), fetching every {} s",
+                cfg.url,
+                cfg.reference,
+                if cfg.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{}", cfg.path)
+                },
+                cfg.poll.as_secs()
+            );
+            let mut source = ctl.source().clone();
+            source.applied_revision = follower.applied().cloned();
+            ctl.set_source(source);
+            let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+            tokio::spawn(follow_git(follower, cfg.poll, sync_rx, source_tx.clone()));
+            Some(sync_tx)
+        }
+        None => None,
+    };
+    let mut worktree_busy = false;
+    let check_worktree = |busy: &mut bool| {
+        if syncs.is_none() && !*busy {
+            *busy = true;
+            let (dir, tx) = (config_dir.clone(), source_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(SourceEvent::WorkTree(crate::source::worktree::head(&dir)));
+            });
+        }
+    };
+    check_worktree(&mut worktree_busy);
     let (changed_tx, mut changed) = mpsc::unbounded_channel();
     let mut watcher = None;
     let try_watch = |watcher: &mut Option<notify::RecommendedWatcher>| {
@@ -266,13 +307,27 @@ pub async fn serve<L: Launcher, N: HostNet>(
                     Some(Scope::All) | None => ctl.reload().await,
                 };
                 follow_targets(&mut targets);
+                check_worktree(&mut worktree_busy);
             }
             Some(event) = events.recv() => ctl.handle(event).await,
             Some(request) = requests.recv() => match request {
                 Request::Reload(tx) => {
                     info!("reload requested (D-Bus)");
                     let _ = tx.send(ctl.reload().await);
+                    check_worktree(&mut worktree_busy);
                 }
+                Request::Sync(tx) => match &syncs {
+                    Some(syncs) => {
+                        info!("sync requested (D-Bus)");
+                        let _ = syncs.send(tx);
+                    }
+                    None => {
+                        let _ = tx.send(Err(format!(
+                            "not following a git repository ({} is read as it is; start unikerneld with --git URL to follow one)",
+                            config_dir.display()
+                        )));
+                    }
+                },
                 Request::Plan(tx) => {
                     // One parse at a time, shared by every caller that asks meanwhile.
                     if plans.join(tx) {
@@ -304,11 +359,26 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 try_watch(&mut watcher);
                 ctl.resync().await;
                 follow_targets(&mut targets);
+                check_worktree(&mut worktree_busy);
             }
             _ = hup.recv() => {
                 info!("reload requested (SIGHUP)");
                 ctl.reload().await;
+                check_worktree(&mut worktree_busy);
             }
+            Some(event) = source_events.recv() => match event {
+                SourceEvent::WorkTree(revision) => {
+                    worktree_busy = false;
+                    let mut source = ctl.source().clone();
+                    source.applied_revision = revision;
+                    ctl.set_source(source);
+                }
+                SourceEvent::Git(outcome, done) => {
+                    apply_outcome(&mut ctl, outcome).await;
+                    follow_targets(&mut targets);
+                    let _ = done.send(());
+                }
+            },
             _ = sleep_until(publish_at) => {
                 publish_at = None;
                 published_at = tokio::time::Instant::now();
@@ -325,6 +395,103 @@ pub async fn serve<L: Launcher, N: HostNet>(
 }
 
 /// Sleeps until `at`, or forever without one.
+/// What the source of the declarations reports to the control loop.
+enum SourceEvent {
+    /// The HEAD of the config directory's work tree (directory mode), if it is one.
+    WorkTree(Option<crate::source::Revision>),
+    /// A round of following the git remote; `done` once the loop has acted on it.
+    Git(Outcome, oneshot::Sender<()>),
+}
+
+/// Follows the remote: a round every `poll`, and one at once for each `Sync()` (whose
+/// caller hears the outcome after the loop has applied it). Rounds run on a blocking
+/// thread: the control loop never waits for git.
+async fn follow_git(
+    mut follower: Follower,
+    poll: Duration,
+    mut syncs: mpsc::UnboundedReceiver<oneshot::Sender<SyncReply>>,
+    to_loop: mpsc::UnboundedSender<SourceEvent>,
+) {
+    let mut tick = tokio::time::interval(poll);
+    loop {
+        let caller = tokio::select! {
+            _ = tick.tick() => None,
+            Some(caller) = syncs.recv() => Some(caller),
+            else => return,
+        };
+        let Ok((f, outcome)) = tokio::task::spawn_blocking(move || {
+            let outcome = follower.sync();
+            (follower, outcome)
+        })
+        .await
+        else {
+            return;
+        };
+        follower = f;
+        let (done_tx, done) = oneshot::channel();
+        if to_loop.send(SourceEvent::Git(outcome.clone(), done_tx)).is_err() {
+            return;
+        }
+        let _ = done.await;
+        if let Some(caller) = caller {
+            let _ = caller.send(match outcome {
+                Outcome::Unchanged => Ok((
+                    "unchanged".into(),
+                    follower.applied().map(|r| r.commit.clone()).unwrap_or_default(),
+                    Vec::new(),
+                )),
+                Outcome::Applied(r) => Ok(("applied".into(), r.commit, Vec::new())),
+                Outcome::Refused(f) => Ok(("refused".into(), f.commit, f.errors)),
+                Outcome::FetchFailed(e) => Err(e),
+            });
+        }
+    }
+}
+
+/// Acts on a round of following: a new revision is loaded whole (it was checked whole
+/// before `current` moved to it); a refused one, or a failed fetch, changes nothing that
+/// runs and is reported.
+async fn apply_outcome<L: Launcher, N: HostNet>(ctl: &mut Controller<L, N>, outcome: Outcome) {
+    let mut source = ctl.source().clone();
+    match outcome {
+        Outcome::Unchanged => source.fetch_error = None,
+        Outcome::Applied(revision) => {
+            info!("revision {} applied: {}", revision.short(), revision.subject);
+            source.fetch_error = None;
+            source.failed_revision = None;
+            source.applied_revision = Some(revision);
+            ctl.set_source(source);
+            ctl.reload().await;
+            return;
+        }
+        Outcome::Refused(failed) => {
+            let keeps = source
+                .applied_revision
+                .as_ref()
+                .map(|r| format!("revision {} stays in force", r.short()))
+                .unwrap_or_else(|| "nothing was applied yet".into());
+            warn!(
+                "revision {} refused, nothing of it applied ({keeps}): {} error(s) in \"{}\"",
+                failed.commit.get(..12).unwrap_or(&failed.commit),
+                failed.errors.len(),
+                failed.subject
+            );
+            for e in &failed.errors {
+                warn!("  {e}");
+            }
+            source.fetch_error = None;
+            source.failed_revision = Some(failed);
+        }
+        Outcome::FetchFailed(e) => {
+            if source.fetch_error.as_ref() != Some(&e) {
+                warn!("{e} (trying again at the next poll)");
+            }
+            source.fetch_error = Some(e);
+        }
+    }
+    ctl.set_source(source);
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

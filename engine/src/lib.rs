@@ -13,6 +13,7 @@ pub mod net;
 pub mod plan;
 pub mod proxy;
 pub mod single_flight;
+pub mod source;
 pub mod state_dir;
 pub mod status;
 pub mod supervise;

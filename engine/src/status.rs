@@ -173,6 +173,19 @@ pub struct Snapshot {
     pub services: Vec<Status>,
     /// Every declaration error in force.
     pub declaration_errors: Vec<DeclarationError>,
+    /// Which revision of the declarations is in force, and the last one refused.
+    #[serde(default)]
+    pub source: SourceStatus,
+}
+
+/// Where the declarations in force come from: a git revision (followed with `--git`, or
+/// the HEAD of a config directory that is a git work tree), the last revision refused,
+/// and why the remote could not be read, if it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub applied_revision: Option<crate::source::Revision>,
+    pub failed_revision: Option<crate::source::FailedRevision>,
+    pub fetch_error: Option<String>,
 }
 
 impl Snapshot {
@@ -194,7 +207,21 @@ impl Snapshot {
             1 => parts.push("1 declaration error".into()),
             n => parts.push(format!("{n} declaration errors")),
         }
-        parts.join(", ")
+        let mut line = parts.join(", ");
+        if let Some(r) = &self.source.applied_revision {
+            line.push_str(&format!(
+                "; revision {}{}",
+                r.short(),
+                if r.dirty { " (dirty)" } else { "" }
+            ));
+        }
+        if let Some(f) = &self.source.failed_revision {
+            line.push_str(&format!(
+                "; revision {} refused",
+                f.commit.get(..12).unwrap_or(&f.commit)
+            ));
+        }
+        line
     }
 }
 

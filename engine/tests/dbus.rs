@@ -311,6 +311,12 @@ fn nobody_can_read_but_not_change_or_own_the_name() {
     assert!(err.contains("access denied"), "{err}");
     let (code, _, err) = ctl_as_nobody(&bus, &["reload"]);
     assert_eq!(code, 6, "{err}");
+    let (code, _, err) = ctl_as_nobody(&bus, &["sync"]);
+    assert_eq!(code, 6, "sync is root's: {err}");
+    // Root may, but this daemon reads a plain directory: it says so.
+    let (code, _, err) = ctl(&bus, &["sync"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not following a git repository"), "{err}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(d.service("web").unwrap().pid, pid, "nothing was restarted");
     let out = run_as_nobody(

@@ -295,16 +295,42 @@ async fn run(command: Command) -> Result<u8> {
             let errors = m.declaration_errors().await.map_err(bus_error)?;
             let dir = m.config_dir().await.map_err(bus_error)?;
             let version = m.version().await.map_err(bus_error)?;
+            let (commit, time, subject, dirty) = m.applied_revision().await.map_err(bus_error)?;
+            let (failed, failed_subject, failed_errors) = m.failed_revision().await.map_err(bus_error)?;
+            let fetch_error = m.fetch_error().await.map_err(bus_error)?;
             if json {
                 let errs: Vec<_> = errors
                     .iter()
                     .map(|(f, l, c, msg)| json!({"file": f, "line": l, "column": c, "message": msg}))
                     .collect();
-                let v = json!({"version": version, "config_dir": dir, "summary": summary, "declaration_errors": errs});
+                let applied = (!commit.is_empty())
+                    .then(|| json!({"commit": commit, "time": time, "subject": subject, "dirty": dirty}));
+                let refused = (!failed.is_empty())
+                    .then(|| json!({"commit": failed, "subject": failed_subject, "errors": failed_errors}));
+                let v = json!({"version": version, "config_dir": dir, "summary": summary, "declaration_errors": errs,
+                    "applied_revision": applied, "failed_revision": refused,
+                    "fetch_error": (!fetch_error.is_empty()).then_some(&fetch_error)});
                 println!("{v:#}");
             } else {
                 println!("● unikerneld {version}: {summary}");
                 println!("  Declarations: {dir}");
+                if !commit.is_empty() {
+                    let short = commit.get(..12).unwrap_or(&commit);
+                    println!(
+                        "      Revision: {short}{} {subject:?}",
+                        if dirty { " (dirty)" } else { "" }
+                    );
+                }
+                if !failed.is_empty() {
+                    let short = failed.get(..12).unwrap_or(&failed);
+                    println!("       Refused: {short} {failed_subject:?} (nothing of it applied)");
+                    for e in &failed_errors {
+                        println!("         {e}");
+                    }
+                }
+                if !fetch_error.is_empty() {
+                    println!("   Fetch error: {fetch_error}");
+                }
                 for e in errors {
                     println!("  error: {}", DeclarationError::from_bus(e));
                 }
@@ -364,6 +390,24 @@ async fn run(command: Command) -> Result<u8> {
                 }
             }
             Ok(exit::OK)
+        }
+        Command::Sync => {
+            let conn = connect().await?;
+            let (outcome, commit, errors) = manager(&conn).await?.sync().await.map_err(bus_error)?;
+            let short = commit.get(..12).unwrap_or(&commit);
+            match outcome.as_str() {
+                "refused" => {
+                    let mut text = format!("revision {short} refused, nothing of it applied:");
+                    for e in errors {
+                        text.push_str(&format!("\n  {e}"));
+                    }
+                    Err(Failure(exit::FAILED, text))
+                }
+                other => {
+                    println!("{other}: revision {short}");
+                    Ok(exit::OK)
+                }
+            }
         }
         Command::Reload => {
             let conn = connect().await?;

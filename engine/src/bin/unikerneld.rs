@@ -9,6 +9,7 @@ use tracing::error;
 use unikerneld::cli::unikerneld::{Cli, Network, BUILT_IN_VMM};
 use unikerneld::daemon::{self, Config};
 use unikerneld::net::Mode;
+use unikerneld::source::git::{self, GitConfig};
 
 fn default_vmm() -> PathBuf {
     if let Some(path) = BUILT_IN_VMM.map(PathBuf::from).filter(|p| p.exists()) {
@@ -46,9 +47,21 @@ fn raise_fd_limit() {
     }
 }
 
-fn config(cli: Cli) -> Config {
-    Config {
-        config_dir: cli.config_dir,
+fn config(cli: Cli) -> Result<Config, String> {
+    let git = match cli.git {
+        None => None,
+        Some(url) if url.starts_with('-') => return Err(format!("--git {url:?} is not a URL")),
+        Some(url) => Some(GitConfig {
+            url,
+            reference: cli.git_ref,
+            path: git::expand_path(&cli.git_path, &git::host_name())?,
+            poll: cli.git_poll,
+            dir: cli.git_dir,
+            allowed_signers: cli.git_allowed_signers,
+        }),
+    };
+    Ok(Config {
+        config_dir: git.as_ref().map(GitConfig::declarations_dir).unwrap_or(cli.config_dir),
         state_dir: cli.state_dir,
         snapshot_dir: cli.snapshot_dir,
         vmm: cli.vmm.unwrap_or_else(default_vmm),
@@ -58,11 +71,18 @@ fn config(cli: Cli) -> Config {
             Network::Bridged => Mode::Bridged { bridge: cli.bridge },
         },
         pool: cli.pool,
-    }
+        git,
+    })
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let config = match config(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("unikerneld: {e}");
+            return ExitCode::from(2);
+        }
+    };
     unikerneld::systemd::init_logging();
     raise_fd_limit();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -72,7 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(daemon::run(config(cli))) {
+    match rt.block_on(daemon::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");

@@ -62,6 +62,9 @@ pub enum Command {
     },
     /// Make the daemon reload its declarations now (like systemctl reload)
     Reload,
+    /// Fetch the git repository the daemon follows (--git) now, and apply a new revision
+    /// or refuse it whole; exit 1 when it was refused or could not be fetched
+    Sync,
     /// Validate a directory of declarations; exit 0 when valid, 1 when not (like nginx -t)
     Check {
         /// Directory of *.kdl declarations

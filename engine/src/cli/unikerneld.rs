@@ -69,4 +69,41 @@ pub struct Cli {
     /// Full reload this often (seconds), whatever inotify reported
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub resync: u64,
+
+    /// Follow this git repository (file://, https://, ssh:// URL) instead of reading
+    /// --config-dir: each new commit of --git-ref is checked whole and applied, or refused
+    /// whole
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+
+    /// The branch or tag to follow
+    #[arg(long, value_name = "REF", default_value = "main")]
+    pub git_ref: String,
+
+    /// This host's folder in the repository; %H is the host name (e.g. hosts/%H)
+    #[arg(long, value_name = "PATH", default_value = "")]
+    pub git_path: String,
+
+    /// How often to fetch ("30s", "5m"); `unikernelctl sync` fetches at once
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_poll)]
+    pub git_poll: std::time::Duration,
+
+    /// The mirror and the checked-out revisions (kept across reboots: a host starts on the
+    /// revision it applied last, even with the remote unreachable)
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/unikerneld/git")]
+    pub git_dir: PathBuf,
+
+    /// Refuse commits that are not signed (ssh signatures) by a key in this allowed-signers
+    /// file (git's gpg.ssh.allowedSignersFile format)
+    #[arg(long, value_name = "FILE")]
+    pub git_allowed_signers: Option<PathBuf>,
+}
+
+fn parse_poll(s: &str) -> Result<std::time::Duration, String> {
+    match crate::decl::standby::parse_duration(s) {
+        Some(d) if d >= std::time::Duration::from_secs(1) => Ok(d),
+        _ => Err(format!(
+            "{s:?}: write a duration of at least 1s, like \"30s\" or \"5m\""
+        )),
+    }
 }

@@ -143,6 +143,8 @@ pub struct Controller<L: Launcher, N: HostNet> {
     next_vm: u64,
     /// Declaration errors in force.
     decl_errors: Vec<DeclarationError>,
+    /// Which revision of the declarations is in force (`source`).
+    source: crate::status::SourceStatus,
     /// What was last logged about the declarations, so a resync does not repeat it.
     last_reported: Vec<String>,
     status_dirty: bool,
@@ -176,6 +178,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             events,
             next_vm: 1,
             decl_errors: Vec::new(),
+            source: Default::default(),
             last_reported: Vec::new(),
             status_dirty: true,
             status_error: None,
@@ -484,7 +487,20 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         Snapshot {
             services: self.services.iter().map(|(k, s)| s.status(k)).collect(),
             declaration_errors: self.decl_errors.clone(),
+            source: self.source.clone(),
         }
+    }
+
+    /// Where the declarations in force come from (see [`crate::source`]).
+    pub fn set_source(&mut self, source: crate::status::SourceStatus) {
+        if source != self.source {
+            self.source = source;
+            self.status_dirty = true;
+        }
+    }
+
+    pub fn source(&self) -> &crate::status::SourceStatus {
+        &self.source
     }
 
     /// Whether the status changed since it was last published.

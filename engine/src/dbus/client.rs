@@ -15,6 +15,7 @@ pub trait Manager {
     fn get_unikernel(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload(&self) -> zbus::Result<Vec<PlanEntry>>;
     fn plan(&self) -> zbus::Result<Vec<PlanEntry>>;
+    fn sync(&self) -> zbus::Result<(String, String, Vec<String>)>;
     #[zbus(signal)]
     fn unikernel_new(&self, name: String, path: OwnedObjectPath) -> zbus::Result<()>;
     #[zbus(signal)]
@@ -31,6 +32,12 @@ pub trait Manager {
     fn summary(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn declaration_errors(&self) -> zbus::Result<Vec<(String, u32, u32, String)>>;
+    #[zbus(property)]
+    fn applied_revision(&self) -> zbus::Result<(String, i64, String, bool)>;
+    #[zbus(property)]
+    fn failed_revision(&self) -> zbus::Result<(String, String, Vec<String>)>;
+    #[zbus(property)]
+    fn fetch_error(&self) -> zbus::Result<String>;
 }
 
 #[proxy(interface = "org.unikerneld1.Unikernel", default_service = "org.unikerneld1")]

@@ -88,6 +88,48 @@ impl Manager {
         Ok(plan_entries(&plan))
     }
 
+    /// Fetches the followed git repository now and applies a new revision (or refuses it
+    /// whole); returns ("applied" | "unchanged" | "refused", commit, the refused
+    /// revision's errors as "file:line:col: message"). Root only.
+    async fn sync(&self) -> Result<(String, String, Vec<String>), Error> {
+        ask(&self.requests, Request::Sync).await?.map_err(Error::SourceFailed)
+    }
+
+    /// The revision of the declarations in force: (commit, commit time in seconds since
+    /// the epoch, subject, dirty); an empty commit when the declarations are not in git.
+    #[zbus(property)]
+    async fn applied_revision(&self) -> (String, i64, String, bool) {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        published
+            .snapshot
+            .source
+            .applied_revision
+            .as_ref()
+            .map(|r| (r.commit.clone(), r.time, r.subject.clone(), r.dirty))
+            .unwrap_or_default()
+    }
+
+    /// The last revision refused whole (a later good one clears it): (commit, subject,
+    /// errors as "file:line:col: message"); an empty commit when none is.
+    #[zbus(property)]
+    async fn failed_revision(&self) -> (String, String, Vec<String>) {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        published
+            .snapshot
+            .source
+            .failed_revision
+            .as_ref()
+            .map(|f| (f.commit.clone(), f.subject.clone(), f.errors.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Why the followed repository could not be fetched last time ("" when it could).
+    #[zbus(property)]
+    async fn fetch_error(&self) -> String {
+        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
+        published.snapshot.source.fetch_error.clone().unwrap_or_default()
+    }
+
     /// The daemon's version.
     #[zbus(property)]
     async fn version(&self) -> String {

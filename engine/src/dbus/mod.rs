@@ -43,7 +43,13 @@ pub enum Request {
     Restart(String, oneshot::Sender<Result<(), OperatorError>>),
     Standby(String, oneshot::Sender<Result<(), OperatorError>>),
     Wake(String, oneshot::Sender<Result<(), OperatorError>>),
+    /// Fetch the followed git remote now.
+    Sync(oneshot::Sender<SyncReply>),
 }
+
+/// What a sync did: ("applied" | "unchanged" | "refused", commit, the refused revision's
+/// errors), or why the remote could not be read.
+pub type SyncReply = Result<(String, String, Vec<String>), String>;
 
 /// Errors callers see, as `org.unikerneld1.Error.<Variant>`.
 #[derive(Debug, zbus::DBusError)]
@@ -59,6 +65,8 @@ pub enum Error {
     ShuttingDown(String),
     /// The request does not fit the service's state (e.g. Wake when not on standby).
     WrongState(String),
+    /// The declarations' source failed: not following git, or the remote cannot be read.
+    SourceFailed(String),
 }
 
 impl Error {

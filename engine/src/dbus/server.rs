@@ -178,6 +178,7 @@ impl Mirror {
         if old.services.len() != new.services.len()
             || old.summary() != new.summary()
             || old.declaration_errors != new.declaration_errors
+            || old.source != new.source
         {
             let iface = server.interface::<_, Manager>(MANAGER_PATH).await?;
             let emitter = iface.signal_emitter();
@@ -187,6 +188,15 @@ impl Mirror {
             m.summary_changed(emitter).await?;
             if old.declaration_errors != new.declaration_errors {
                 m.declaration_errors_changed(emitter).await?;
+            }
+            if old.source.applied_revision != new.source.applied_revision {
+                m.applied_revision_changed(emitter).await?;
+            }
+            if old.source.failed_revision != new.source.failed_revision {
+                m.failed_revision_changed(emitter).await?;
+            }
+            if old.source.fetch_error != new.source.fetch_error {
+                m.fetch_error_changed(emitter).await?;
             }
         }
         self.known = new.clone();

@@ -88,9 +88,11 @@ impl Daemon {
     /// The daemon's command line for this setup, inside the namespace.
     pub fn command(&self) -> std::process::Command {
         let mut cmd = self.ns.command(Path::new(env!("CARGO_BIN_EXE_unikerneld")));
-        cmd.arg("--config-dir")
-            .arg(&self.conf)
-            .arg("--state-dir")
+        // Following git, the declarations come from the repository, not from `conf`.
+        if !self.args.iter().any(|a| a == "--git") {
+            cmd.arg("--config-dir").arg(&self.conf);
+        }
+        cmd.arg("--state-dir")
             .arg(&self.state)
             .arg("--snapshot-dir")
             .arg(self.snapshots())
