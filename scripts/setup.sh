@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing. Sourced by test.sh and demo.sh.
 set -euo pipefail
 
-apt_packages=(build-essential binutils pkg-config qemu-system-x86 iproute2 strace curl dbus systemd libglib2.0-bin util-linux git)
+apt_packages=(build-essential binutils pkg-config qemu-system-x86 iproute2 strace curl dbus systemd libglib2.0-bin util-linux git openssh-client)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -347,3 +347,58 @@ fn a_config_directory_in_a_git_work_tree_reports_its_head_and_dirty() {
             .is_some_and(|r| r.dirty && r.commit == head)
     });
 }
+
+#[test]
+fn with_allowed_signers_only_signed_commits_are_applied() {
+    let base = std::env::temp_dir().join(format!("uk-git-signed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let repo = Repo::new(&base);
+    let key = base.join("key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "release", "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (package openssh-client)");
+    assert!(st.success());
+    let public = std::fs::read_to_string(base.join("key.pub")).unwrap();
+    let signers = base.join("allowed_signers");
+    std::fs::write(&signers, format!("release@example.org {public}")).unwrap();
+    let signing = [
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        &format!("user.signingkey={}", key.display()),
+    ];
+
+    repo.write("web.kdl", &http_decl("web", 8080, ""));
+    git(&repo.work, &["add", "-A"]);
+    git(
+        &repo.work,
+        &[&signing[..], &["commit", "--quiet", "-S", "-m", "signed"]].concat(),
+    );
+    git(&repo.work, &["push", "--quiet", "origin", "HEAD:main"]);
+    let c1 = git(&repo.work, &["rev-parse", "HEAD"]);
+
+    let mut d = follower("gitsigned", &repo, "", "1s");
+    d.args
+        .extend(["--git-allowed-signers".to_string(), signers.display().to_string()]);
+    d.start();
+    d.wait_for("the signed revision applied", Duration::from_secs(20), |s| {
+        applied(s) == Some(c1.as_str())
+    });
+    d.running("web");
+
+    // Someone who can push but holds no listed key changes nothing.
+    repo.write("web.kdl", &http_decl("web", 8080, "memory \"32M\"\n"));
+    let c2 = repo.push("unsigned");
+    let s = d.wait_for("the unsigned revision refused", Duration::from_secs(20), |s| {
+        s.source.failed_revision.as_ref().is_some_and(|f| f.commit == c2)
+    });
+    let errors = &s.source.failed_revision.as_ref().unwrap().errors;
+    assert!(errors[0].contains("is not signed by a key in"), "{errors:?}");
+    assert_eq!(applied(&s), Some(c1.as_str()));
+    assert_eq!(d.service("web").unwrap().memory_bytes, 16 << 20);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&base);
+}
