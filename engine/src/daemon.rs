@@ -37,6 +37,8 @@ pub struct Config {
     pub pool: AddressPool,
     /// Follow a git remote (`--git`): `config_dir` is then its `current` link.
     pub git: Option<crate::source::git::GitConfig>,
+    /// Serve metrics there (`--metrics`).
+    pub metrics: Option<crate::metrics::server::Endpoint>,
 }
 
 /// Status is published at most this often, and only after a change: an idle daemon wakes
@@ -92,7 +94,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             sysctl::apply(&sysctl::wanted(n.max(1024), &mode));
         }
     };
-    serve(controller, events, config.resync_every, config.git, grow, shutdown).await?;
+    serve(
+        controller,
+        events,
+        config.resync_every,
+        config.git,
+        config.metrics,
+        grow,
+        shutdown,
+    )
+    .await?;
     info!("stopping; the VMs keep running and the next unikerneld adopts them");
     Ok(())
 }
@@ -159,6 +170,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
     mut events: mpsc::UnboundedReceiver<Event>,
     resync_every: Duration,
     git: Option<GitConfig>,
+    metrics: Option<crate::metrics::server::Endpoint>,
     mut grow: impl FnMut(usize),
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -257,11 +269,23 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 consoles: ctl.consoles(),
                 config_dir: config_dir.clone(),
                 state_dir: state_dir.clone(),
+                stats: ctl.stats().clone(),
             };
             let _ = snapshots_tx.send((snap, ctl.take_transitions()));
         }
     };
     publish_now(&mut ctl);
+    // Metrics are opt-in and never worth the daemon: a port in use is reported, not fatal.
+    let metrics_task = match metrics {
+        Some(endpoint) => match crate::metrics::server::serve(endpoint.clone(), shared.clone()).await {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) => {
+                warn!("metrics: cannot listen on {endpoint}: {e}; the daemon runs on without them");
+                None
+            }
+        },
+        None => None,
+    };
     let bus = dbus::server::connect(shared.clone(), requests_tx.clone()).await;
     if let Some(conn) = bus.clone() {
         tokio::spawn(dbus::server::run(
@@ -391,10 +415,20 @@ pub async fn serve<L: Launcher, N: HostNet>(
     }
     publish_now(&mut ctl);
     drop(bus);
+    drop(metrics_task);
     Ok(())
 }
 
 /// Sleeps until `at`, or forever without one.
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the source of the declarations reports to the control loop.
 enum SourceEvent {
     /// The HEAD of the config directory's work tree (directory mode), if it is one.

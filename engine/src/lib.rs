@@ -9,6 +9,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dbus;
 pub mod decl;
+pub mod metrics;
 pub mod net;
 pub mod plan;
 pub mod proxy;

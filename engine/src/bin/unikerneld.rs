@@ -72,6 +72,7 @@ fn config(cli: Cli) -> Result<Config, String> {
         },
         pool: cli.pool,
         git,
+        metrics: cli.metrics,
     })
 }
 

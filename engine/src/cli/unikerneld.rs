@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub resync: u64,
 
+    /// Serve metrics in the Prometheus text format at ADDRESS:PORT (http://.../metrics) or
+    /// unix:/PATH; off by default
+    #[arg(long, value_name = "ENDPOINT")]
+    pub metrics: Option<crate::metrics::server::Endpoint>,
+
     /// Follow this git repository (file://, https://, ssh:// URL) instead of reading
     /// --config-dir: each new commit of --git-ref is checked whole and applied, or refused
     /// whole

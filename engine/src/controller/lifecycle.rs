@@ -327,7 +327,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let Some(v) = svc.vm.as_mut().filter(|v| v.id == vm) else {
             return;
         };
-        if v.boot_ms.is_none() {
+        // An adopted VM booted under an earlier daemon (its boot time is in its record).
+        let fresh = v.boot_ms.is_none();
+        if fresh {
             v.boot_ms = Some(v.started.elapsed().as_secs_f64() * 1e3);
             let _ = self.state_dir.write_record(name, &v.record());
         }
@@ -339,9 +341,15 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 let ms = since.elapsed().as_secs_f64() * 1e3;
                 svc.standby.wakes += 1;
                 svc.standby.last_wake_ms = Some(ms);
+                self.stats.wakes.observe(ms / 1e3);
                 info!(UNIKERNEL = %name, "running (woken from standby in {ms:.1} ms)");
             }
-            None => info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)"),
+            None => {
+                if fresh {
+                    self.stats.boots.observe(boot_ms / 1e3);
+                }
+                info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)");
+            }
         }
         self.status_dirty = true;
         self.after_ready(name);

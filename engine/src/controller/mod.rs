@@ -145,6 +145,8 @@ pub struct Controller<L: Launcher, N: HostNet> {
     decl_errors: Vec<DeclarationError>,
     /// Which revision of the declarations is in force (`source`).
     source: crate::status::SourceStatus,
+    /// Boot and wake times over the daemon's life (metrics).
+    pub(super) stats: crate::metrics::Stats,
     /// What was last logged about the declarations, so a resync does not repeat it.
     last_reported: Vec<String>,
     status_dirty: bool,
@@ -179,6 +181,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             next_vm: 1,
             decl_errors: Vec::new(),
             source: Default::default(),
+            stats: Default::default(),
             last_reported: Vec::new(),
             status_dirty: true,
             status_error: None,
@@ -501,6 +504,10 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
 
     pub fn source(&self) -> &crate::status::SourceStatus {
         &self.source
+    }
+
+    pub fn stats(&self) -> &crate::metrics::Stats {
+        &self.stats
     }
 
     /// Whether the status changed since it was last published.

@@ -29,6 +29,8 @@ pub struct Published {
     pub consoles: BTreeMap<String, ConsoleRing>,
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// Boot and wake histograms, for the metrics endpoint.
+    pub stats: crate::metrics::Stats,
 }
 
 pub type Shared = Arc<RwLock<Published>>;
