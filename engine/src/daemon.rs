@@ -410,6 +410,8 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 publish_now(&mut ctl);
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => crate::systemd::watchdog(),
+            // A mass apply, a batch at a time: every other branch gets its turn between.
+            _ = std::future::ready(()), if ctl.has_queued_starts() => ctl.start_queued().await,
             _ = &mut shutdown => break,
         }
     }

@@ -42,8 +42,6 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.start_vm(name, false).await;
     }
 
-    /// Starts the VMM of `name`: a cold boot, or (`restore`) the VM saved in its snapshot,
-    /// on the tap and address it kept while on standby.
     /// Whether the VMM of `name`, asked for a snapshot, wrote one (a new state file was
     /// renamed into place): for adopted VMMs, whose exit status is not ours to read.
     fn saved_since(&self, name: &str) -> bool {
@@ -54,6 +52,8 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         now.is_some() && now != svc.standby.state_before
     }
 
+    /// Starts the VMM of `name`: a cold boot, or (`restore`) the VM saved in its snapshot,
+    /// on the tap and address it kept while on standby.
     pub(super) async fn start_vm(&mut self, name: &str, restore: bool) {
         let Some(svc) = self.services.get_mut(name) else { return };
         let t0 = Instant::now();

@@ -39,6 +39,11 @@ use crate::supervise::console::ConsoleRing;
 use host::{Exit, HostNet, Launcher, VmProcess};
 use service::{Service, Vm};
 
+/// New services a plan starts at once; the rest of a mass apply is queued.
+pub const INLINE_STARTS: usize = 32;
+/// How long one batch of queued starts may hold the control loop.
+const START_BATCH: Duration = Duration::from_millis(20);
+
 /// A VMM asked to stop gets this long before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -149,6 +154,11 @@ pub struct Controller<L: Launcher, N: HostNet> {
     pub(super) stats: crate::metrics::Stats,
     /// What was last logged about the declarations, so a resync does not repeat it.
     last_reported: Vec<String>,
+    /// New services whose start waits for the control loop's next turn: a plan starts
+    /// its first [`INLINE_STARTS`] at once, and a mass apply the rest in short batches
+    /// between which status is published and requests are answered.
+    start_queue: std::collections::VecDeque<String>,
+    inline_starts_left: usize,
     status_dirty: bool,
     /// Why status.json could not be written last time, if it could not.
     status_error: Option<String>,
@@ -183,6 +193,8 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             source: Default::default(),
             stats: Default::default(),
             last_reported: Vec::new(),
+            start_queue: Default::default(),
+            inline_starts_left: 0,
             status_dirty: true,
             status_error: None,
             _lock: lock,
@@ -249,6 +261,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let observed = self.observed(&loaded.specs);
         let plan = plan(&loaded.specs, &observed);
         let t_plan = t0.elapsed();
+        self.inline_starts_left = INLINE_STARTS;
         for action in &plan.actions {
             match action {
                 // The common case on a big host: nothing to do but follow a moved source.
@@ -287,7 +300,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 self.services.insert(name.clone(), svc);
                 self.sync_listeners(&name);
                 if !waiting {
-                    self.start(&name).await;
+                    if self.inline_starts_left > 0 {
+                        self.inline_starts_left -= 1;
+                        self.start(&name).await;
+                    } else {
+                        self.start_queue.push_back(name);
+                    }
                 }
             }
             Action::Replace { spec, changed } => {
@@ -491,6 +509,38 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             services: self.services.iter().map(|(k, s)| s.status(k)).collect(),
             declaration_errors: self.decl_errors.clone(),
             source: self.source.clone(),
+        }
+    }
+
+    /// Whether new services wait for [`Controller::start_queued`].
+    pub fn has_queued_starts(&self) -> bool {
+        !self.start_queue.is_empty()
+    }
+
+    /// Starts queued new services for up to [`START_BATCH`], then returns to the loop. A
+    /// service that changed meanwhile (removed, replaced, held, already started) is
+    /// skipped: the queue only ever starts what is still pending.
+    pub async fn start_queued(&mut self) {
+        let t0 = Instant::now();
+        let mut started = 0;
+        while let Some(name) = self.start_queue.pop_front() {
+            let pending = self
+                .services
+                .get(&name)
+                .is_some_and(|s| s.state == State::Pending && s.vm.is_none() && s.declared && !s.held);
+            if pending {
+                self.start(&name).await;
+                started += 1;
+            }
+            if t0.elapsed() >= START_BATCH {
+                break;
+            }
+        }
+        if started > 0 {
+            self.status_dirty = true;
+        }
+        if self.start_queue.is_empty() && started > 0 {
+            info!("queued starts done");
         }
     }
 

@@ -87,6 +87,10 @@ impl Harness {
     async fn run_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
         loop {
+            if self.ctl().has_queued_starts() {
+                self.ctl().start_queued().await;
+                continue;
+            }
             tokio::select! {
                 Some(ev) = self.rx.recv() => self.ctl.as_mut().unwrap().handle(ev).await,
                 _ = tokio::time::sleep_until(end) => break,
@@ -766,4 +770,32 @@ async fn changed_limits_apply_to_the_running_vm_in_place() {
     );
     h.ctl().reload().await;
     assert_eq!(h.host.get().limits.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mass_apply_starts_a_batch_at_once_and_queues_the_rest() {
+    let mut h = Harness::new("mass").await;
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&decl(&format!("s{i:03}"), ""));
+    }
+    h.write("many.kdl", &text);
+    h.ctl().reload().await;
+    let snap = h.ctl().snapshot();
+    assert_eq!(snap.count(State::Booting), super::INLINE_STARTS);
+    assert_eq!(
+        snap.count(State::Pending),
+        100 - super::INLINE_STARTS,
+        "the rest waits, published as pending"
+    );
+    assert!(h.ctl().has_queued_starts());
+    // Removed before its turn: never started.
+    h.write("many.kdl", &text.replace(&decl("s099", ""), ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(50)).await;
+    assert!(!h.ctl().has_queued_starts());
+    let snap = h.ctl().snapshot();
+    assert_eq!(snap.count(State::Running), 99);
+    assert_eq!(h.host.spawn_count("s099"), 0);
+    assert_eq!(h.host.get().spawns.len(), 99, "each started once");
 }
