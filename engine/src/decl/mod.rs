@@ -2,6 +2,7 @@
 //! (file:line:col), what, and how to fix it. Loading is per file: a file that fails keeps
 //! its last good specs (see [`load::Loader`]).
 pub mod diagnostic;
+pub mod fast;
 pub mod limits;
 pub mod load;
 pub mod parse;

@@ -79,9 +79,24 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
         ));
         return (Vec::new(), diags);
     }
-    let doc = match KdlDocument::parse_v2(&text) {
+    // Most files are in the plain subset the fast reader takes; what it cannot read, and
+    // any file with something to report, goes through kdl, whose spans and syntax
+    // diagnostics are the reference.
+    if let Some(doc) = super::fast::parse(&text) {
+        let mut fast_diags = Vec::new();
+        let specs = services(&r, &doc, &mut fast_diags);
+        if fast_diags.is_empty() {
+            return (specs, fast_diags);
+        }
+    }
+    parse_with_kdl(&r, &text, diags)
+}
+
+/// [`parse_file`] through the kdl crate only (the reference the fast reader must match).
+fn parse_with_kdl(r: &Reporter, text: &str, mut diags: Vec<DeclError>) -> (Vec<Spec>, Vec<DeclError>) {
+    let doc = match KdlDocument::parse_v2(text) {
         Ok(doc) => doc,
-        Err(v2_err) => match KdlDocument::parse_v1(&text) {
+        Err(v2_err) => match KdlDocument::parse_v1(text) {
             Ok(doc) => {
                 diags.push(r.warning(
                     SourceSpan::from(0..0),
@@ -99,11 +114,18 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
                 if diags.is_empty() {
                     diags.push(r.error(SourceSpan::from(0..0), "syntax error", "here", None));
                 }
-                cap(&r, &mut diags);
+                cap(r, &mut diags);
                 return (Vec::new(), diags);
             }
         },
     };
+    let specs = services(r, &doc, &mut diags);
+    cap(r, &mut diags);
+    (specs, diags)
+}
+
+/// Every `unikernel` node of a parsed file.
+fn services(r: &Reporter, doc: &KdlDocument, diags: &mut Vec<DeclError>) -> Vec<Spec> {
     let mut specs = Vec::new();
     for node in doc.nodes() {
         if node.name().value() != "unikernel" {
@@ -120,12 +142,11 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
             );
             continue;
         }
-        if let Some(spec) = service(&r, node, &mut diags) {
+        if let Some(spec) = service(r, node, diags) {
             specs.push(spec);
         }
     }
-    cap(&r, &mut diags);
-    (specs, diags)
+    specs
 }
 
 pub(super) fn string<'a>(r: &Reporter, e: &'a KdlEntry, what: &str, diags: &mut Vec<DeclError>) -> Option<&'a str> {
@@ -651,4 +672,48 @@ fn net_block(r: &Reporter, node: &KdlNode, diags: &mut Vec<DeclError>) -> Option
         }
     }
     Some(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast reader is an optimisation: every file must give the same specs and the
+    /// same diagnostics as through kdl alone.
+    #[test]
+    fn the_fast_reader_and_kdl_give_the_same_specs_and_diagnostics() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/declarations");
+        let mut corpus: Vec<String> = std::fs::read_dir(&examples)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        corpus.extend(
+            [
+                "unikernel \"web\" {\n    image \"/i\"\n    cmdline \"name={name} ip={address}/{prefix}\"\n    env LOG=\"info\" A=\"b\"\n    memory \"24M\"\n    vcpus 2\n    initrd \"/r\"\n    net {\n        address \"10.200.0.5\"\n        expose 8080 guest=80 bind=\"127.0.0.1\"\n        expose 8443\n        connections max=48 idle=\"60s\"\n    }\n    restart \"on-failure\"\n    standby idle=\"30s\" connections=\"hold\" prewarm=#true\n    limits { memory-max \"64M\"; cpu-weight 50; cpu-quota \"50%\"; tasks-max 8; }\n}\n",
+                "unikernel \"a\" { image \"/a\"; }\nunikernel \"b\" { image \"/b\"; restart never; }\n",
+                // Mistakes: the diagnostics come from kdl's document either way.
+                "unikernel \"a\" { image \"/a\"; memroy \"16M\"; }\n",
+                "unikernel \"a\" { image \"relative\"; }\n",
+                "unikernel \"a\" { cmdline \"{nope}\"; image \"/a\"; }\n",
+                "unikernel \"a\" { image \"/a\"; limits { memory-max \"1M\"; } }\n",
+                "unikernl \"a\" { image \"/a\" }\n",
+                "unikernel \"a\" { image \"/a\" \n",
+                "unikernel \"a\" { image \"/a\\\"\" }\n",
+            ]
+            .map(String::from),
+        );
+        for text in &corpus {
+            let path = Path::new("/etc/unikernels/t.kdl");
+            let (specs, diags) = parse_file(path, text);
+            let r = Reporter::new(path, Arc::new(text.clone()));
+            let (kdl_specs, kdl_diags) = parse_with_kdl(&r, text, Vec::new());
+            assert_eq!(specs, kdl_specs, "{text}");
+            let lines = |d: &[DeclError]| d.iter().map(|d| d.one_line()).collect::<Vec<_>>();
+            assert_eq!(lines(&diags), lines(&kdl_diags), "{text}");
+        }
+        assert!(
+            super::super::fast::parse(&corpus[corpus.len() - 9]).is_some(),
+            "the full example is in the subset"
+        );
+    }
 }
