@@ -83,8 +83,13 @@ impl Reader<'_> {
             match self.peek() {
                 None if depth == 0 => return Some(nodes),
                 Some(b'}') if depth > 0 => return Some(nodes),
-                Some(b';') => self.at += 1,
-                Some(b) if is_ident_start(b) => nodes.push(self.node(depth)?),
+                Some(b) if is_ident_start(b) => {
+                    nodes.push(self.node(depth)?);
+                    // `;` ends a node; it is not a node of its own.
+                    if self.peek() == Some(b';') {
+                        self.at += 1;
+                    }
+                }
                 _ => return None,
             }
         }
@@ -344,5 +349,68 @@ mod tests {
         ] {
             assert!(parse(text).is_none(), "should be left to kdl: {text:?}");
         }
+    }
+
+    /// Mutated declarations (a small PRNG, fixed seed: the same cases every run): whatever
+    /// the fast reader accepts, kdl must accept and read the same way.
+    #[test]
+    fn whatever_it_accepts_kdl_reads_the_same_way() {
+        const PIECES: &[&str] = &[
+            "\"", "{", "}", ";", "/", "//", "\n", "\r\n", "\r", " ", "\t", "=", "#", "#true", "-", "+", "0", "7", "a",
+            "_", ".", "\\", "é", "\u{a0}", "(", "true", "\"\"\"", "/-", "/*",
+        ];
+        // UK_FAST_CASES and UK_FAST_SEED for a longer or another run.
+        let cases: usize = std::env::var("UK_FAST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let mut seed: u64 = std::env::var("UK_FAST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for case in 0..cases {
+            let mut text = SAME[case % SAME.len()].to_string();
+            for _ in 0..1 + next(3) {
+                let mut at = next(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let piece = PIECES[next(PIECES.len())];
+                match next(3) {
+                    0 => text.insert_str(at, piece),
+                    1 => {
+                        let mut end = (at + 1).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, piece);
+                    }
+                    _ => {
+                        let mut end = (at + 1 + next(3)).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, "");
+                    }
+                }
+            }
+            if let Some(fast) = parse(&text) {
+                accepted += 1;
+                let kdl = KdlDocument::parse_v2(&text)
+                    .unwrap_or_else(|e| panic!("kdl refuses what we read: {text:?}: {e:?}"));
+                assert_eq!(shape(&fast), shape(&kdl), "{text:?}");
+            }
+        }
+        assert!(
+            accepted > cases / 20,
+            "the mutations should leave many files in the subset ({accepted})"
+        );
     }
 }
