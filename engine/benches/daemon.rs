@@ -69,6 +69,9 @@ fn main() {
     let vms = env_or("UK_BENCH_VMS", 1000);
     let idle = env_or("UK_BENCH_IDLE_SECS", 30) as u64;
     let mut d = Daemon::new("dbench");
+    // A few fds per VM: what the unit's LimitNOFILE= gives the packaged daemon, not this
+    // shell's limit (20,000 here would stop it near 6,000 VMs).
+    d.nofile = Some(1 << 20);
     d.start();
 
     // (c) the first VM, on an empty, quiet host.
@@ -106,13 +109,41 @@ fn main() {
 
     // (c) continued: fill up, then the next VM.
     let t0 = std::time::Instant::now();
+    let mut fill_written = vec![0.0; vms];
+    let mut last = Vec::new();
     for batch in (0..vms).collect::<Vec<_>>().chunks(100) {
         for i in batch {
+            fill_written[*i] = now_ms();
             d.declare(&format!("v{i}.kdl"), &decl(&format!("v{i}")));
         }
-        running(&d, batch.last().unwrap() + 1, Duration::from_secs(600));
+        last = running(&d, batch.last().unwrap() + 1, Duration::from_secs(600));
     }
     println!("filled to {vms} running VMs in {:.1} s", t0.elapsed().as_secs_f64());
+    // The k-th VM's write -> running and spawn -> running, against k (batches of 100).
+    let mut fill: Vec<(usize, f64, f64)> = last
+        .iter()
+        .map(|s| {
+            let k: usize = s.name[1..].parse().unwrap();
+            (k, write_to_running(s, fill_written[k]), s.boot_ms.unwrap())
+        })
+        .collect();
+    fill.sort_by_key(|x| x.0);
+    let tenth = (vms / 10).max(1);
+    for block in fill.chunks(tenth) {
+        let w: Vec<f64> = block.iter().map(|x| x.1).collect();
+        let b: Vec<f64> = block.iter().map(|x| x.2).collect();
+        println!(
+            "    VMs {:>5}-{:<5}: write->running p50 {:.1} ms p99 {:.1} ms; spawn->running p50 {:.1} ms",
+            block[0].0,
+            block[block.len() - 1].0,
+            pct(&w, 0.5),
+            pct(&w, 0.99),
+            pct(&b, 0.5)
+        );
+    }
+    let svg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-daemon-fill.svg");
+    std::fs::write(&svg, plot(&fill)).unwrap();
+    println!("    plot of the k-th VM's start: {}", svg.display());
     let next: Vec<(f64, f64)> = (0..15).map(|i| one_start(&d, &format!("q{i}"), vms)).collect();
     let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| pct(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
     let (fw, fb) = (med(&first, |x| x.0), med(&first, |x| x.1));
@@ -186,4 +217,43 @@ fn main() {
         rss_kib(pid) as f64 / 1024.0,
         pct(&vm_rss, 0.5)
     );
+}
+
+/// An SVG of spawn -> running (and write -> running) of the k-th VM against k.
+fn plot(fill: &[(usize, f64, f64)]) -> String {
+    let (w, h, left, bottom) = (900.0, 420.0, 60.0, 40.0);
+    let n = fill.len().max(1) as f64;
+    let ymax = fill.iter().map(|x| x.2).fold(1.0, f64::max) * 1.1;
+    let x = |k: usize| left + (k as f64 / n) * (w - left - 20.0);
+    let y = |v: f64| (h - bottom) - (v / ymax) * (h - bottom - 20.0);
+    let dots: String = fill
+        .iter()
+        .map(|p| format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1\"/>", x(p.0), y(p.2)))
+        .collect();
+    let mut ticks = String::new();
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        ticks.push_str(&format!(
+            "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>",
+            left - 6.0,
+            y(v) + 4.0
+        ));
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
+<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+<text x=\"{left}\" y=\"14\">unikerneld: spawn -> running (ms) of the k-th VM, {} VMs</text>\
+<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\
+<line x1=\"{left}\" y1=\"20\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\
+{ticks}<text x=\"{}\" y=\"{}\" text-anchor=\"end\">k = {}</text>\
+<g fill=\"steelblue\">{dots}</g></svg>\n",
+        fill.len(),
+        h - bottom,
+        w - 20.0,
+        h - bottom,
+        h - bottom,
+        w - 20.0,
+        h - 10.0,
+        fill.len()
+    )
 }
