@@ -63,6 +63,14 @@ fn metrics_follow_boots_restarts_wakes_and_memory() {
     assert!(m["unikerneld_threads"] >= 1.0);
     assert!(m["unikerneld_resident_memory_bytes"] > 0.0);
     assert_eq!(m["unikerneld_service_restarts_total{service=\"web\"}"], 0.0);
+    // One pidfd per VM (a second copy per VM once cost 5,000 fds at 5,000 VMs).
+    let pidfds = std::fs::read_dir(format!("/proc/{}/fd", d.daemon_pid()))
+        .unwrap()
+        .filter(|e| {
+            std::fs::read_link(e.as_ref().unwrap().path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[pidfd]")
+        })
+        .count();
+    assert_eq!(pidfds, 2, "one pidfd per VM");
 
     // A crash: the restart counts, and the new VM's boot too.
     let pid = d.service("web").unwrap().pid.unwrap();
