@@ -3,17 +3,9 @@
 # Idempotent: installs only what is missing. Sourced by test.sh and demo.sh.
 set -euo pipefail
 
-apt_packages=(build-essential binutils pkg-config qemu-system-x86 iproute2 strace curl dbus systemd libglib2.0-bin util-linux git openssh-client)
-missing=()
-for p in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+apt_ensure setup build-essential binutils pkg-config qemu-system-x86 iproute2 strace curl dbus systemd \
+    libglib2.0-bin util-linux git openssh-client
 
 if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] || {

@@ -100,6 +100,15 @@ fn applied(s: &Snapshot) -> Option<&str> {
     s.source.applied_revision.as_ref().map(|r| r.commit.as_str())
 }
 
+/// `unikernelctl COMMAND` against the private bus.
+fn ctl(bus: &PrivateBus, command: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_unikernelctl"))
+        .arg(command)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap()
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
@@ -263,11 +272,7 @@ fn three_hosts_follow_one_repository_each_to_its_own_folder_and_sync_applies_at_
     // A push, then `unikernelctl sync` on h1: applied at once (the poll is an hour away).
     repo.write("hosts/h1/extra.kdl", &http_decl("extra", 8090, ""));
     let c2 = repo.push("h1 gets extra");
-    let out = Command::new(env!("CARGO_BIN_EXE_unikernelctl"))
-        .arg("sync")
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .output()
-        .unwrap();
+    let out = ctl(&bus, "sync");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -283,11 +288,7 @@ fn three_hosts_follow_one_repository_each_to_its_own_folder_and_sync_applies_at_
     assert_eq!(applied(&fleet[1].snapshot().unwrap()), Some(c1.as_str()));
 
     // `unikernelctl status` shows the revision; a second sync finds nothing new.
-    let out = Command::new(env!("CARGO_BIN_EXE_unikernelctl"))
-        .arg("status")
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .output()
-        .unwrap();
+    let out = ctl(&bus, "status");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!("Revision: {} \"h1 gets extra\"", &c2[..12])),
@@ -297,11 +298,7 @@ fn three_hosts_follow_one_repository_each_to_its_own_folder_and_sync_applies_at_
         text.contains(&format!("revision {}", &c2[..12])),
         "STATUS= mentions it: {text}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_unikernelctl"))
-        .arg("sync")
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .output()
-        .unwrap();
+    let out = ctl(&bus, "sync");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("unchanged: revision {}", &c2[..12])
@@ -310,11 +307,7 @@ fn three_hosts_follow_one_repository_each_to_its_own_folder_and_sync_applies_at_
     // A refused revision makes sync fail with the errors.
     repo.write("hosts/h1/extra.kdl", "unikernel \"extra\" {\n    imag \"/x\"\n}\n");
     repo.push("typo");
-    let out = Command::new(env!("CARGO_BIN_EXE_unikernelctl"))
-        .arg("sync")
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .output()
-        .unwrap();
+    let out = ctl(&bus, "sync");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("hosts/h1/extra.kdl:2:5"), "{stderr}");

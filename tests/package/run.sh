@@ -18,17 +18,8 @@ started=$(date +%s)
 [ -c /dev/kvm ] || { echo "FATAL: /dev/kvm is missing: the package test boots real VMs" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "FATAL: run as root (debootstrap, systemd-nspawn)" >&2; exit 1; }
 
-need=(debhelper lintian debootstrap systemd-container dpkg-dev)
-missing=()
-for p in "${need[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "package test: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source scripts/apt.sh
+apt_ensure "package test" debhelper lintian debootstrap systemd-container dpkg-dev
 
 failures=0
 check() { # check "what" command...: runs the command, prints pass/FAIL

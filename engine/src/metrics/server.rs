@@ -53,37 +53,50 @@ const MAX_REQUEST: usize = 8192;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 8;
 
+/// A listening socket of either kind.
+trait Listener: Send + 'static {
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_one(&self) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Conn = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Conn> {
+        self.accept().await.map(|(conn, _)| conn)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Conn> {
+        self.accept().await.map(|(conn, _)| conn)
+    }
+}
+
 /// Binds `endpoint` (errors are the caller's to report) and serves it until the task is
 /// aborted.
 pub async fn serve(endpoint: Endpoint, shared: Shared) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    match endpoint.clone() {
-        Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            info!("metrics on {endpoint}");
-            Ok(tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((conn, _)) => spawn_answer(conn, shared.clone(), slots.clone()),
-                        Err(e) => pause_on_error(e).await,
-                    }
-                }
-            }))
-        }
+    let task = match &endpoint {
+        Endpoint::Tcp(addr) => accept_loop(tokio::net::TcpListener::bind(addr).await?, shared),
         Endpoint::Unix(path) => {
-            let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path)?;
-            info!("metrics on {endpoint}");
-            Ok(tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((conn, _)) => spawn_answer(conn, shared.clone(), slots.clone()),
-                        Err(e) => pause_on_error(e).await,
-                    }
-                }
-            }))
+            let _ = std::fs::remove_file(path);
+            accept_loop(tokio::net::UnixListener::bind(path)?, shared)
         }
-    }
+    };
+    info!("metrics on {endpoint}");
+    Ok(task)
+}
+
+fn accept_loop<L: Listener>(listener: L, shared: Shared) -> tokio::task::JoinHandle<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            match listener.accept_one().await {
+                Ok(conn) => spawn_answer(conn, shared.clone(), slots.clone()),
+                Err(e) => pause_on_error(e).await,
+            }
+        }
+    })
 }
 
 /// Out of fds (or another accept error): say so, and try again shortly rather than spin.
