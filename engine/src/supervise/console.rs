@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+/// The console reader's buffer (lines longer than it are read in several steps).
+const READ_BUFFER: usize = 1024;
 use tokio::net::UnixStream;
 
 /// Lines kept per service.
@@ -140,7 +143,9 @@ pub async fn follow(
     let mut last_takeover: Option<tokio::time::Instant> = None;
     let mut budget = LineBudget::new();
     loop {
-        let mut reader = BufReader::new(stream);
+        // One per VM for its whole life: guests print lines, not megabytes, and the
+        // default 8 KiB was half of all the daemon keeps per service.
+        let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
         let mut header = Vec::new();
         // No header: the VMM is gone (or going).
         if matches!(reader.read_until(b'\n', &mut header).await, Ok(0) | Err(_)) {
