@@ -18,7 +18,7 @@ use crate::dbus::{self, Published, Request, Shared, SyncReply};
 use crate::net::{sysctl, AddressPool, HostNetwork, Mode};
 use crate::source::git::{Follower, GitConfig, Outcome};
 use crate::state_dir::StateDir;
-use crate::supervise::launcher::VmmLauncher;
+use crate::supervise::launcher::{AbortOnDrop, VmmLauncher};
 use crate::watch::{self, Change};
 use std::os::unix::fs::DirBuilderExt;
 
@@ -428,15 +428,6 @@ pub async fn serve<L: Launcher, N: HostNet>(
 }
 
 /// Sleeps until `at`, or forever without one.
-/// A task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What the source of the declarations reports to the control loop.
 enum SourceEvent {
     /// The HEAD of the config directory's work tree (directory mode), if it is one.

@@ -58,7 +58,7 @@ impl VmmLauncher {
 }
 
 /// A task that ends with its owner.
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
