@@ -81,9 +81,6 @@ impl Scopes {
     /// Moves `pid` into the service's new scope, with its limits, off the caller's path.
     /// A VMM already in it (adopted after a daemon restart) is left where it is.
     pub fn place(&self, service: &str, pid: u32, limits: LimitsSpec) {
-        if in_unit(pid, &unit_name(service)) {
-            return;
-        }
         let this = self.clone();
         let service = service.to_string();
         tokio::spawn(async move { this.start(&service, pid, limits).await });
@@ -91,6 +88,10 @@ impl Scopes {
 
     async fn start(&self, service: &str, pid: u32, limits: LimitsSpec) {
         let unit = unit_name(service);
+        // Read here, not on the caller's path: a VMM just spawned is never in it.
+        if in_unit(pid, &unit) {
+            return;
+        }
         let description = format!("unikernel {service}");
         let t0 = Instant::now();
         loop {
