@@ -348,7 +348,7 @@ fn git_command(dir: Option<&Path>, args: &[&str]) -> Command {
     cmd
 }
 
-fn run_git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+pub(super) fn run_git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
     let out = git_command(dir, args)
         .output()
         .map_err(|e| format!("cannot run git: {e} (install git to follow a repository)"))?;
