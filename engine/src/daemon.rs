@@ -505,7 +505,7 @@ async fn apply_outcome<L: Launcher, N: HostNet>(ctl: &mut Controller<L, N>, outc
                 .unwrap_or_else(|| "nothing was applied yet".into());
             warn!(
                 "revision {} refused, nothing of it applied ({keeps}): {} error(s) in \"{}\"",
-                failed.commit.get(..12).unwrap_or(&failed.commit),
+                failed.short(),
                 failed.errors.len(),
                 failed.subject
             );

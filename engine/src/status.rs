@@ -216,10 +216,7 @@ impl Snapshot {
             ));
         }
         if let Some(f) = &self.source.failed_revision {
-            line.push_str(&format!(
-                "; revision {} refused",
-                f.commit.get(..12).unwrap_or(&f.commit)
-            ));
+            line.push_str(&format!("; revision {} refused", f.short()));
         }
         line
     }

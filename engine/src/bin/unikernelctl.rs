@@ -11,6 +11,7 @@ use unikerneld::dbus::client::{ManagerProxy, UnikernelProxy};
 use unikerneld::dbus::properties;
 use unikerneld::decl::Loader;
 use unikerneld::plan::{plan, Observed};
+use unikerneld::source::short_id;
 use unikerneld::status::DeclarationError;
 use zbus::Connection;
 
@@ -315,14 +316,14 @@ async fn run(command: Command) -> Result<u8> {
                 println!("● unikerneld {version}: {summary}");
                 println!("  Declarations: {dir}");
                 if !commit.is_empty() {
-                    let short = commit.get(..12).unwrap_or(&commit);
+                    let short = short_id(&commit);
                     println!(
                         "      Revision: {short}{} {subject:?}",
                         if dirty { " (dirty)" } else { "" }
                     );
                 }
                 if !failed.is_empty() {
-                    let short = failed.get(..12).unwrap_or(&failed);
+                    let short = short_id(&failed);
                     println!("       Refused: {short} {failed_subject:?} (nothing of it applied)");
                     for e in &failed_errors {
                         println!("         {e}");
@@ -394,7 +395,7 @@ async fn run(command: Command) -> Result<u8> {
         Command::Sync => {
             let conn = connect().await?;
             let (outcome, commit, errors) = manager(&conn).await?.sync().await.map_err(bus_error)?;
-            let short = commit.get(..12).unwrap_or(&commit);
+            let short = short_id(&commit);
             match outcome.as_str() {
                 "refused" => {
                     let mut text = format!("revision {short} refused, nothing of it applied:");

@@ -21,9 +21,14 @@ pub struct Revision {
     pub dirty: bool,
 }
 
+/// A commit id as it is shown: its first 12 hex digits.
+pub fn short_id(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
 impl Revision {
     pub fn short(&self) -> &str {
-        self.commit.get(..12).unwrap_or(&self.commit)
+        short_id(&self.commit)
     }
 }
 
@@ -34,4 +39,10 @@ pub struct FailedRevision {
     pub subject: String,
     /// One line each, `file:line:col: message (help)`, files named as in the repository.
     pub errors: Vec<String>,
+}
+
+impl FailedRevision {
+    pub fn short(&self) -> &str {
+        short_id(&self.commit)
+    }
 }
