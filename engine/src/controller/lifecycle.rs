@@ -42,16 +42,6 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.start_vm(name, false).await;
     }
 
-    /// Whether the VMM of `name`, asked for a snapshot, wrote one (a new state file was
-    /// renamed into place): for adopted VMMs, whose exit status is not ours to read.
-    fn saved_since(&self, name: &str) -> bool {
-        let Some(svc) = self.services.get(name).filter(|s| s.standby.saving) else {
-            return false;
-        };
-        let now = super::standby::state_inode(&self.state_dir.snapshot_dir(name));
-        now.is_some() && now != svc.standby.state_before
-    }
-
     /// Starts the VMM of `name`: a cold boot, or (`restore`) the VM saved in its snapshot,
     /// on the tap and address it kept while on standby.
     pub(super) async fn start_vm(&mut self, name: &str, restore: bool) {
@@ -257,7 +247,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 drop(old);
                 self.state_dir.clear_record(&name);
                 let saved = exit.ended == Ended::Exited(i32::from(ExitStatus::Saved.code()))
-                    || (exit.ended == Ended::Unknown && self.saved_since(&name));
+                    || (exit.ended == Ended::Unknown && self.wrote_snapshot(&name));
                 let Some(svc) = self.services.get_mut(&name) else {
                     return;
                 };

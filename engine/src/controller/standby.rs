@@ -117,6 +117,16 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         }
     }
 
+    /// Whether the VMM of `name`, asked for a snapshot, wrote one (a new state file was
+    /// renamed into place): for adopted VMMs, whose exit status is not ours to read.
+    pub(super) fn wrote_snapshot(&self, name: &str) -> bool {
+        let Some(svc) = self.services.get(name).filter(|s| s.standby.saving) else {
+            return false;
+        };
+        let now = state_inode(&self.state_dir.snapshot_dir(name));
+        now.is_some() && now != svc.standby.state_before
+    }
+
     /// The VMM ended after writing its snapshot: the service is on standby. `kept` is
     /// what its VM had: spec hash, address, tap.
     pub(super) async fn entered_standby(&mut self, name: &str, kept: (String, Option<Ipv4Addr>, Option<String>)) {
