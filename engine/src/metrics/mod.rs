@@ -74,6 +74,14 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One sample per service: `name{service="..."} value`.
+fn per_service<'a>(out: &mut String, name: &str, kind: &str, help: &str, rows: impl Iterator<Item = (&'a str, u64)>) {
+    header(out, name, kind, help);
+    for (service, value) in rows {
+        let _ = writeln!(out, "{name}{{service=\"{}\"}} {value}", label(service));
+    }
+}
+
 /// The whole exposition. `vm_memory` is each running VM's host memory (its VMM's RSS), by
 /// service, in the snapshot's order.
 pub fn render(snapshot: &Snapshot, stats: &Stats, daemon: Process, vm_memory: &[(String, u64)]) -> String {
@@ -116,75 +124,44 @@ pub fn render(snapshot: &Snapshot, stats: &Stats, daemon: Process, vm_memory: &[
         "Wake requested to serving, of every VM resumed from standby.",
     );
 
-    header(
+    let services = || snapshot.services.iter();
+    per_service(
         &mut out,
         "unikerneld_service_restarts_total",
         "counter",
         "Restarts of each service's VM (crashes, liveness).",
+        services().map(|s| (s.name.as_str(), u64::from(s.restarts))),
     );
-    for s in &snapshot.services {
-        let _ = writeln!(
-            out,
-            "unikerneld_service_restarts_total{{service=\"{}\"}} {}",
-            label(&s.name),
-            s.restarts
-        );
-    }
-    header(
+    per_service(
         &mut out,
         "unikerneld_service_wakes_total",
         "counter",
         "Wakes of each service from standby.",
+        services().map(|s| (s.name.as_str(), s.wakes)),
     );
-    for s in &snapshot.services {
-        let _ = writeln!(
-            out,
-            "unikerneld_service_wakes_total{{service=\"{}\"}} {}",
-            label(&s.name),
-            s.wakes
-        );
-    }
-    header(
+    per_service(
         &mut out,
         "unikerneld_service_open_connections",
         "gauge",
         "Open connections through each service's host ports.",
+        services().map(|s| (s.name.as_str(), s.open_connections)),
     );
-    for s in &snapshot.services {
-        let _ = writeln!(
-            out,
-            "unikerneld_service_open_connections{{service=\"{}\"}} {}",
-            label(&s.name),
-            s.open_connections
-        );
-    }
-    header(
+    per_service(
         &mut out,
         "unikerneld_service_memory_bytes",
         "gauge",
         "Host memory of each running VM (its VMM's resident set: touched guest memory and the VMM).",
+        vm_memory.iter().map(|(name, bytes)| (name.as_str(), *bytes)),
     );
-    for (name, bytes) in vm_memory {
-        let _ = writeln!(
-            out,
-            "unikerneld_service_memory_bytes{{service=\"{}\"}} {bytes}",
-            label(name)
-        );
-    }
-    header(
+    per_service(
         &mut out,
         "unikerneld_service_snapshot_bytes",
         "gauge",
         "Guest memory in each standby service's snapshot.",
+        services()
+            .filter(|s| s.state == State::Standby)
+            .map(|s| (s.name.as_str(), s.snapshot_bytes.unwrap_or(0))),
     );
-    for s in snapshot.services.iter().filter(|s| s.state == State::Standby) {
-        let _ = writeln!(
-            out,
-            "unikerneld_service_snapshot_bytes{{service=\"{}\"}} {}",
-            label(&s.name),
-            s.snapshot_bytes.unwrap_or(0)
-        );
-    }
 
     if let Some(r) = &snapshot.source.applied_revision {
         header(
