@@ -77,6 +77,30 @@ pub struct VmmArgs {
     #[arg(long, value_name = "MAC")]
     pub mac: Option<MacAddr>,
 
+    /// Read the kernel command line from this inherited fd (a sealed memfd, say) instead
+    /// of --cmdline: what is in it (secrets) never shows in /proc/PID/cmdline
+    #[arg(long, value_name = "N", conflicts_with = "cmdline")]
+    pub cmdline_fd: Option<RawFd>,
+
+    /// Jail the VMM once its VM is built: run as this uid (and --jail-gid) with no
+    /// capabilities and no_new_privs, in new mount, IPC and UTS namespaces whose root is an
+    /// empty read-only tmpfs. Needs root; give each VM a uid of its own
+    #[arg(long, value_name = "UID", requires = "jail_gid", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_uid: Option<u32>,
+
+    /// The jailed VMM's gid (with --jail-uid)
+    #[arg(long, value_name = "GID", requires = "jail_uid", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_gid: Option<u32>,
+
+    /// Where snapshots go: created (0700) before the VM runs and, in a jail, the one host
+    /// directory left visible, owned by the jail's uid
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Run without the seccomp filters (for debugging a VMM that ends with exit status 6)
+    #[arg(long)]
+    pub no_seccomp: bool,
+
     /// Print the time spent in each boot phase to stderr when the VM stops
     #[arg(long, hide = true)]
     pub trace_boot: bool,
@@ -97,6 +121,11 @@ impl VmmArgs {
             net_fd: None,
             tap: None,
             mac: None,
+            cmdline_fd: None,
+            jail_uid: None,
+            jail_gid: None,
+            snapshot_dir: None,
+            no_seccomp: false,
             trace_boot: false,
         }
     }
@@ -122,7 +151,10 @@ impl VmmArgs {
             if let Some(initrd) = &self.initrd {
                 arg("initrd", initrd.clone().into());
             }
-            arg("cmdline", self.cmdline.clone().into());
+            match self.cmdline_fd {
+                Some(fd) => arg("cmdline-fd", fd.to_string().into()),
+                None => arg("cmdline", self.cmdline.clone().into()),
+            }
             arg("memory", self.memory.bytes().to_string().into());
             arg("vcpus", self.vcpus.to_string().into());
         }
@@ -135,6 +167,16 @@ impl VmmArgs {
         }
         if let Some(mac) = self.mac {
             arg("mac", mac.to_string().into());
+        }
+        if let (Some(uid), Some(gid)) = (self.jail_uid, self.jail_gid) {
+            arg("jail-uid", uid.to_string().into());
+            arg("jail-gid", gid.to_string().into());
+        }
+        if let Some(dir) = &self.snapshot_dir {
+            arg("snapshot-dir", dir.clone().into());
+        }
+        if self.no_seccomp {
+            argv.push("--no-seccomp".into());
         }
         if self.trace_boot {
             argv.push("--trace-boot".into());
@@ -182,6 +224,11 @@ mod tests {
             net_fd: Some(7),
             tap: None,
             mac: Some(MacAddr::derived("web")),
+            cmdline_fd: None,
+            jail_uid: Some(2063597568),
+            jail_gid: Some(2063597568),
+            snapshot_dir: Some("/var/lib/unikerneld/snapshots/web".into()),
+            no_seccomp: true,
             trace_boot: true,
         };
         assert_eq!(round_trip(&full), full);
@@ -192,6 +239,13 @@ mod tests {
             ..minimal
         };
         assert_eq!(round_trip(&by_name), by_name);
+        let secret = VmmArgs {
+            cmdline: String::new(),
+            cmdline_fd: Some(9),
+            ..full.clone()
+        };
+        assert_eq!(round_trip(&secret), secret);
+        assert!(!secret.to_argv().iter().any(|a| a == "--cmdline"));
         let restore = VmmArgs {
             kernel: None,
             restore: Some("/var/lib/unikerneld/snapshots/web".into()),
@@ -221,5 +275,11 @@ mod tests {
         assert!(parse(&["--restore", "/s"]).is_err(), "a kernel or a snapshot, not both");
         assert!(VmmArgs::try_parse_from(["unikernel-vmm"]).is_err(), "one of them");
         assert!(VmmArgs::try_parse_from(["unikernel-vmm", "--restore", "/s", "--net-fd", "3"]).is_ok());
+        assert!(parse(&["--jail-uid", "5000"]).is_err(), "a uid needs its gid");
+        assert!(
+            parse(&["--jail-uid", "0", "--jail-gid", "0"]).is_err(),
+            "root is no jail"
+        );
+        assert!(parse(&["--cmdline", "x", "--cmdline-fd", "3"]).is_err());
     }
 }

@@ -17,6 +17,9 @@ pub enum ExitStatus {
     /// The host ran out of threads, memory or file descriptors before the guest ran:
     /// nothing is wrong with the VM; try again when there is room.
     NoResources = 5,
+    /// A VMM thread made a system call its seccomp filter forbids: a VMM bug, or a VMM a
+    /// guest took over. The process ends at once; the error line names the call.
+    BadSyscall = 6,
 }
 
 impl ExitStatus {
@@ -32,6 +35,7 @@ impl ExitStatus {
             3 => ExitStatus::Refused,
             4 => ExitStatus::Saved,
             5 => ExitStatus::NoResources,
+            6 => ExitStatus::BadSyscall,
             _ => return None,
         })
     }
@@ -45,6 +49,7 @@ impl ExitStatus {
             ExitStatus::Refused => "refused before start",
             ExitStatus::Saved => "saved to a snapshot and stopped",
             ExitStatus::NoResources => "the host is out of threads, memory or file descriptors",
+            ExitStatus::BadSyscall => "a system call its seccomp filter forbids",
         }
     }
 }
@@ -77,6 +82,7 @@ mod tests {
             ExitStatus::Refused,
             ExitStatus::Saved,
             ExitStatus::NoResources,
+            ExitStatus::BadSyscall,
         ] {
             assert_eq!(ExitStatus::from_code(i32::from(s.code())), Some(s));
         }

@@ -3,6 +3,8 @@
 //!
 //! For each run: process spawn -> first console byte, spawn -> exit (status collected),
 //! and the process's peak RSS (from wait4). Prints p50/p90 and the ratios.
+//! Beside them, in the same alternation: ours jailed (`--jail-uid`), and ours without its
+//! seccomp filters, for what isolation costs a start.
 //! `BENCH_RUNS` (default 200) sets the runs per side. QEMU (Debian's qemu-system-x86) is
 //! required: a benchmark without its peer is not a result.
 //!
@@ -160,9 +162,19 @@ fn main() {
     let mut a = Vec::with_capacity(runs);
     let mut b = Vec::with_capacity(runs);
     let mut echo = Vec::with_capacity(runs);
+    let mut jailed = Vec::with_capacity(runs);
+    let mut unfiltered = Vec::with_capacity(runs);
+    let snapshots = std::env::temp_dir().join(format!("uk-bench-jail-{}", std::process::id()));
     for _ in 0..runs {
         a.push(measure(ours(&kernel, cmdline), expect));
         b.push(measure(qemu(&kernel, cmdline), expect));
+        let mut j = ours(&kernel, cmdline);
+        j.args(["--jail-uid", "71999", "--jail-gid", "71999", "--snapshot-dir"])
+            .arg(&snapshots);
+        jailed.push(measure(j, expect));
+        let mut n = ours(&kernel, cmdline);
+        n.arg("--no-seccomp");
+        unfiltered.push(measure(n, expect));
         let mut e = Command::new("/bin/echo");
         e.arg(expect);
         echo.push(measure(e, expect));
@@ -175,6 +187,16 @@ fn main() {
     print_row("unikernel-vmm", &sa);
     print_row("qemu microvm", &sb);
     print_row("/bin/echo (spawn floor)", &se);
+    let (sj, sn) = (summarize(&jailed), summarize(&unfiltered));
+    print_row("unikernel-vmm jailed", &sj);
+    print_row("unikernel-vmm --no-seccomp", &sn);
+    println!(
+        "isolation costs, first byte p50: seccomp filters {:+.3} ms, the jail on top {:+.3} ms; peak RSS p50 {:+.2} MiB",
+        (sa.first_p50 - sn.first_p50) / 1e3,
+        (sj.first_p50 - sa.first_p50) / 1e3,
+        sj.rss_p50_mib - sn.rss_p50_mib
+    );
+    let _ = std::fs::remove_dir_all(&snapshots);
     println!(
         "ratio qemu/unikernel-vmm: first byte p50 {:.1}x, exit p50 {:.1}x, peak RSS p50 {:.1}x",
         sb.first_p50 / sa.first_p50,

@@ -22,6 +22,7 @@ use crate::devices::Bus;
 use crate::event_loop::EventLoop;
 use crate::exit::{ExitRequest, GuestFault, StopReason};
 use crate::loader;
+use crate::seccomp::{self, Filters};
 use crate::snapshot::{self, memory::Origin};
 use crate::vstate::memory::{self, GuestMemoryMmap};
 use crate::vstate::vcpu::{self, Entry, Vcpu};
@@ -69,6 +70,8 @@ pub enum Error {
     SnapshotNeedsNet,
     #[error("the snapshot has no network device, but a tap was given")]
     SnapshotHasNoNet,
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
 }
 
 pub use contract::limits::MAX_VCPUS;
@@ -357,7 +360,15 @@ impl Machine {
     /// the other vCPUs on their own threads (the other vCPUs end the process themselves
     /// if they see the guest stop). A thread that cannot be created (the host is out of
     /// threads) is an error before the guest runs, never a panic.
-    pub fn run(mut self, on_ap_exit: fn(Outcome, &Mutex<Serial>) -> !) -> Result<(Outcome, BootTrace), Error> {
+    ///
+    /// With `filters`, every thread closes itself in with its seccomp filter before it
+    /// touches anything the guest controls (the boot vCPU's, this thread, last: it starts
+    /// the others).
+    pub fn run(
+        mut self,
+        on_ap_exit: fn(Outcome, &Mutex<Serial>) -> !,
+        filters: Option<Filters>,
+    ) -> Result<(Outcome, BootTrace), Error> {
         let threads = |e: std::io::Error| Error::Threads(format!("cannot start a thread: {e}"));
         if let Some(listener) = self.control.take() {
             let controller = Controller::new(
@@ -376,7 +387,9 @@ impl Machine {
         crate::watchdog::install()
             .and_then(|()| crate::watchdog::watch_current_thread(&mut events))
             .unwrap_or_else(|e| crate::log_warn!("no watchdog for halted guests: {e}"));
-        events.spawn().map_err(threads)?;
+        events
+            .spawn_filtered(filters.as_ref().map(|f| f.event_loop.clone()))
+            .map_err(threads)?;
         let mut boot = self.vcpus.remove(0);
         for mut vcpu in self.vcpus.drain(..) {
             let (pio, mmio, exit, serial) = (
@@ -385,10 +398,19 @@ impl Machine {
                 self.exit.clone(),
                 self.serial.clone(),
             );
+            let filter = filters.as_ref().map(|f| f.vcpu.clone());
             std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.id()))
-                .spawn(move || on_ap_exit(vcpu.run(&pio, &mmio, &exit), &serial))
+                .spawn(move || {
+                    if let Some(filter) = filter {
+                        crate::seccomp::apply_or_exit(&filter);
+                    }
+                    on_ap_exit(vcpu.run(&pio, &mmio, &exit), &serial)
+                })
                 .map_err(threads)?;
+        }
+        if let Some(filters) = &filters {
+            crate::seccomp::apply(&filters.vcpu)?;
         }
         self.trace.mark("enter");
         let outcome = boot.run(&self.pio, &self.mmio, &self.exit);

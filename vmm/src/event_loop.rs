@@ -49,9 +49,18 @@ impl EventLoop {
     /// Runs the loop on its own thread for the rest of the process. A failed spawn
     /// (EAGAIN: the host is out of threads) is returned, never a panic.
     pub fn spawn(self) -> io::Result<()> {
-        std::thread::Builder::new()
-            .name("event-loop".into())
-            .spawn(move || self.run())?;
+        self.spawn_filtered(None)
+    }
+
+    /// [`EventLoop::spawn`], the thread closing itself in with `filter` before it serves
+    /// anything.
+    pub fn spawn_filtered(self, filter: Option<seccompiler::BpfProgram>) -> io::Result<()> {
+        std::thread::Builder::new().name("event-loop".into()).spawn(move || {
+            if let Some(filter) = filter {
+                crate::seccomp::apply_or_exit(&filter);
+            }
+            self.run()
+        })?;
         Ok(())
     }
 

@@ -3,12 +3,16 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use std::os::fd::{FromRawFd, RawFd};
+
 use clap::Parser;
 use contract::args::VmmArgs;
 use contract::exit::{error_line, ExitStatus};
 use vmm::builder::{self, Outcome};
 use vmm::config::{NetBackend, NetConfig, RestoreConfig, VmConfig};
 use vmm::devices::legacy::serial::Serial;
+use vmm::jail::{self, Jail};
+use vmm::seccomp;
 
 fn report(outcome: &Outcome) -> ExitCode {
     match outcome {
@@ -42,9 +46,44 @@ fn net_config(fd: Option<i32>, tap: Option<String>, mac: Option<contract::mac::M
     Some(NetConfig { backend, mac })
 }
 
+/// The longest command line read from --cmdline-fd (Linux takes at most 2 KiB to 64 KiB
+/// depending on the guest; the boot protocols check the real limit).
+const MAX_CMDLINE_FD_BYTES: u64 = 1 << 20;
+
+fn read_cmdline_fd(fd: RawFd) -> Result<String, String> {
+    use std::io::Read;
+    // SAFETY: the fd was named on our command line and is ours alone (inherited for us);
+    // File owns and closes it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut text = String::new();
+    file.take(MAX_CMDLINE_FD_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("--cmdline-fd {fd}: {e}"))?;
+    if text.len() as u64 > MAX_CMDLINE_FD_BYTES {
+        return Err(format!("--cmdline-fd {fd}: longer than {MAX_CMDLINE_FD_BYTES} bytes"));
+    }
+    Ok(text)
+}
+
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = VmmArgs::parse();
+    let mut cli = VmmArgs::parse();
+    // Nothing the parent left open by mistake reaches the guest's VMM.
+    jail::close_inherited(&[cli.net_fd, cli.cmdline_fd].into_iter().flatten().collect::<Vec<_>>());
+    if let Some(fd) = cli.cmdline_fd {
+        match read_cmdline_fd(fd) {
+            Ok(text) => cli.cmdline = text,
+            Err(e) => {
+                eprintln!("{}", error_line(&e));
+                return ExitCode::from(ExitStatus::Usage.code());
+            }
+        }
+    }
+    let jail = cli.jail_uid.zip(cli.jail_gid).map(|(uid, gid)| Jail {
+        uid,
+        gid,
+        snapshot_dir: cli.snapshot_dir.clone(),
+    });
     let net = net_config(cli.net_fd, cli.tap, cli.mac);
     let built = match (cli.restore, cli.kernel) {
         (Some(dir), _) => builder::restore(
@@ -88,7 +127,30 @@ fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => return refused(e),
     };
-    let (outcome, trace) = match machine.run(ap_exit) {
+    let filters = match (!cli.no_seccomp).then(seccomp::Filters::compile).transpose() {
+        Ok(f) => f,
+        Err(e) => return refused(e.into()),
+    };
+    if filters.is_some() {
+        if let Err(e) = seccomp::install_handler() {
+            return refused(builder::Error::Threads(format!("cannot handle SIGSYS: {e}")));
+        }
+    }
+    let jailed = match (&jail, &cli.snapshot_dir) {
+        (Some(jail), _) => jail.enter(),
+        (None, Some(dir)) => {
+            if let Err(e) = jail::prepare_snapshot_dir(dir) {
+                vmm::log_warn!("{e}: saving this VM will fail");
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = jailed {
+        eprintln!("{}", error_line(&e));
+        return ExitCode::from(ExitStatus::Refused.code());
+    }
+    let (outcome, trace) = match machine.run(ap_exit, filters) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };

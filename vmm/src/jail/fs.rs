@@ -1,0 +1,118 @@
+//! The jail's filesystem: a mount namespace of its own whose root is an empty read-only
+//! tmpfs, with at most one host directory bound in (the VM's snapshot directory).
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{check, Error};
+
+/// Where the new root is built before pivot_root makes it `/`: the old root's /tmp, as
+/// bubblewrap does (it exists on every host, and in the new namespace covering it hides
+/// nothing from anyone else).
+const BASE: &CStr = c"/tmp";
+/// The new root: a handful of directories, never a file.
+const ROOT_OPTIONS: &CStr = c"size=16k,nr_inodes=64,mode=0755";
+
+/// A host directory to bind into the jail, at its own path.
+pub struct HostDir {
+    path: PathBuf,
+}
+
+fn cstring(path: &Path) -> Result<CString, Error> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Sys {
+        what: format!("{} has a NUL byte", path.display()),
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
+impl HostDir {
+    /// Opens `path` and gives it to `uid:gid`, who will write snapshots into it.
+    pub fn open(path: &Path, uid: u32, gid: u32) -> Result<HostDir, Error> {
+        let fd: OwnedFd = std::fs::File::open(path)
+            .map_err(|source| Error::Sys {
+                what: format!("cannot open {}", path.display()),
+                source,
+            })?
+            .into();
+        // SAFETY: fchown on an fd we own.
+        check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }, || {
+            format!("cannot give {} to uid {uid}", path.display())
+        })?;
+        Ok(HostDir {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), Error> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    let ret = unsafe { libc::mount(ptr(src), target.as_ptr(), ptr(fstype), flags, ptr(data).cast()) };
+    check(ret, || format!("mount {target:?} (flags {flags:#x})"))
+}
+
+/// Moves the process into a new mount (and IPC, UTS) namespace whose root holds nothing
+/// but `bind`, at its host path.
+pub fn enter_empty_root(bind: Option<&HostDir>) -> Result<(), Error> {
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    // SAFETY: unshare takes flags only; the process is single-threaded (else EINVAL).
+    let ret = unsafe { libc::unshare(flags) };
+    check(ret, || "unshare (mount, IPC, UTS namespaces)".into())?;
+    // Nothing done here may propagate back to the host's mounts.
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    // Opened in the new namespace (a bind mount's source must be one of its own mounts),
+    // before the tmpfs covers what the path goes through (it may be under /tmp).
+    let bind = bind
+        .map(|dir| {
+            let fd: OwnedFd = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&dir.path)
+                .map_err(|source| Error::Sys {
+                    what: format!("cannot open {}", dir.path.display()),
+                    source,
+                })?
+                .into();
+            Ok::<_, Error>((dir, fd))
+        })
+        .transpose()?;
+    let hidden = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(Some(c"tmpfs"), BASE, Some(c"tmpfs"), hidden, Some(ROOT_OPTIONS))?;
+    if let Some((dir, fd)) = bind {
+        let inside = Path::new(BASE.to_str().unwrap_or("/tmp")).join(dir.path.strip_prefix("/").unwrap_or(&dir.path));
+        std::fs::create_dir_all(&inside).map_err(|source| Error::Sys {
+            what: format!("cannot make the mount point {}", inside.display()),
+            source,
+        })?;
+        let target = cstring(&inside)?;
+        // The path may be under /tmp, now covered: bind what the fd holds, not the path.
+        let source = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Error::Sys {
+            what: "fd path".into(),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
+        mount(Some(&source), &target, None, libc::MS_BIND, None)?;
+        mount(None, &target, None, libc::MS_BIND | libc::MS_REMOUNT | hidden, None)?;
+    }
+    // SAFETY: chdir with a NUL-terminated path.
+    check(unsafe { libc::chdir(BASE.as_ptr()) }, || "chdir to the new root".into())?;
+    // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached
+    // at once (the pattern pivot_root(2) documents).
+    // SAFETY: pivot_root with two NUL-terminated paths.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    check(ret as libc::c_int, || "pivot_root".into())?;
+    // SAFETY: umount2 with a NUL-terminated path and a flag.
+    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }, || {
+        "detach the old root".into()
+    })?;
+    // SAFETY: as above.
+    check(unsafe { libc::chdir(c"/".as_ptr()) }, || "chdir /".into())?;
+    mount(None, c"/", None, libc::MS_REMOUNT | libc::MS_RDONLY | hidden, None)
+}
