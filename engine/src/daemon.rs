@@ -39,6 +39,8 @@ pub struct Config {
     pub git: Option<crate::source::git::GitConfig>,
     /// Serve metrics there (`--metrics`).
     pub metrics: Option<crate::metrics::server::Endpoint>,
+    /// The uids of jailed VMMs (`--vm-uids`).
+    pub vm_uids: crate::supervise::uids::UidRange,
 }
 
 /// Status is published at most this often, and only after a change: an idle daemon wakes
@@ -73,7 +75,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = StateDir::with_snapshots(&config.state_dir, &config.snapshot_dir)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
     let scopes = crate::systemd::scope::Scopes::connect().await;
-    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone(), scopes);
+    // SAFETY: geteuid has no preconditions.
+    let jail = (unsafe { libc::geteuid() } == 0).then(|| crate::supervise::uids::UidPool::new(config.vm_uids));
+    if jail.is_none() {
+        warn!("not running as root: VMMs run unjailed, as this user (seccomp filters only)");
+    }
+    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone(), scopes, jail);
     let (tx, events) = mpsc::unbounded_channel();
     let controller = Controller::new(config.config_dir.clone(), state, launcher, net, tx)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;

@@ -76,7 +76,12 @@ impl StateDir {
     }
 
     pub fn with_snapshots(root: &Path, snapshots: &Path) -> io::Result<StateDir> {
-        std::fs::create_dir_all(root.join("services"))?;
+        // Console sockets and VMM logs carry what guests print (secrets, at times): the
+        // daemon's alone. Operators read consoles through D-Bus, whose policy says who may.
+        use std::os::unix::fs::PermissionsExt;
+        let services = root.join("services");
+        std::fs::create_dir_all(&services)?;
+        std::fs::set_permissions(&services, std::fs::Permissions::from_mode(0o700))?;
         Ok(StateDir {
             root: root.to_path_buf(),
             snapshots: snapshots.to_path_buf(),

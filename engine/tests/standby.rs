@@ -174,13 +174,45 @@ fn a_held_connection_sleeps_with_the_service_and_its_next_request_wakes_it() {
     });
 }
 
+/// A small tmpfs at a path, unmounted when dropped.
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(at: &std::path::Path) -> TinyDisk {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs at {}", at.display());
+        TinyDisk(at.to_path_buf())
+    }
+
+    /// The same filesystem, with room: every namespace that has it sees the change.
+    fn grow(&self) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 #[test]
 fn a_snapshot_that_cannot_be_written_keeps_the_service_running_and_a_lost_tap_is_rebuilt_on_wake() {
     let mut d = Daemon::new("standbyfail");
-    d.start();
-    // Where its snapshot should go is a file: saving fails (as on a full disk).
+    // Snapshots go to a disk that is full: saving fails. (A tmpfs of 16 KiB, mounted before
+    // the daemon starts so that its mount namespace, and its jailed VMMs', have it too.)
     std::fs::create_dir_all(d.snapshots()).unwrap();
-    std::fs::write(d.snapshots().join("web"), b"in the way").unwrap();
+    let full = TinyDisk::mount(&d.snapshots());
+    d.start();
     d.declare("web.kdl", &http_decl("web", 8080, "    standby idle=\"500ms\"\n"));
     let first = d.running("web");
     assert_eq!(body(&d, 8080), "web 1");
@@ -196,7 +228,7 @@ fn a_snapshot_that_cannot_be_written_keeps_the_service_running_and_a_lost_tap_is
 
     // Room again: it goes to standby. Then its tap is deleted behind the daemon's back:
     // the wake sets the network up again instead of resuming on a tap without a route.
-    std::fs::remove_file(d.snapshots().join("web")).unwrap();
+    full.grow();
     on_standby(&d, "web");
     d.ip(&["link", "del", "uk-web"]);
     assert_eq!(body(&d, 8080), "web 3", "the same guest, on a new tap");

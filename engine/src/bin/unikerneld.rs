@@ -73,6 +73,7 @@ fn config(cli: Cli) -> Result<Config, String> {
         pool: cli.pool,
         git,
         metrics: cli.metrics,
+        vm_uids: cli.vm_uids,
     })
 }
 

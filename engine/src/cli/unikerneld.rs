@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub resync: u64,
 
+    /// Jailed VMMs run as uids (and gids) from FIRST to FIRST+COUNT-1, one of its own each;
+    /// no account needs to exist for them. Only a daemon running as root jails its VMMs
+    #[arg(long, value_name = "FIRST:COUNT", default_value_t = crate::supervise::uids::UidRange::default())]
+    pub vm_uids: crate::supervise::uids::UidRange,
+
     /// Serve metrics in the Prometheus text format at ADDRESS:PORT (http://.../metrics) or
     /// unix:/PATH; off by default
     #[arg(long, value_name = "ENDPOINT")]

@@ -14,9 +14,11 @@ use tokio::task::JoinHandle;
 use super::console::{self, ConsoleRing};
 use super::probe;
 use super::process::{Ended, Launch, Process};
+use super::uids::{UidLease, UidPool};
 use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Signal, VmProcess};
 use crate::state_dir::{StateDir, VmRecord};
 use crate::systemd::scope::Scopes;
+use std::sync::Arc;
 
 /// How long the end of a VM waits for its console's last lines (the VMM is gone, so the
 /// follower reaches the end at once unless the socket misbehaves).
@@ -27,14 +29,29 @@ pub struct VmmLauncher {
     state: StateDir,
     /// Where systemd runs the host: each VMM's own scope.
     scopes: Option<Scopes>,
+    /// Where the daemon runs as root: each VMM jailed under a uid of its own.
+    uids: Option<Arc<UidPool>>,
 }
 
 impl VmmLauncher {
-    pub fn new(vmm: PathBuf, state: StateDir, scopes: Option<Scopes>) -> VmmLauncher {
-        VmmLauncher { vmm, state, scopes }
+    pub fn new(vmm: PathBuf, state: StateDir, scopes: Option<Scopes>, uids: Option<Arc<UidPool>>) -> VmmLauncher {
+        VmmLauncher {
+            vmm,
+            state,
+            scopes,
+            uids,
+        }
     }
 
-    fn follow(&self, name: &str, process: Process, console: ConsoleRing, fresh: bool, restored: bool) -> Vmm {
+    fn follow(
+        &self,
+        name: &str,
+        process: Process,
+        uid: Option<UidLease>,
+        console: ConsoleRing,
+        fresh: bool,
+        restored: bool,
+    ) -> Vmm {
         let (first_line_tx, first_line_rx) = oneshot::channel();
         let follower = tokio::spawn(console::follow(
             name.to_string(),
@@ -53,8 +70,38 @@ impl VmmLauncher {
             console: Some(AbortOnDrop(follower)),
             first_line: Some(first_line_rx),
             scopes: self.scopes.clone(),
+            _uid: uid,
         }
     }
+}
+
+/// The guest command line in a sealed memfd, for `--cmdline-fd`: what it holds (secrets in
+/// the declaration's args or env) never shows in /proc/PID/cmdline, which every local user
+/// can read.
+fn cmdline_memfd(cmdline: &str) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::{Seek, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh anonymous file; the name is a NUL-terminated string.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"unikernel-cmdline".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let mut file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    file.write_all(cmdline.as_bytes())?;
+    // The VMM reads from the shared offset.
+    file.rewind()?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on a memfd we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file.into())
 }
 
 /// A task that ends with its owner.
@@ -78,6 +125,8 @@ pub struct Vmm {
     console: Option<AbortOnDrop>,
     first_line: Option<oneshot::Receiver<()>>,
     scopes: Option<Scopes>,
+    /// Its jail's uid, free again once this VM is dropped.
+    _uid: Option<UidLease>,
 }
 
 /// How much of the end of the VMM's stderr is searched for its error line.
@@ -104,9 +153,23 @@ impl Launcher for VmmLauncher {
         let stderr = std::fs::File::create(self.state.vmm_log(name)).map_err(|e| format!("state directory: {e}"))?;
         let cmdline = spec.guest_cmdline(request.net.as_ref().map(|a| a.guest_net()).as_ref());
         let tap = request.net.map(|a| (a.tap_fd, a.mac));
+        let uid = self.uids.as_ref().map(|pool| pool.lease()).transpose()?;
+        let mut inherit = Vec::with_capacity(2);
+        let cmdline_fd = match request.restore {
+            Some(_) => None,
+            None => {
+                let fd = cmdline_memfd(&cmdline).map_err(|e| format!("guest command line: {e}"))?;
+                let raw = fd.as_raw_fd();
+                inherit.push(fd);
+                Some(raw)
+            }
+        };
         let mut args = VmmArgs {
             initrd: spec.initrd.clone(),
-            cmdline,
+            cmdline_fd,
+            jail_uid: uid.as_ref().map(|l| l.uid),
+            jail_gid: uid.as_ref().map(|l| l.uid),
+            snapshot_dir: Some(self.state.snapshot_dir(name)),
             memory: MemSize::from_bytes(spec.memory_bytes),
             vcpus: spec.vcpus,
             console: ConsoleTarget::Socket(self.state.console_socket(name)),
@@ -124,17 +187,18 @@ impl Launcher for VmmLauncher {
             args.restore = Some(dir.to_path_buf());
         }
         // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
+        inherit.extend(tap.map(|(fd, _)| fd));
         let launch = Launch {
             vmm: self.vmm.clone(),
             args: args.to_argv(),
-            tap: tap.map(|(fd, _)| fd),
+            inherit,
             stderr,
         };
         let process = Process::spawn(launch).map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;
         if let Some(scopes) = &self.scopes {
             scopes.place(name, process.pid, spec.limits);
         }
-        Ok(self.follow(name, process, request.console, true, request.restore.is_some()))
+        Ok(self.follow(name, process, uid, request.console, true, request.restore.is_some()))
     }
 
     fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Vmm> {
@@ -144,8 +208,13 @@ impl Launcher for VmmLauncher {
         if let Some(scopes) = &self.scopes {
             scopes.place(name, process.pid, Default::default());
         }
+        // Its uid stays its own: no new VMM gets it while it runs.
+        let uid = self
+            .uids
+            .as_ref()
+            .and_then(|pool| super::uids::uid_of(process.pid).and_then(|uid| pool.claim(uid)));
         // The VMM replays its recent output: into the ring, not to the journal again.
-        Some(self.follow(name, process, console, false, false))
+        Some(self.follow(name, process, uid, console, false, false))
     }
 
     fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)> {

@@ -5,3 +5,4 @@ pub mod control;
 pub mod launcher;
 pub mod probe;
 pub mod process;
+pub mod uids;

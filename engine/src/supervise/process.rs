@@ -10,12 +10,13 @@ use std::process::{Command, Stdio};
 
 use tokio::io::unix::AsyncFd;
 
-/// What to run: the VMM and its arguments, and a tap to hand over.
+/// What to run: the VMM and its arguments, and the fds to hand over.
 pub struct Launch {
     pub vmm: PathBuf,
     pub args: Vec<OsString>,
-    /// Inherited by the VMM under its own fd number (which `args` names).
-    pub tap: Option<OwnedFd>,
+    /// Inherited by the VMM under their own fd numbers (which `args` name): the tap, the
+    /// guest command line.
+    pub inherit: Vec<OwnedFd>,
     /// Receives the VMM's stderr (its one-line error when it stops).
     pub stderr: std::fs::File,
 }
@@ -98,16 +99,16 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(launch.stderr);
-        if let Some(tap) = &launch.tap {
+        for fd in &launch.inherit {
             // Inherited under its own number: clear close-on-exec just for this spawn (the
             // engine spawns from one task, so no other child can pick it up meanwhile).
             // SAFETY: F_SETFD on an fd we own.
-            if unsafe { libc::fcntl(tap.as_raw_fd(), libc::F_SETFD, 0) } < 0 {
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } < 0 {
                 return Err(io::Error::last_os_error());
             }
         }
         let child = cmd.spawn();
-        drop(launch.tap);
+        drop(launch.inherit);
         let mut child = child?;
         let pid = child.id();
         // The pidfd keeps the process identifiable; `child` is dropped without waiting
@@ -220,7 +221,7 @@ mod tests {
         Launch {
             vmm: program.into(),
             args: args.iter().map(OsString::from).collect(),
-            tap: None,
+            inherit: Vec::new(),
             stderr: std::fs::File::create("/dev/null").unwrap(),
         }
     }
@@ -250,12 +251,12 @@ mod tests {
     async fn the_child_runs_in_its_own_process_group_and_gets_the_tap() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut l = launch("/bin/sleep", &["60"]);
-        l.tap = Some(a.into());
+        l.inherit = vec![a.into()];
         // `sleep` takes `--net-fd N` as junk and fails: use a shell that ignores its args.
         l.vmm = "/bin/sh".into();
         // `; :` keeps the shell itself running (no exec of the last command), so its
         // command line stays the one we gave.
-        let fd = l.tap.as_ref().unwrap().as_raw_fd().to_string();
+        let fd = l.inherit[0].as_raw_fd().to_string();
         l.args = ["-c", "sleep 60; :", "sh", "--net-fd", &fd]
             .map(OsString::from)
             .to_vec();
