@@ -151,6 +151,18 @@ check "the VMM ($pid) is in unikernel-web.scope, not in unikerneld.service" \
     bash -c "for i in \$(seq 50); do c=\$(nsenter -t $leader -a cat /proc/$pid/cgroup); grep -q 'unikernel.slice/unikernel-web.scope' <<<\"\$c\" && ! grep -q unikerneld.service <<<\"\$c\" && exit 0; sleep 0.1; done; echo \"\$c\"; exit 1"
 check "systemctl status unikernel-web.scope shows the VMM" \
     bash -c "nsenter -t $leader -a systemctl status unikernel-web.scope | grep -q 'unikernel-vmm'"
+check "the VMM ($pid) is jailed: a uid of its own range, no capabilities, NoNewPrivs, seccomp on every thread" \
+    inside sh -c "awk '/^Uid:/ { exit !(\$2 >= 2063597568 && \$2 < 2063663104) }' /proc/$pid/status \
+        && grep -q '^CapEff:[[:space:]]*0000000000000000' /proc/$pid/status \
+        && grep -q '^NoNewPrivs:[[:space:]]*1' /proc/$pid/status \
+        && ! grep -L '^Seccomp:[[:space:]]*2' /proc/$pid/task/*/status | grep -q . \
+        || { cat /proc/$pid/status; exit 1; }"
+check "the guest command line is not in /proc/$pid/cmdline" \
+    inside sh -c "! tr '\\000' ' ' </proc/$pid/cmdline | grep -q 'ip='"
+check "a user outside the unikerneld group cannot read web's console (exit 6)" \
+    bash -c "nsenter -t $leader -a setpriv --reuid=65534 --regid=65534 --clear-groups unikernelctl logs web; [ \$? = 6 ]"
+check "a member of the unikerneld group can" \
+    bash -c "g=\$(nsenter -t $leader -a getent group unikerneld | cut -d: -f3); nsenter -t $leader -a setpriv --reuid=65534 --regid=65534 --groups=\$g unikernelctl logs web | grep -q 'listening on port 80'"
 inside journalctl -q -u unikerneld -g 'in unikernel-web.scope' -o cat | sed 's/^/      journal: /' | head -1
 echo "      boot (spawn -> serving): $(inside unikernelctl status web --json | grep -o '"boot_time_usec": *[0-9]*' | grep -o '[0-9]*$') us"
 address=$(inside unikernelctl status web --json | grep -o '"address": *"[0-9.]*"' | grep -o '[0-9.]*"$' | tr -d '"')
