@@ -11,6 +11,7 @@ pub mod dbus;
 pub mod decl;
 pub mod metrics;
 pub mod net;
+pub mod panic;
 pub mod plan;
 pub mod proxy;
 pub mod single_flight;

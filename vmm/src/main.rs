@@ -67,6 +67,12 @@ fn read_cmdline_fd(fd: RawFd) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    // A panic is a VMM bug: the whole VM ends at once, with the error line, never a vCPU
+    // thread alone (the release profile unwinds, for the daemon's sake).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{}", error_line(&format!("internal error: {info}")));
+        std::process::abort();
+    }));
     let mut cli = VmmArgs::parse();
     // Nothing the parent left open by mistake reaches the guest's VMM.
     jail::close_inherited(&[cli.net_fd, cli.cmdline_fd].into_iter().flatten().collect::<Vec<_>>());

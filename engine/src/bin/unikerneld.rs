@@ -78,6 +78,7 @@ fn config(cli: Cli) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    unikerneld::panic::abort_on_panic();
     let config = match config(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {
