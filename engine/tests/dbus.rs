@@ -312,6 +312,14 @@ fn nobody_can_read_but_not_change_or_own_the_name() {
     let (code, out, err) = ctl(&bus, &["logs", "web"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listening"), "{out}");
+    // Status still works for them, without the console lines.
+    let (code, out, err) = ctl_as_nobody(&bus, &["status", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("State: running") && out.contains("unikerneld group only"),
+        "{out}"
+    );
+    assert!(!out.contains("listening"), "{out}");
     let (code, _, err) = ctl_as_nobody(&bus, &["restart", "web"]);
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("access denied"), "{err}");

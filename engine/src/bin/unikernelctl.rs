@@ -40,7 +40,9 @@ fn bus_error(e: zbus::Error) -> Failure {
             ),
             "org.freedesktop.DBus.Error.AccessDenied" => Failure(
                 exit::ACCESS_DENIED,
-                format!("access denied: changing unikernels needs root ({msg})"),
+                format!(
+                    "access denied: changing unikernels needs root, reading consoles root or the unikerneld group ({msg})"
+                ),
             ),
             "org.unikerneld1.Error.NoSuchUnikernel" => Failure(exit::NO_SUCH_UNIKERNEL, msg),
             _ => Failure(exit::FAILED, format!("{name}: {msg}")),
@@ -86,7 +88,15 @@ async fn describe(conn: &Connection, u: &UnikernelProxy<'_>, lines: u32) -> Resu
             v.insert(json_name.to_string(), properties::to_json(value));
         }
     }
-    v.insert("logs".into(), json!(u.logs(lines).await.map_err(bus_error)?));
+    // Consoles are root's and the unikerneld group's: anyone else gets the rest.
+    let logs = match u.logs(lines).await {
+        Ok(lines) => json!(lines),
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.DBus.Error.AccessDenied" => {
+            serde_json::Value::Null
+        }
+        Err(e) => return Err(bus_error(e)),
+    };
+    v.insert("logs".into(), logs);
     Ok(serde_json::Value::Object(v))
 }
 
@@ -150,6 +160,10 @@ fn print_status(v: &serde_json::Value) {
         .flatten()
         .filter_map(|l| l.as_str())
         .collect();
+    if v["logs"].is_null() {
+        println!();
+        println!("(console lines: root and members of the unikerneld group only)");
+    }
     if !logs.is_empty() {
         println!();
         for l in logs {
@@ -439,6 +453,7 @@ fn main() -> ExitCode {
     // instead of panicking on EPIPE (Rust ignores SIGPIPE by default).
     // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    unikerneld::panic::abort_on_panic();
     let cli = Cli::parse();
     let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(run(cli.command)),
