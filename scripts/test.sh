@@ -32,3 +32,6 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += 
 
 echo "== the Debian package in a real systemd (tests/package/run.sh)"
 bash tests/package/run.sh
+
+echo "== fuzz targets, briefly (scripts/fuzz.sh)"
+bash scripts/fuzz.sh

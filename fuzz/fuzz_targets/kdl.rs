@@ -1,0 +1,39 @@
+//! A declaration file, as anyone who can write to /etc/unikernels (or push to the followed
+//! git repository) controls it: reading it never panics, every error points inside the
+//! file, and the fast reader's documents are the ones the kdl crate reads.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use unikerneld::decl::{fast, parse};
+
+fuzz_target!(|data: &[u8]| {
+    // As in the daemon: a panic the parser contains is an error, any other one a crash
+    // (libFuzzer's own hook, kept as the one called outside `contained`).
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(unikerneld::panic::abort_on_panic);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(doc) = fast::parse(text) {
+        let reference = kdl::KdlDocument::parse_v2(text).expect("the fast reader took what kdl refuses");
+        assert_eq!(
+            fast::shape(&doc),
+            fast::shape(&reference),
+            "the fast reader read another document"
+        );
+    }
+    let (_specs, errors) = parse::parse_file(std::path::Path::new("/etc/unikernels/fuzz.kdl"), text);
+    let lines = text.split('\n').count();
+    for e in errors {
+        assert!(
+            e.line >= 1 && e.line <= lines,
+            "error at line {} of {lines}: {}",
+            e.line,
+            e.message
+        );
+        assert!(
+            e.span.offset() + e.span.len() <= text.len(),
+            "span past the end: {}",
+            e.message
+        );
+    }
+});
