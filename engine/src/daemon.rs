@@ -413,6 +413,11 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 SourceEvent::Git(outcome, done) => {
                     apply_outcome(&mut ctl, outcome).await;
                     follow_targets(&mut targets);
+                    // `sync` answers once status.json and D-Bus say what it applied (a
+                    // publish just before would otherwise hold this one back a period).
+                    grow(ctl.service_count());
+                    publish_now(&mut ctl);
+                    published_at = tokio::time::Instant::now();
                     let _ = done.send(());
                 }
             },
