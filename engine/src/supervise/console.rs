@@ -17,6 +17,8 @@ use tokio::net::UnixStream;
 pub const RING_LINES: usize = 200;
 /// Longest line kept (a guest is untrusted: no unbounded line buffers).
 const MAX_LINE: usize = 4096;
+/// A replay header is two decimal numbers and a newline ("65536 18446744073709551615\n").
+const MAX_HEADER: u64 = 64;
 
 #[derive(Default, Debug)]
 struct Ring {
@@ -147,8 +149,12 @@ pub async fn follow(
         // default 8 KiB was half of all the daemon keeps per service.
         let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
         let mut header = Vec::new();
-        // No header: the VMM is gone (or going).
-        if matches!(reader.read_until(b'\n', &mut header).await, Ok(0) | Err(_)) {
+        // No header: the VMM is gone (or going). Bounded: a VMM a guest took over must
+        // not make the daemon buffer a "header" without end.
+        if matches!(
+            (&mut reader).take(MAX_HEADER).read_until(b'\n', &mut header).await,
+            Ok(0) | Err(_)
+        ) {
             return;
         }
         let replay = contract::console::parse_replay_header(&header)
@@ -343,6 +349,29 @@ mod tests {
         assert_eq!(lines[1], "new 2");
         assert_eq!(lines[2].len(), MAX_LINE);
         assert_eq!(lines[3], "x".repeat(10));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_header_without_end_is_cut_not_buffered() {
+        // A VMM a guest took over sends a megabyte with no newline where the header goes:
+        // the daemon reads at most MAX_HEADER bytes as the header, the rest as lines.
+        let dir = std::env::temp_dir().join(format!("uk-header-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let ring = ConsoleRing::default();
+        let follower = tokio::spawn(follow("t".into(), path.clone(), ring.clone(), false, None));
+        let (mut s, _) = listener.accept().await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all("9".repeat(1 << 20).as_bytes()).await.unwrap();
+        drop(listener);
+        drop(s);
+        follower.await.unwrap();
+        let lines = ring.tail(RING_LINES);
+        assert!(!lines.is_empty(), "the bytes after the header are console output");
+        assert!(lines.iter().all(|l| l.len() <= MAX_LINE));
+        assert_eq!(lines[0].len(), MAX_LINE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
