@@ -2,8 +2,9 @@
 # The fuzz targets (fuzz/, cargo fuzz on a nightly toolchain; the main build stays on
 # stable): each runs for FUZZ_SECS seconds (default 20) from its seeds, and any crash fails
 # the run with the input that caused it in fuzz/artifacts/<target>/. Seeds: our example
-# declarations and our example kernel images (all boot protocols); snapshot_state starts
-# empty. Longer runs: FUZZ_SECS=3600 bash scripts/fuzz.sh.
+# declarations, our example kernel images (all boot protocols), a driver that sets up the
+# virtio-net device and moves a frame each way (fuzz/seeds/virtio_net.py), a console
+# replay header; snapshot_state starts empty. Longer runs: FUZZ_SECS=3600 bash scripts/fuzz.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -17,15 +18,18 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 seeds=fuzz/corpus
-mkdir -p "$seeds/kdl" "$seeds/kernel_loader" "$seeds/snapshot_state"
+targets="kdl kernel_loader snapshot_state virtio_net console_header"
+for target in $targets; do mkdir -p "$seeds/$target"; done
 cp examples/declarations/*.kdl "$seeds/kdl/"
 images=examples/unikernels/target/x86_64-unknown-linux-gnu/release
 for image in hello hello-lx hello-bz hello-mb; do
     [ -f "$images/$image" ] && cp "$images/$image" "$seeds/kernel_loader/$image"
 done
+python3 fuzz/seeds/virtio_net.py "$seeds/virtio_net/driver-init-tx-rx"
+printf '42 1000\n\0\0\0\0\0\0\0\0' >"$seeds/console_header/header"
 
 cargo +nightly fuzz build -O
-for target in kdl kernel_loader snapshot_state; do
+for target in $targets; do
     echo "== fuzz $target (${secs}s)"
     rm -rf "fuzz/artifacts/$target"
     cargo +nightly fuzz run -O "$target" "$seeds/$target" -- \

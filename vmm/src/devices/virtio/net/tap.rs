@@ -64,8 +64,8 @@ impl Tap {
         Ok(Tap { fd, name })
     }
 
-    /// Any fd that keeps frame boundaries (a SOCK_DGRAM socket pair in tests).
-    #[cfg(test)]
+    /// Any fd that keeps frame boundaries: a SOCK_DGRAM socket pair, for the device's
+    /// tests and its fuzz target (fuzz/fuzz_targets/virtio_net.rs).
     pub fn from_datagram_fd(fd: OwnedFd) -> Tap {
         Tap {
             fd,
