@@ -20,7 +20,7 @@ if ! log=$(cd examples/unikernels && cargo build --release --locked 2>&1); then
     echo "$log"
     exit 1
 fi
-ls examples/unikernels/target/x86_64-unknown-linux-gnu/release/ | grep -E '^(hello|hello-lx|hello-bz|hello-mb|triplefault)$'
+ls examples/unikernels/target/x86_64-unknown-linux-gnu/release/ | grep -E '^(hello|hello-lx|hello-bz|hello-mb|triplefault|hostile)$'
 
 echo "== cargo test"
 log=$(mktemp)

@@ -203,6 +203,7 @@ fn example_images_contain_no_sse_instructions() {
         "triplefault",
         "deadhalt",
         "http",
+        "hostile",
     ] {
         let out = std::process::Command::new("objdump")
             .arg("-d")
