@@ -108,7 +108,7 @@ impl BootTrace {
         }
     }
 
-    fn mark(&mut self, phase: &'static str) {
+    pub fn mark(&mut self, phase: &'static str) {
         self.marks.push((phase, Instant::now()));
     }
 

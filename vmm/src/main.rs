@@ -129,7 +129,7 @@ fn main() -> ExitCode {
         };
         ExitCode::from(status.code())
     };
-    let machine = match built {
+    let mut machine = match built {
         Ok(m) => m,
         Err(e) => return refused(e),
     };
@@ -142,6 +142,7 @@ fn main() -> ExitCode {
             return refused(builder::Error::Threads(format!("cannot handle SIGSYS: {e}")));
         }
     }
+    machine.trace.mark("seccomp");
     let jailed = match (&jail, &cli.snapshot_dir) {
         (Some(jail), _) => jail.enter(),
         (None, Some(dir)) => {
@@ -156,6 +157,7 @@ fn main() -> ExitCode {
         eprintln!("{}", error_line(&e));
         return ExitCode::from(ExitStatus::Refused.code());
     }
+    machine.trace.mark(if jail.is_some() { "jail" } else { "snapshot-dir" });
     let (outcome, trace) = match machine.run(ap_exit, filters) {
         Ok(r) => r,
         Err(e) => return refused(e),
