@@ -169,7 +169,7 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File), Error> {
 
 impl Snapshot {
     /// Bounds on what the file claims, before anything is allocated or given to KVM.
-    fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         crate::vstate::memory::validate(contract::size::MemSize::from_bytes(self.memory.bytes))
             .map_err(|e| e.to_string())?;
         let n = self.vcpus.len();
