@@ -32,8 +32,11 @@ cargo +nightly fuzz build -O
 for target in $targets; do
     echo "== fuzz $target (${secs}s)"
     rm -rf "fuzz/artifacts/$target"
+    # -close_fd_mask=2: the targets' own stderr (the VMM's warnings about what a hostile
+    # driver did, once per run) is not printed; a crash still leaves its artifact, and
+    # `cargo +nightly fuzz run TARGET ARTIFACT` shows its message.
     cargo +nightly fuzz run -O "$target" "$seeds/$target" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+        -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 -close_fd_mask=2 2>&1 \
         | grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|SUMMARY|==[0-9]+==)|panicked' || true
     # libFuzzer's exit status is lost in the pipe: a crash leaves an artifact.
     if compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
