@@ -290,3 +290,26 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// One request on a VMM's control socket (waiting up to 5 s for it to appear), its reply.
+pub fn control(path: &Path, request: &contract::control::Request) -> contract::control::Reply {
+    control_line(path, &format!("{request}\n"))
+}
+
+/// One raw request line on a control socket, its reply.
+pub fn control_line(path: &Path, line: &str) -> contract::control::Reply {
+    use std::io::{BufRead, BufReader, Write};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("control socket {}: {e}", path.display()),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(line.as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    contract::control::Reply::parse(&reply)
+}

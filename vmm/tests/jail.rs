@@ -13,10 +13,8 @@ mod common;
 use std::io::{BufRead, BufReader, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use contract::control::{AfterSnapshot, Reply, Request};
@@ -56,22 +54,6 @@ fn spawn(ns: &Netns, uid: u32, args: &[&std::ffi::OsStr]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn unikernel-vmm")
-}
-
-fn control(path: &Path, request: &Request) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut stream = loop {
-        match UnixStream::connect(path) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => panic!("control socket {}: {e}", path.display()),
-        }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    Reply::parse(&line)
 }
 
 fn get(ns: &Netns) -> String {

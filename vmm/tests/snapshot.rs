@@ -8,9 +8,8 @@
 )]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -45,29 +44,6 @@ fn spawn(ns: &Netns, args: &[&std::ffi::OsStr]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn unikernel-vmm")
-}
-
-fn control(path: &Path, request: &Request) -> Reply {
-    control_line(path, &format!("{request}\n"))
-}
-
-fn control_line(path: &Path, line: &str) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut stream = loop {
-        match UnixStream::connect(path) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("control socket {}: {e}", path.display()),
-        }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(line.as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).unwrap();
-    Reply::parse(&line)
 }
 
 fn get(ns: &Netns) -> String {

@@ -68,7 +68,7 @@ impl Bus {
             Some((e, offset)) => lock(&e.device).read(offset, data),
             None => {
                 data.fill(0xff);
-                self.note_unknown("read", addr, data.len());
+                self.note_unknown("read", addr, data.len(), "reads as all ones");
             }
         }
     }
@@ -77,11 +77,11 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) {
         match self.find(addr) {
             Some((e, offset)) => lock(&e.device).write(offset, data),
-            None => self.note_unknown("write", addr, data.len()),
+            None => self.note_unknown("write", addr, data.len(), "dropped"),
         }
     }
 
-    fn note_unknown(&self, what: &str, addr: u64, len: usize) {
+    fn note_unknown(&self, what: &str, addr: u64, len: usize, outcome: &str) {
         let mut seen = self.unknown_seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > UNKNOWN_LOG_LIMIT || !seen.insert(addr) {
             return;
@@ -90,7 +90,7 @@ impl Bus {
             crate::log_warn!("more unknown {} accesses; no longer logging them", self.name);
         } else {
             crate::log_warn!(
-                "guest {what} of {len} bytes at unknown {} address {addr:#x} (reads as all ones)",
+                "guest {what} of {len} bytes at unknown {} address {addr:#x} ({outcome})",
                 self.name
             );
         }
