@@ -72,6 +72,8 @@ pub enum Error {
     SnapshotHasNoNet,
     #[error(transparent)]
     Seccomp(#[from] seccomp::Error),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::Error),
 }
 
 pub use contract::limits::MAX_VCPUS;
@@ -263,7 +265,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     let exit = ExitRequest::default();
     let mut devices = DeviceManager::new(&vm, console, &exit, config.memory.bytes(), None)?;
     if let Some(net) = &config.net {
-        devices.attach_net(&vm, &mem, &mut events, net, None)?;
+        devices.attach_net(&vm, &mem, &mut events, device_manager::open_tap(net)?, None)?;
     }
     trace.mark("devices");
 
@@ -294,12 +296,30 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     }))
 }
 
-/// Builds the machine saved in a snapshot, ready to resume where it was paused. The
-/// snapshot is read and checked completely before KVM is asked for anything.
-pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Machine, Error> {
+/// Builds the machine saved in a snapshot, ready to resume where it was paused.
+///
+/// Everything with a path is opened first (the snapshot's files, the sockets, /dev/kvm,
+/// the tap); then `jail` runs; only then is the state file believed: a VMM wrote it, and a
+/// guest may have taken that VMM over, so it is decoded and checked without privileges,
+/// completely, before KVM is asked for anything.
+pub fn restore(
+    config: &RestoreConfig,
+    start: Instant,
+    jail: &mut dyn FnMut() -> Result<(), crate::jail::Error>,
+) -> Result<Machine, Error> {
     let mut trace = BootTrace::new(start);
-    let (saved, mem_file) = snapshot::read(&config.dir)?;
-    match (&saved.devices.net, &config.net) {
+    let opened = snapshot::open(&config.dir)?;
+    let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
+    let console = console_out(&config.console, &mut events)?;
+    let control = bind_control(config.control.as_deref())?;
+    let kvm = Vm::open_kvm()?;
+    let tap = config.net.as_ref().map(device_manager::open_tap).transpose()?;
+    trace.mark("opened");
+    jail()?;
+    trace.mark("jail");
+
+    let (saved, mem_file) = opened.check()?;
+    match (&saved.devices.net, &tap) {
         (Some(_), None) => return Err(Error::SnapshotNeedsNet),
         (None, Some(_)) => return Err(Error::SnapshotHasNoNet),
         _ => {}
@@ -310,18 +330,15 @@ pub fn restore(config: &RestoreConfig, start: Instant) -> Result<Machine, Error>
             what,
         })?;
     trace.mark("loaded");
-    let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
-    let console = console_out(&config.console, &mut events)?;
-    let control = bind_control(config.control.as_deref())?;
 
-    let vm = Vm::new(&mem)?;
+    let vm = Vm::with_kvm(kvm, &mem)?;
     vm.restore_state(&saved.vm)?;
     trace.mark("vm");
 
     let exit = ExitRequest::default();
     let mut devices = DeviceManager::new(&vm, console, &exit, saved.memory.bytes, Some(&saved.devices))?;
-    if let (Some(net), Some(state)) = (&config.net, &saved.devices.net) {
-        devices.attach_net(&vm, &mem, &mut events, net, Some(state))?;
+    if let (Some(tap), Some(state)) = (tap, &saved.devices.net) {
+        devices.attach_net(&vm, &mem, &mut events, tap, Some(state))?;
     }
     trace.mark("devices");
 

@@ -110,19 +110,13 @@ impl DeviceManager {
         vm: &Vm,
         mem: &GuestMemoryMmap,
         events: &mut EventLoop,
-        net: &NetConfig,
+        (tap, mac): (Tap, Option<MacAddr>),
         saved: Option<&NetState>,
     ) -> Result<(), Error> {
         let err = |e: &dyn std::fmt::Display| Error::Net(e.to_string());
-        let tap = match &net.backend {
-            NetBackend::Tap(name) => Tap::open(name),
-            // SAFETY: the caller promised, with --net-fd, that this fd is open and ours.
-            NetBackend::Fd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
-        }
-        .map_err(|e| err(&e))?;
         let mac = match saved {
             Some(s) => MacAddr(s.device.mac),
-            None => net.mac.unwrap_or_else(|| MacAddr::derived(tap.name())),
+            None => mac.unwrap_or_else(|| MacAddr::derived(tap.name())),
         };
         let device = Arc::new(Mutex::new(Net::new(tap, mac).map_err(|e| err(&e))?));
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
@@ -163,4 +157,16 @@ impl DeviceManager {
         self.net = Some(NetDevice { device, transport });
         Ok(())
     }
+}
+
+/// The tap of `net`, opened (by name: needs CAP_NET_ADMIN and /dev/net/tun, so before any
+/// jail) or taken over (an inherited fd), with the MAC asked for.
+pub fn open_tap(net: &NetConfig) -> Result<(Tap, Option<MacAddr>), Error> {
+    let tap = match &net.backend {
+        NetBackend::Tap(name) => Tap::open(name),
+        // SAFETY: the caller promised, with --net-fd, that this fd is open and ours.
+        NetBackend::Fd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
+    }
+    .map_err(|e| Error::Net(e.to_string()))?;
+    Ok((tap, net.mac))
 }

@@ -90,6 +90,22 @@ fn main() -> ExitCode {
         gid,
         snapshot_dir: cli.snapshot_dir.clone(),
     });
+    let snapshot_dir = cli.snapshot_dir.clone();
+    // Once everything with a path is open: a restore calls it before it believes the
+    // snapshot's state, a boot once the VM is built.
+    let restoring = cli.restore.is_some();
+    let mut enter_jail = || -> Result<(), jail::Error> {
+        match (&jail, &snapshot_dir) {
+            (Some(jail), _) => jail.enter(),
+            (None, Some(dir)) => {
+                if let Err(e) = jail::prepare_snapshot_dir(dir) {
+                    vmm::log_warn!("{e}: saving this VM will fail");
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    };
     let net = net_config(cli.net_fd, cli.tap, cli.mac);
     let built = match (cli.restore, cli.kernel) {
         (Some(dir), _) => builder::restore(
@@ -100,6 +116,7 @@ fn main() -> ExitCode {
                 control: cli.control,
             },
             start,
+            &mut enter_jail,
         ),
         (None, Some(kernel)) => builder::build(
             &VmConfig {
@@ -143,21 +160,12 @@ fn main() -> ExitCode {
         }
     }
     machine.trace.mark("seccomp");
-    let jailed = match (&jail, &cli.snapshot_dir) {
-        (Some(jail), _) => jail.enter(),
-        (None, Some(dir)) => {
-            if let Err(e) = jail::prepare_snapshot_dir(dir) {
-                vmm::log_warn!("{e}: saving this VM will fail");
-            }
-            Ok(())
+    if !restoring {
+        if let Err(e) = enter_jail() {
+            return refused(e.into());
         }
-        (None, None) => Ok(()),
-    };
-    if let Err(e) = jailed {
-        eprintln!("{}", error_line(&e));
-        return ExitCode::from(ExitStatus::Refused.code());
+        machine.trace.mark("jail");
     }
-    machine.trace.mark(if jail.is_some() { "jail" } else { "snapshot-dir" });
     let (outcome, trace) = match machine.run(ap_exit, filters) {
         Ok(r) => r,
         Err(e) => return refused(e),

@@ -223,5 +223,22 @@ fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
     .expect("a checkpoint over the first uid's files");
     assert_eq!(get(&ns), "web 4");
     drop(restored);
+
+    // A state file the last VMM could have written anything into: a jailed restore reads
+    // it only once jailed, and refuses it with its one line.
+    let state = snap.join("state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&state, &bytes).unwrap();
+    let out = spawn(&ns, UID2, &["--restore".as_ref(), snap.as_os_str()])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(i32::from(ExitStatus::Refused.code())));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        contract::exit::last_error(&err).is_some_and(|l| l.contains("corrupt")),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

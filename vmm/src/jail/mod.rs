@@ -1,7 +1,9 @@
-//! The wall between a guest and the host, raised between building the VM and running it
-//! (what Firecracker's jailer does from outside, done here from inside, once everything the
-//! VM needs is open): the process drops every way back to the host's files and powers, then
-//! each thread closes itself in with a seccomp filter (`crate::seccomp`).
+//! The wall between a guest and the host, raised once everything the VM needs is open (what
+//! Firecracker's jailer does from outside, done here from inside): after the build for a
+//! boot; for a restore, before the snapshot's state is believed (a VMM wrote it, and a
+//! guest may have taken that VMM over). The process drops every way back to the host's
+//! files and powers, then each thread closes itself in with a seccomp filter
+//! (`crate::seccomp`).
 //!
 //! In order, while the process is still single-threaded (unshare and setresuid must be):
 //! new mount, IPC and UTS namespaces; a root that is an empty read-only tmpfs (pivot_root,

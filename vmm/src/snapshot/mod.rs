@@ -133,38 +133,74 @@ fn write_files(
 /// Reads and checks a snapshot directory: the state file's header, its content's bounds,
 /// and that the memory file is the one written with it. Nothing of a VM exists yet.
 pub fn read(dir: &Path) -> Result<(Snapshot, File), Error> {
+    open(dir)?.check()
+}
+
+/// A snapshot's files, read and opened but not yet believed: what a jailed VMM opens
+/// before its jail (the paths are gone after it) and checks after (the state file was
+/// written by a VMM, which a guest may have taken over: it is parsed without privileges).
+pub struct Opened {
+    dir: PathBuf,
+    state: Vec<u8>,
+    memory: File,
+    memory_meta: std::fs::Metadata,
+}
+
+/// Reads the state file (bounded) and opens the memory file.
+pub fn open(dir: &Path) -> Result<Opened, Error> {
     let state_path = dir.join(STATE_FILE);
-    let mut bytes = Vec::new();
+    let mut state = Vec::new();
     crate::loader::open_regular(&state_path)
         .map_err(io_err(&state_path))?
         .0
         .take(format::MAX_STATE_BYTES as u64 + 64)
-        .read_to_end(&mut bytes)
+        .read_to_end(&mut state)
         .map_err(io_err(&state_path))?;
-    let snapshot: Snapshot = format::decode(&bytes).map_err(|source| Error::Format {
-        path: state_path.clone(),
-        source,
-    })?;
-    let invalid = |what: String| Error::Invalid {
-        path: dir.to_path_buf(),
-        what,
-    };
-    snapshot.validate().map_err(invalid)?;
     let mem_path = dir.join(MEMORY_FILE);
-    let (mem, meta) = crate::loader::open_regular(&mem_path).map_err(io_err(&mem_path))?;
+    let (memory, memory_meta) = crate::loader::open_regular(&mem_path).map_err(io_err(&mem_path))?;
+    Ok(Opened {
+        dir: dir.to_path_buf(),
+        state,
+        memory,
+        memory_meta,
+    })
+}
+
+impl Opened {
+    /// Decodes and checks the state, and that the memory file is the one written with it.
+    pub fn check(self) -> Result<(Snapshot, File), Error> {
+        let Opened {
+            dir,
+            state,
+            memory: mem,
+            memory_meta: meta,
+        } = self;
+        let snapshot: Snapshot = format::decode(&state).map_err(|source| Error::Format {
+            path: dir.join(STATE_FILE),
+            source,
+        })?;
+        let invalid = |what: String| Error::Invalid {
+            path: dir.clone(),
+            what,
+        };
+        snapshot.validate().map_err(invalid)?;
+        check_memory_file(&snapshot, &meta).map_err(invalid)?;
+        Ok((snapshot, mem))
+    }
+}
+
+fn check_memory_file(snapshot: &Snapshot, meta: &std::fs::Metadata) -> Result<(), String> {
     if meta.ino() != snapshot.memory.file_ino {
-        return Err(invalid(
-            "the memory file was not written with this state (a newer or older snapshot's?)".into(),
-        ));
+        return Err("the memory file was not written with this state (a newer or older snapshot's?)".into());
     }
     if meta.len() != snapshot.memory.bytes {
-        return Err(invalid(format!(
+        return Err(format!(
             "the memory file is {} bytes, the guest has {} (truncated?)",
             meta.len(),
             snapshot.memory.bytes
-        )));
+        ));
     }
-    Ok((snapshot, mem))
+    Ok(())
 }
 
 impl Snapshot {

@@ -48,7 +48,16 @@ impl Vm {
     /// Order matters on nested KVM: the irqchip is created after the memory slot, because
     /// creating it first makes the first slot cost ~7 ms here (see the benchmark note).
     pub fn new(mem: &GuestMemoryMmap) -> Result<Vm, Error> {
-        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+        Self::with_kvm(Self::open_kvm()?, mem)
+    }
+
+    /// Opens /dev/kvm (before a jail, whose root has no /dev).
+    pub fn open_kvm() -> Result<Kvm, Error> {
+        Kvm::new().map_err(Error::OpenKvm)
+    }
+
+    /// [`Vm::new`] on an already open /dev/kvm.
+    pub fn with_kvm(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<Vm, Error> {
         for (cap, name) in [
             (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
             (Cap::Irqfd, "KVM_CAP_IRQFD"),
