@@ -269,7 +269,7 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     }
     trace.mark("devices");
 
-    let cpuid = vm.supported_cpuid()?;
+    let cpuid = crate::vstate::cpuid_cache::supported_cpuid(&vm, config.cpuid_cache.as_deref())?;
     trace.mark("cpuid");
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {

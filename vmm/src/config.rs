@@ -33,6 +33,8 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// The control socket's path (pause, resume, snapshot), if any.
     pub control: Option<PathBuf>,
+    /// Where KVM's supported CPUID is kept between VMMs (`vstate::cpuid_cache`).
+    pub cpuid_cache: Option<PathBuf>,
 }
 
 /// Everything needed to resume a VM from a snapshot: the rest comes from the snapshot.

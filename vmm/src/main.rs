@@ -128,6 +128,7 @@ fn main() -> ExitCode {
                 console: cli.console,
                 net,
                 control: cli.control,
+                cpuid_cache: cli.cpuid_cache,
             },
             start,
         ),

@@ -237,3 +237,38 @@ fn a_guest_halted_with_interrupts_off_is_reported_not_waited_for() {
         "found dead only after watching it: {elapsed:?}"
     );
 }
+
+#[test]
+fn the_cpuid_cache_is_written_once_read_after_and_a_bad_one_replaced() {
+    require_kvm();
+    let dir = std::env::temp_dir().join(format!("uk-cpuid-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("cpuid");
+    let run = || {
+        let mut cmd = vmm();
+        cmd.arg("--kernel")
+            .arg(image("hello"))
+            .args(["--cmdline", "cached"])
+            .arg("--cpuid-cache")
+            .arg(&cache);
+        let out = run_with_limit(cmd, Duration::from_secs(10)).0;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hello from unikernel, cmdline: cached\n");
+    };
+    run();
+    let first = std::fs::read(&cache).expect("the first VMM keeps KVM's answer");
+    let mtime = std::fs::metadata(&cache).unwrap().modified().unwrap();
+    run();
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+        mtime,
+        "read, not rewritten"
+    );
+    // A damaged cache is not believed: KVM is asked again and the file made whole.
+    std::fs::write(&cache, &first[..first.len() / 2]).unwrap();
+    run();
+    assert_eq!(std::fs::read(&cache).unwrap(), first);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -170,6 +170,7 @@ impl Launcher for VmmLauncher {
             jail_uid: uid.as_ref().map(|l| l.uid),
             jail_gid: uid.as_ref().map(|l| l.uid),
             snapshot_dir: Some(self.state.snapshot_dir(name)),
+            cpuid_cache: Some(self.state.root().join("cpuid")),
             memory: MemSize::from_bytes(spec.memory_bytes),
             vcpus: spec.vcpus,
             console: ConsoleTarget::Socket(self.state.console_socket(name)),

@@ -1,4 +1,5 @@
 //! KVM state wrappers: guest memory, the VM, its vCPUs.
+pub mod cpuid_cache;
 pub mod memory;
 pub mod vcpu;
 pub mod vcpu_handle;
