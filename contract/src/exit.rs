@@ -58,6 +58,9 @@ impl ExitStatus {
 pub const ERROR_PREFIX: &str = "unikernel-vmm: error: ";
 /// What starts a warning line.
 pub const WARNING_PREFIX: &str = "unikernel-vmm: warning: ";
+/// With `--trace-boot`, the line printed as the guest is entered: where the VMM's own
+/// start went, phase by phase (the daemon logs it with the service's start).
+pub const STARTED_PREFIX: &str = "unikernel-vmm: boot trace: started ";
 
 /// The line the VMM prints when it stops with an error.
 pub fn error_line(message: &dyn std::fmt::Display) -> String {

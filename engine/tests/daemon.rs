@@ -28,6 +28,25 @@ fn add_edit_remove_converge_and_untouched_services_keep_their_vm() {
     assert!(d.get(8081).unwrap().1.starts_with("api "));
     assert_eq!(web.source_line, 1);
     assert!(web.source_file.ends_with("web.kdl"));
+    // Each start says where its time went: the host's part and the VMM's own phases.
+    let log = d.log_text();
+    let started = log
+        .lines()
+        .find(|l| l.contains("running (booted in") && l.contains("web"))
+        .unwrap_or_else(|| panic!("no start line for web in:\n{log}"));
+    for phase in [
+        "network ",
+        "spawn ",
+        "in the VMM: loaded ",
+        "vm ",
+        "cpuid ",
+        "vcpus ",
+        "jail ",
+        "in the guest at ",
+    ] {
+        assert!(started.contains(phase), "{phase:?} missing from: {started}");
+    }
+    eprintln!("{started}");
 
     // Edit memory: web is replaced (new pid), api keeps its VM.
     d.declare("web.kdl", &http_decl("web", 8080, "    memory \"32M\"\n"));

@@ -127,6 +127,21 @@ impl BootTrace {
         }
         out + &self.exits.to_string()
     }
+
+    /// The phases so far, short: "loaded 0.33 ms, vm 0.76 ms, ..., enter at 2.05 ms".
+    pub fn phases(&self) -> String {
+        let mut prev = self.start;
+        let mut parts = Vec::with_capacity(self.marks.len());
+        for (phase, t) in &self.marks {
+            parts.push(format!("{phase} {:.2} ms", (*t - prev).as_secs_f64() * 1e3));
+            prev = *t;
+        }
+        parts.push(format!(
+            "in the guest at {:.2} ms",
+            (prev - self.start).as_secs_f64() * 1e3
+        ));
+        parts.join(", ")
+    }
 }
 
 /// A VM ready to run: its memory, KVM objects, devices and vCPUs.
@@ -147,6 +162,8 @@ pub struct Machine {
     mem: GuestMemoryMmap,
     origin: Origin,
     pub trace: BootTrace,
+    /// Print the phases so far as the guest is entered (`contract::exit::STARTED_PREFIX`).
+    pub announce_start: bool,
 }
 
 /// What a boot and a restore both end with.
@@ -178,6 +195,7 @@ impl Machine {
             mem: p.mem,
             origin: p.origin,
             trace: p.trace,
+            announce_start: false,
         }
     }
 }
@@ -430,6 +448,9 @@ impl Machine {
             crate::seccomp::apply(&filters.vcpu)?;
         }
         self.trace.mark("enter");
+        if self.announce_start {
+            eprintln!("{}{}", contract::exit::STARTED_PREFIX, self.trace.phases());
+        }
         let outcome = boot.run(&self.pio, &self.mmio, &self.exit);
         self.trace.mark("stopped");
         self.trace.exits = boot.exits;

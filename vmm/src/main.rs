@@ -161,11 +161,14 @@ fn main() -> ExitCode {
         }
     }
     machine.trace.mark("seccomp");
+    machine.announce_start = cli.trace_boot;
     if !restoring {
         if let Err(e) = enter_jail() {
             return refused(e.into());
         }
-        machine.trace.mark("jail");
+        if jail.is_some() {
+            machine.trace.mark("jail");
+        }
     }
     let (outcome, trace) = match machine.run(ap_exit, filters) {
         Ok(r) => r,

@@ -52,6 +52,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 tasks: Vec::new(),
                 unrecorded: None,
                 unanswered: 0,
+                setup: Default::default(),
             };
             let Some(mut svc) = svc.take() else {
                 // No longer declared: there is no spec to supervise it by. Stop it; its

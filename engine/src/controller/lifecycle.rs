@@ -83,10 +83,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             console: svc.console.clone(),
             restore: snapshot.as_deref(),
         };
+        let t_spawn = Instant::now();
         let process = match self.launcher.spawn(request) {
             Ok(p) => p,
             Err(reason) => return self.start_failed(name, reason),
         };
+        let setup = (t_net, t_spawn.elapsed());
         let id = self.next_vm;
         self.next_vm += 1;
         let mut vm = Vm {
@@ -101,6 +103,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             tasks: Vec::new(),
             unrecorded: None,
             unanswered: 0,
+            setup,
         };
         if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
             // A VM nothing records would be found by no later daemon (it would run twice,
@@ -324,6 +327,17 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             let _ = self.state_dir.write_record(name, &v.record());
         }
         let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
+        // Where a start's time went: the host side, then what the VMM says of its own.
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let phases = format!(
+            "network {:.2} ms, spawn {:.2} ms{}",
+            ms(v.setup.0),
+            ms(v.setup.1),
+            v.process
+                .start_phases()
+                .map(|p| format!("; in the VMM: {p}"))
+                .unwrap_or_default()
+        );
         svc.set_state(State::Running);
         let _ = svc.target.send(address);
         match svc.standby.waking_since.take() {
@@ -332,13 +346,17 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 svc.standby.wakes += 1;
                 svc.standby.last_wake_ms = Some(ms);
                 self.stats.wakes.observe(ms / 1e3);
-                info!(UNIKERNEL = %name, "running (woken from standby in {ms:.1} ms)");
+                info!(UNIKERNEL = %name, "running (woken from standby in {ms:.1} ms: {phases})");
             }
             None => {
                 if fresh {
                     self.stats.boots.observe(boot_ms / 1e3);
                 }
-                info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)");
+                if fresh {
+                    info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms: {phases})");
+                } else {
+                    info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)");
+                }
             }
         }
         self.status_dirty = true;

@@ -30,6 +30,8 @@ pub struct Vm<P: VmProcess> {
     pub started: Instant,
     pub started_unix_ms: u64,
     pub boot_ms: Option<f64>,
+    /// Before the spawn: network setup, then the spawn itself (zero for an adopted VM).
+    pub setup: (std::time::Duration, std::time::Duration),
     /// Exit watcher and readiness probe: they end with the VM (aborted on drop).
     pub tasks: Vec<JoinHandle<()>>,
     /// Why it was ended at once: its record could not be written.

@@ -171,6 +171,8 @@ impl Launcher for VmmLauncher {
             jail_gid: uid.as_ref().map(|l| l.uid),
             snapshot_dir: Some(self.state.snapshot_dir(name)),
             cpuid_cache: Some(self.state.root().join("cpuid")),
+            // Where each start goes, for the log (one line in vmm.log when the guest runs).
+            trace_boot: true,
             memory: MemSize::from_bytes(spec.memory_bytes),
             vcpus: spec.vcpus,
             console: ConsoleTarget::Socket(self.state.console_socket(name)),
@@ -313,6 +315,15 @@ impl VmProcess for Vmm {
 
     fn start_ticks(&self) -> u64 {
         self.process.start_ticks
+    }
+
+    fn start_phases(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let line = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))?;
+        Some(line.to_string())
     }
 
     fn signal(&self, signal: Signal) -> std::io::Result<()> {
