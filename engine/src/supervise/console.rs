@@ -326,53 +326,44 @@ mod tests {
         assert_eq!(r.since(next + 1).0.len(), 0);
     }
 
-    #[tokio::test]
-    async fn replay_fills_the_ring_and_long_lines_are_split() {
-        let dir = std::env::temp_dir().join(format!("uk-follow-{}", std::process::id()));
+    /// A VMM that writes `bytes` to the first client of its console socket and ends; the
+    /// lines the follower kept.
+    async fn follow_one_connection(tag: &str, bytes: &[u8]) -> Vec<String> {
+        use tokio::io::AsyncWriteExt;
+        let dir = std::env::temp_dir().join(format!("uk-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let ring = ConsoleRing::default();
         let follower = tokio::spawn(follow("t".into(), path.clone(), ring.clone(), false, None));
         let (mut s, _) = listener.accept().await.unwrap();
-        use tokio::io::AsyncWriteExt;
-        let long = "x".repeat(MAX_LINE + 10);
-        s.write_all(format!("6\nold 1\nnew 2\n{long}\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(bytes).await.unwrap();
         // The VMM ends: its listener goes, then the connection.
         drop(listener);
         drop(s);
         follower.await.unwrap();
-        let lines = ring.tail(10);
+        std::fs::remove_dir_all(&dir).unwrap();
+        ring.tail(RING_LINES)
+    }
+
+    #[tokio::test]
+    async fn replay_fills_the_ring_and_long_lines_are_split() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let lines = follow_one_connection("follow", format!("6\nold 1\nnew 2\n{long}\n").as_bytes()).await;
         assert_eq!(lines[0], "old 1");
         assert_eq!(lines[1], "new 2");
         assert_eq!(lines[2].len(), MAX_LINE);
         assert_eq!(lines[3], "x".repeat(10));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
     async fn a_header_without_end_is_cut_not_buffered() {
         // A VMM a guest took over sends a megabyte with no newline where the header goes:
         // the daemon reads at most MAX_HEADER bytes as the header, the rest as lines.
-        let dir = std::env::temp_dir().join(format!("uk-header-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let ring = ConsoleRing::default();
-        let follower = tokio::spawn(follow("t".into(), path.clone(), ring.clone(), false, None));
-        let (mut s, _) = listener.accept().await.unwrap();
-        use tokio::io::AsyncWriteExt;
-        s.write_all("9".repeat(1 << 20).as_bytes()).await.unwrap();
-        drop(listener);
-        drop(s);
-        follower.await.unwrap();
-        let lines = ring.tail(RING_LINES);
+        let lines = follow_one_connection("header", "9".repeat(1 << 20).as_bytes()).await;
         assert!(!lines.is_empty(), "the bytes after the header are console output");
         assert!(lines.iter().all(|l| l.len() <= MAX_LINE));
         assert_eq!(lines[0].len(), MAX_LINE);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
