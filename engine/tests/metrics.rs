@@ -52,6 +52,7 @@ fn metrics_follow_boots_restarts_wakes_and_memory() {
     let m = scrape();
     assert_eq!(m["unikerneld_services{state=\"running\"}"], 2.0);
     assert_eq!(m["unikerneld_boot_seconds_count"], 2.0);
+    assert_eq!(m["unikerneld_start_host_seconds_count"], 2.0, "one per start");
     assert_eq!(m["unikerneld_boot_seconds_bucket{le=\"+Inf\"}"], 2.0);
     assert!(m["unikerneld_boot_seconds_sum"] > 0.0);
     let web_memory = m["unikerneld_service_memory_bytes{service=\"web\"}"];

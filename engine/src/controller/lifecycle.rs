@@ -327,6 +327,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             let _ = self.state_dir.write_record(name, &v.record());
         }
         let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
+        if fresh {
+            self.stats.host.observe((v.setup.0 + v.setup.1).as_secs_f64());
+        }
         // Where a start's time went: the host side, then what the VMM says of its own.
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let phases = format!(

@@ -13,6 +13,7 @@ use crate::status::{Snapshot, State};
 
 const BOOT_BOUNDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const WAKE_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const HOST_BOUNDS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
 
 /// What the controller observes over its life (a status snapshot only holds the last
 /// value of each service).
@@ -22,6 +23,8 @@ pub struct Stats {
     pub boots: Histogram,
     /// Wake requested -> serving of every VM resumed from standby.
     pub wakes: Histogram,
+    /// The host's part of every start and wake: network setup and the spawn.
+    pub host: Histogram,
 }
 
 impl Default for Stats {
@@ -29,6 +32,7 @@ impl Default for Stats {
         Stats {
             boots: Histogram::new(BOOT_BOUNDS),
             wakes: Histogram::new(WAKE_BOUNDS),
+            host: Histogram::new(HOST_BOUNDS),
         }
     }
 }
@@ -122,6 +126,11 @@ pub fn render(snapshot: &Snapshot, stats: &Stats, daemon: Process, vm_memory: &[
         &mut out,
         "unikerneld_wake_seconds",
         "Wake requested to serving, of every VM resumed from standby.",
+    );
+    stats.host.render(
+        &mut out,
+        "unikerneld_start_host_seconds",
+        "The host's part of every start and wake: network setup and the VMM's spawn.",
     );
 
     let services = || snapshot.services.iter();
