@@ -1,5 +1,6 @@
-//! KVM_GET_SUPPORTED_CPUID answers the same on a host until it reboots, and costs ~0.4 ms of
-//! every start on our nested hosts. With `--cpuid-cache PATH` (the daemon passes
+//! KVM_GET_SUPPORTED_CPUID answers the same on a host until it reboots (but for the APIC id
+//! of the CPU that asked, in leaves 1 and 0xb, which `arch::x86_64::cpuid::filter` sets
+//! for each vCPU anyway), and costs ~0.4 ms of every start on our nested hosts. With `--cpuid-cache PATH` (the daemon passes
 //! `<state>/cpuid`, on the tmpfs that a reboot empties), the first VMM keeps the answer
 //! there and the next ones read it. The file names the boot it is from
 //! (/proc/sys/kernel/random/boot_id) and is stored in the snapshot state format (magic,
