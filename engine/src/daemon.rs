@@ -439,7 +439,6 @@ pub async fn serve<L: Launcher, N: HostNet>(
     Ok(())
 }
 
-/// Sleeps until `at`, or forever without one.
 /// What the source of the declarations reports to the control loop.
 enum SourceEvent {
     /// The HEAD of the config directory's work tree (directory mode), if it is one.
@@ -537,6 +536,7 @@ async fn apply_outcome<L: Launcher, N: HostNet>(ctl: &mut Controller<L, N>, outc
     ctl.set_source(source);
 }
 
+/// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
