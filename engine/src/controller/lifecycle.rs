@@ -327,20 +327,20 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             let _ = self.state_dir.write_record(name, &v.record());
         }
         let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
-        if fresh {
-            self.stats.host.observe((v.setup.0 + v.setup.1).as_secs_f64());
-        }
-        // Where a start's time went: the host side, then what the VMM says of its own.
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let phases = format!(
-            "network {:.2} ms, spawn {:.2} ms{}",
-            ms(v.setup.0),
-            ms(v.setup.1),
-            v.process
-                .start_phases()
-                .map(|p| format!("; in the VMM: {p}"))
-                .unwrap_or_default()
-        );
+        // Where a start's time went: the host's part, then what the VMM says of its own.
+        let phases = if fresh {
+            let (network, spawn) = v.setup;
+            self.stats.host.observe((network + spawn).as_secs_f64());
+            let vmm = v.process.start_phases().map(|p| format!("; in the VMM: {p}"));
+            format!(
+                ": network {:.2} ms, spawn {:.2} ms{}",
+                network.as_secs_f64() * 1e3,
+                spawn.as_secs_f64() * 1e3,
+                vmm.unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
         svc.set_state(State::Running);
         let _ = svc.target.send(address);
         match svc.standby.waking_since.take() {
@@ -349,17 +349,13 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 svc.standby.wakes += 1;
                 svc.standby.last_wake_ms = Some(ms);
                 self.stats.wakes.observe(ms / 1e3);
-                info!(UNIKERNEL = %name, "running (woken from standby in {ms:.1} ms: {phases})");
+                info!(UNIKERNEL = %name, "running (woken from standby in {ms:.1} ms{phases})");
             }
             None => {
                 if fresh {
                     self.stats.boots.observe(boot_ms / 1e3);
                 }
-                if fresh {
-                    info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms: {phases})");
-                } else {
-                    info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms)");
-                }
+                info!(UNIKERNEL = %name, "running (booted in {boot_ms:.1} ms{phases})");
             }
         }
         self.status_dirty = true;

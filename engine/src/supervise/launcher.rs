@@ -129,7 +129,8 @@ pub struct Vmm {
     _uid: Option<UidLease>,
 }
 
-/// How much of the end of the VMM's stderr is searched for its error line.
+/// How much of the end of the VMM's stderr is searched for its error line (and of its
+/// start for its start phases).
 const LOG_TAIL: u64 = 4096;
 
 /// The VMM's own explanation of why it stopped (its error line), if any. Reads only the
@@ -318,12 +319,19 @@ impl VmProcess for Vmm {
     }
 
     fn start_phases(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.log).ok()?;
-        let line = text
+        // Printed as the guest is entered: near the start of the log, whatever the guest
+        // makes the VMM warn about later.
+        use std::io::Read;
+        let mut head = Vec::new();
+        std::fs::File::open(&self.log)
+            .ok()?
+            .take(LOG_TAIL)
+            .read_to_end(&mut head)
+            .ok()?;
+        String::from_utf8_lossy(&head)
             .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))?;
-        Some(line.to_string())
+            .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))
+            .map(str::to_string)
     }
 
     fn signal(&self, signal: Signal) -> std::io::Result<()> {
