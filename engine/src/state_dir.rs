@@ -7,6 +7,7 @@
 //! <state>/services/<name>/vmm.log       the VMM's stderr (its error line when it stops)
 //! <state>/status.json                   every service's status, rewritten on change
 //! <state>/declarations/<file>.kdl       the last good content of each declaration file
+//! <state>/cpuid                         KVM's supported CPUID, kept by the VMMs for this boot
 //! <state>/services/<name>/standby.json  a service on standby: its snapshot's spec hash, tap, address
 //! <snapshots>/<name>/{state,memory}     its snapshot (/var/lib/unikerneld/snapshots by default)
 //! ```
@@ -155,6 +156,11 @@ impl StateDir {
 
     pub fn service_dir(&self, name: &str) -> PathBuf {
         self.root.join("services").join(name)
+    }
+
+    /// Where VMMs keep KVM's supported CPUID between them (`unikernel-vmm --cpuid-cache`).
+    pub fn cpuid_cache(&self) -> PathBuf {
+        self.root.join("cpuid")
     }
 
     pub fn console_socket(&self, name: &str) -> PathBuf {

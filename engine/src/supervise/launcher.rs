@@ -171,7 +171,7 @@ impl Launcher for VmmLauncher {
             jail_uid: uid.as_ref().map(|l| l.uid),
             jail_gid: uid.as_ref().map(|l| l.uid),
             snapshot_dir: Some(self.state.snapshot_dir(name)),
-            cpuid_cache: Some(self.state.root().join("cpuid")),
+            cpuid_cache: Some(self.state.cpuid_cache()),
             // Where each start goes, for the log (one line in vmm.log when the guest runs).
             trace_boot: true,
             memory: MemSize::from_bytes(spec.memory_bytes),

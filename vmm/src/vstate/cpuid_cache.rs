@@ -1,8 +1,8 @@
 //! KVM_GET_SUPPORTED_CPUID answers the same on a host until it reboots (but for the APIC id
 //! of the CPU that asked, in leaves 1 and 0xb, which `arch::x86_64::cpuid::filter` sets
-//! for each vCPU anyway), and costs ~0.4 ms of every start on our nested hosts. With `--cpuid-cache PATH` (the daemon passes
-//! `<state>/cpuid`, on the tmpfs that a reboot empties), the first VMM keeps the answer
-//! there and the next ones read it. The file names the boot it is from
+//! for each vCPU anyway), and costs ~0.4 ms of every start on our nested hosts. With
+//! `--cpuid-cache PATH` (the daemon passes `<state>/cpuid`, on the tmpfs that a reboot
+//! empties), the first VMM keeps the answer there and the next ones read it. The file names the boot it is from
 //! (/proc/sys/kernel/random/boot_id) and is stored in the snapshot state format (magic,
 //! version, checksum, bounded decoding); anything that does not check out is asked of KVM
 //! again and rewritten. Only root writes it: a VMM before its jail.
@@ -44,8 +44,10 @@ pub fn supported_cpuid(vm: &Vm, cache: Option<&Path>) -> Result<CpuId, Error> {
 fn read(path: &Path, boot: &str) -> Option<CpuId> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
+    // A regular file only: a FIFO put there would otherwise hold every start.
+    crate::loader::open_regular(path)
         .ok()?
+        .0
         .take(MAX_FILE_BYTES)
         .read_to_end(&mut bytes)
         .ok()?;
