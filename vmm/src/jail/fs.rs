@@ -4,7 +4,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{check, Error};
 
@@ -15,11 +15,6 @@ const BASE: &CStr = c"/tmp";
 /// The new root: a handful of directories, never a file.
 const ROOT_OPTIONS: &CStr = c"size=16k,nr_inodes=64,mode=0755";
 
-/// A host directory to bind into the jail, at its own path.
-pub struct HostDir {
-    path: PathBuf,
-}
-
 fn cstring(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Sys {
         what: format!("{} has a NUL byte", path.display()),
@@ -27,23 +22,12 @@ fn cstring(path: &Path) -> Result<CString, Error> {
     })
 }
 
-impl HostDir {
-    /// Opens `path` and gives it to `uid:gid`, who will write snapshots into it.
-    pub fn open(path: &Path, uid: u32, gid: u32) -> Result<HostDir, Error> {
-        let fd: OwnedFd = std::fs::File::open(path)
-            .map_err(|source| Error::Sys {
-                what: format!("cannot open {}", path.display()),
-                source,
-            })?
-            .into();
-        // SAFETY: fchown on an fd we own.
-        check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }, || {
-            format!("cannot give {} to uid {uid}", path.display())
-        })?;
-        Ok(HostDir {
-            path: path.to_path_buf(),
-        })
-    }
+/// Gives the snapshot directory to `uid:gid`, who will write snapshots into it.
+pub fn give(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| Error::Sys {
+        what: format!("cannot give {} to uid {uid}", path.display()),
+        source,
+    })
 }
 
 fn mount(
@@ -60,8 +44,8 @@ fn mount(
 }
 
 /// Moves the process into a new mount (and IPC, UTS) namespace whose root holds nothing
-/// but `bind`, at its host path.
-pub fn enter_empty_root(bind: Option<&HostDir>) -> Result<(), Error> {
+/// but the directory `bind`, at its host path.
+pub fn enter_empty_root(bind: Option<&Path>) -> Result<(), Error> {
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     // SAFETY: unshare takes flags only; the process is single-threaded (else EINVAL).
     let ret = unsafe { libc::unshare(flags) };
@@ -75,9 +59,9 @@ pub fn enter_empty_root(bind: Option<&HostDir>) -> Result<(), Error> {
             let fd: OwnedFd = std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(&dir.path)
+                .open(dir)
                 .map_err(|source| Error::Sys {
-                    what: format!("cannot open {}", dir.path.display()),
+                    what: format!("cannot open {}", dir.display()),
                     source,
                 })?
                 .into();
@@ -87,7 +71,7 @@ pub fn enter_empty_root(bind: Option<&HostDir>) -> Result<(), Error> {
     let hidden = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(Some(c"tmpfs"), BASE, Some(c"tmpfs"), hidden, Some(ROOT_OPTIONS))?;
     if let Some((dir, fd)) = bind {
-        let inside = Path::new(BASE.to_str().unwrap_or("/tmp")).join(dir.path.strip_prefix("/").unwrap_or(&dir.path));
+        let inside = Path::new(BASE.to_str().unwrap_or("/tmp")).join(dir.strip_prefix("/").unwrap_or(dir));
         std::fs::create_dir_all(&inside).map_err(|source| Error::Sys {
             what: format!("cannot make the mount point {}", inside.display()),
             source,

@@ -77,8 +77,8 @@ impl Jail {
         let snapshot = match &self.snapshot_dir {
             Some(dir) if dir.is_relative() => return Err(Error::RelativeSnapshotDir(dir.clone())),
             // Without it the VM runs all the same; only saving it will fail, and say so.
-            Some(dir) => match prepare_snapshot_dir(dir).and_then(|()| fs::HostDir::open(dir, self.uid, self.gid)) {
-                Ok(dir) => Some(dir),
+            Some(dir) => match prepare_snapshot_dir(dir).and_then(|()| fs::give(dir, self.uid, self.gid)) {
+                Ok(()) => Some(dir.as_path()),
                 Err(e) => {
                     crate::log_warn!("{e}: this VM cannot be saved");
                     None
@@ -86,7 +86,7 @@ impl Jail {
             },
             None => None,
         };
-        fs::enter_empty_root(snapshot.as_ref())?;
+        fs::enter_empty_root(snapshot)?;
         creds::drop_to(self.uid, self.gid)
     }
 }
