@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
@@ -114,32 +114,33 @@ impl BootTrace {
         self.marks.push((phase, Instant::now()));
     }
 
-    pub fn report(&self) -> String {
+    /// Each phase, how long it took, and when it ended (both from the process start).
+    fn steps(&self) -> impl Iterator<Item = (&'static str, Duration, Duration)> + '_ {
         let mut prev = self.start;
+        self.marks.iter().map(move |&(phase, t)| {
+            let step = (phase, t - prev, t - self.start);
+            prev = t;
+            step
+        })
+    }
+
+    pub fn report(&self) -> String {
         let mut out = String::new();
-        for (phase, t) in &self.marks {
-            out += &format!(
-                "{phase}: +{}us (at {}us) ",
-                (*t - prev).as_micros(),
-                (*t - self.start).as_micros()
-            );
-            prev = *t;
+        for (phase, took, at) in self.steps() {
+            out += &format!("{phase}: +{}us (at {}us) ", took.as_micros(), at.as_micros());
         }
         out + &self.exits.to_string()
     }
 
-    /// The phases so far, short: "loaded 0.33 ms, vm 0.76 ms, ..., enter at 2.05 ms".
+    /// The phases so far, short: "loaded 0.33 ms, vm 0.76 ms, ..., in the guest at 2.05 ms".
     pub fn phases(&self) -> String {
-        let mut prev = self.start;
-        let mut parts = Vec::with_capacity(self.marks.len());
-        for (phase, t) in &self.marks {
-            parts.push(format!("{phase} {:.2} ms", (*t - prev).as_secs_f64() * 1e3));
-            prev = *t;
-        }
-        parts.push(format!(
-            "in the guest at {:.2} ms",
-            (prev - self.start).as_secs_f64() * 1e3
-        ));
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut parts: Vec<String> = self
+            .steps()
+            .map(|(phase, took, _)| format!("{phase} {:.2} ms", ms(took)))
+            .collect();
+        let at = self.steps().last().map_or(Duration::ZERO, |(_, _, at)| at);
+        parts.push(format!("in the guest at {:.2} ms", ms(at)));
         parts.join(", ")
     }
 }
