@@ -209,6 +209,22 @@ impl Netns {
         }
     }
 
+    /// A persistent tap `name` (with a virtio-net header, as the engine makes them), the
+    /// host side of it at `cidr`, up.
+    pub fn persistent_tap(&self, name: &str, cidr: &str) {
+        self.ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])
+            .unwrap();
+        self.ip(&["addr", "add", cidr, "dev", name]).unwrap();
+        self.ip(&["link", "set", name, "up"]).unwrap();
+    }
+
+    /// The body of a 200 answer from the http guest at 10.0.0.2:80, trimmed.
+    pub fn get(&self) -> String {
+        let (status, body) = self.run(|| http_get("10.0.0.2:80")).expect("request");
+        assert_eq!(status, 200);
+        body.trim().to_string()
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new("ip");

@@ -22,12 +22,8 @@ use contract::exit::{last_error, ExitStatus};
 fn a_hostile_guest_cannot_take_down_its_vmm_or_its_neighbour() {
     require_kvm();
     let ns = Netns::new("hostile");
-    for (tap, addr) in [("uk-good", "10.0.0.1/24"), ("uk-bad", "10.0.1.1/24")] {
-        ns.ip(&["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"])
-            .unwrap();
-        ns.ip(&["addr", "add", addr, "dev", tap]).unwrap();
-        ns.ip(&["link", "set", tap, "up"]).unwrap();
-    }
+    ns.persistent_tap("uk-good", "10.0.0.1/24");
+    ns.persistent_tap("uk-bad", "10.0.1.1/24");
     let http = image("http");
     let _good = KillOnDrop(
         ns.command(&vmm_binary())

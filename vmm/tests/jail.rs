@@ -56,12 +56,6 @@ fn spawn(ns: &Netns, uid: u32, args: &[&std::ffi::OsStr]) -> Child {
         .expect("spawn unikernel-vmm")
 }
 
-fn get(ns: &Netns) -> String {
-    let (status, body) = ns.run(|| http_get("10.0.0.2:80")).expect("request");
-    assert_eq!(status, 200);
-    body.trim().to_string()
-}
-
 /// `Field:` of /proc/<pid>/task/<tid>/status, for every thread.
 fn per_thread(pid: u32, field: &str) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -128,10 +122,7 @@ fn assert_jailed(pid: u32, uid: u32, snapshot: &Path) {
 #[test]
 fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
     let ns = Netns::new("jail");
-    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"])
-        .unwrap();
-    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", TAP]).unwrap();
-    ns.ip(&["link", "set", TAP, "up"]).unwrap();
+    ns.persistent_tap(TAP, "10.0.0.1/24");
     let dir = std::env::temp_dir().join(format!("uk-jail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -165,7 +156,7 @@ fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
         line, "http: web listening on port 80\n",
         "the command line came through the fd"
     );
-    assert_eq!(get(&ns), "web 1");
+    assert_eq!(ns.get(), "web 1");
     assert_jailed(vm.0.id(), UID, &snap);
 
     // Anywhere but its snapshot directory, there is nothing to write to: an error, and
@@ -181,7 +172,7 @@ fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
     };
     assert!(why.contains("elsewhere"), "{why}");
     assert!(!dir.join("elsewhere").exists());
-    assert_eq!(get(&ns), "web 2");
+    assert_eq!(ns.get(), "web 2");
 
     control(
         &sock,
@@ -210,7 +201,7 @@ fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
         ],
     ));
     assert_eq!(control(&sock, &Request::Ping), Reply::Ok(vec![]));
-    assert_eq!(get(&ns), "web 3", "resumed where it was saved");
+    assert_eq!(ns.get(), "web 3", "resumed where it was saved");
     assert_jailed(restored.0.id(), UID2, &snap);
     control(
         &sock,
@@ -221,7 +212,7 @@ fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
     )
     .saved()
     .expect("a checkpoint over the first uid's files");
-    assert_eq!(get(&ns), "web 4");
+    assert_eq!(ns.get(), "web 4");
     drop(restored);
 
     // A state file the last VMM could have written anything into: a jailed restore reads

@@ -20,13 +20,6 @@ use contract::exit::{last_error, ExitStatus};
 
 const TAP: &str = "uk-s0";
 
-fn persistent_tap(ns: &Netns) {
-    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"])
-        .unwrap();
-    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", TAP]).unwrap();
-    ns.ip(&["link", "set", TAP, "up"]).unwrap();
-}
-
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("uk-snap-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -46,12 +39,6 @@ fn spawn(ns: &Netns, args: &[&std::ffi::OsStr]) -> Child {
         .expect("spawn unikernel-vmm")
 }
 
-fn get(ns: &Netns) -> String {
-    let (status, body) = ns.run(|| http_get("10.0.0.2:80")).expect("request");
-    assert_eq!(status, 200);
-    body.trim().to_string()
-}
-
 fn wait_exit(mut child: Child) -> (Option<i32>, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -68,7 +55,7 @@ fn wait_exit(mut child: Child) -> (Option<i32>, String) {
 #[test]
 fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     let ns = Netns::new("snap");
-    persistent_tap(&ns);
+    ns.persistent_tap(TAP, "10.0.0.1/24");
     let dir = scratch("state");
     let sock = dir.join("control.sock");
     let snap = dir.join("snapshot");
@@ -91,7 +78,7 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "http: web listening on port 80\n");
-    assert_eq!(get(&ns), "web 1");
+    assert_eq!(ns.get(), "web 1");
     assert_eq!(control(&sock, &Request::Ping), Reply::Ok(vec![]));
     // A snapshot that cannot be written (here: under a file) is an error, and the guest
     // runs on as if nothing was asked.
@@ -108,7 +95,7 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     };
     assert!(why.contains("a-file/snap"), "{why}");
     assert!(vm.0.try_wait().unwrap().is_none(), "the VMM did not exit");
-    assert_eq!(get(&ns), "web 2", "the guest runs on");
+    assert_eq!(ns.get(), "web 2", "the guest runs on");
     let Reply::Err(other_version) = control_line(&sock, "uk9 ping\n") else {
         panic!("another protocol version was served");
     };
@@ -163,12 +150,12 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     // The control socket answers once the VM runs again: then the tap has its carrier.
     assert_eq!(control(&sock, &Request::Ping), Reply::Ok(vec![]));
     let running = start.elapsed();
-    assert_eq!(get(&ns), "web 3", "the counter survived");
+    assert_eq!(ns.get(), "web 3", "the counter survived");
     eprintln!(
         "restore: running after {running:?}, first response after {:?}",
         start.elapsed()
     );
-    assert_eq!(get(&ns), "web 4");
+    assert_eq!(ns.get(), "web 4");
 
     // A checkpoint of the restored VM (memory mapped from the first snapshot) keeps
     // everything, including pages the guest only ever read from that file.
@@ -182,20 +169,20 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     )
     .saved()
     .expect("checkpoint");
-    assert_eq!(get(&ns), "web 5", "still running after a checkpoint");
+    assert_eq!(ns.get(), "web 5", "still running after a checkpoint");
     assert_eq!(control(&sock, &Request::Pause), Reply::Ok(vec![]));
     assert_eq!(control(&sock, &Request::Resume), Reply::Ok(vec![]));
-    assert_eq!(get(&ns), "web 6");
+    assert_eq!(ns.get(), "web 6");
     let _ = restored.0.kill();
     let _ = restored.0.wait();
     let _restored2 = KillOnDrop(spawn(&ns, &["--restore".as_ref(), again.as_os_str()]));
-    assert_eq!(get(&ns), "web 5", "the checkpoint was taken after request 4");
+    assert_eq!(ns.get(), "web 5", "the checkpoint was taken after request 4");
 }
 
 #[test]
 fn damaged_snapshots_are_refused_with_one_line_before_anything_runs() {
     let ns = Netns::new("snapbad");
-    persistent_tap(&ns);
+    ns.persistent_tap(TAP, "10.0.0.1/24");
     let dir = scratch("bad");
     let sock = dir.join("control.sock");
     let snap = dir.join("snapshot");
@@ -211,7 +198,7 @@ fn damaged_snapshots_are_refused_with_one_line_before_anything_runs() {
             sock.as_os_str(),
         ],
     ));
-    assert_eq!(get(&ns), "bad 1");
+    assert_eq!(ns.get(), "bad 1");
     control(
         &sock,
         &Request::Snapshot {
@@ -281,5 +268,5 @@ fn damaged_snapshots_are_refused_with_one_line_before_anything_runs() {
     refuse("no-snapshot", &|d| std::fs::remove_dir_all(d).unwrap(), "state");
     // And the good one still restores (the damage went to copies).
     let _vm = KillOnDrop(spawn(&ns, &["--restore".as_ref(), snap.as_os_str()]));
-    assert_eq!(get(&ns), "bad 2");
+    assert_eq!(ns.get(), "bad 2");
 }
