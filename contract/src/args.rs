@@ -30,7 +30,7 @@ and --vcpus come from the snapshot. The NIC needs a tap again (--net-fd or --tap
 )]
 pub struct VmmArgs {
     /// Kernel image to boot: PVH ELF, ELF64 vmlinux-style, bzImage, or multiboot
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "pool_fd"])]
     pub kernel: Option<PathBuf>,
 
     /// Resume the VM saved in this snapshot directory instead of booting a kernel
@@ -110,6 +110,17 @@ pub struct VmmArgs {
     /// Print the time spent in each boot phase to stderr when the VM stops
     #[arg(long, hide = true)]
     pub trace_boot: bool,
+
+    /// Warm pool: create the VM (--memory, --vcpus) now, say "ready" on this inherited
+    /// SOCK_SEQPACKET socket and wait for what to run (see the contract crate's `pool`
+    /// module); exit quietly when the other end closes
+    #[arg(long, value_name = "N", conflicts_with_all = ["kernel", "restore"])]
+    pub pool_fd: Option<RawFd>,
+
+    /// The daemon state directory's services folder a pooled VMM belongs to (only a
+    /// label, so that a later daemon recognises the VMMs of its own pool)
+    #[arg(long, value_name = "DIR", requires = "pool_fd")]
+    pub pool_of: Option<PathBuf>,
 }
 
 impl VmmArgs {
@@ -134,6 +145,8 @@ impl VmmArgs {
             cpuid_cache: None,
             no_seccomp: false,
             trace_boot: false,
+            pool_fd: None,
+            pool_of: None,
         }
     }
 
@@ -184,6 +197,12 @@ impl VmmArgs {
         }
         if let (Some(path), None) = (&self.cpuid_cache, &self.restore) {
             arg("cpuid-cache", path.clone().into());
+        }
+        if let Some(fd) = self.pool_fd {
+            arg("pool-fd", fd.to_string().into());
+        }
+        if let Some(dir) = &self.pool_of {
+            arg("pool-of", dir.clone().into());
         }
         if self.no_seccomp {
             argv.push("--no-seccomp".into());
@@ -241,8 +260,20 @@ mod tests {
             cpuid_cache: Some("/run/unikerneld/cpuid".into()),
             no_seccomp: true,
             trace_boot: true,
+            pool_fd: None,
+            pool_of: None,
         };
         assert_eq!(round_trip(&full), full);
+        let pooled = VmmArgs {
+            kernel: None,
+            pool_fd: Some(3),
+            pool_of: Some("/run/unikerneld/services".into()),
+            cpuid_cache: Some("/run/unikerneld/cpuid".into()),
+            memory: "32M".parse().unwrap(),
+            vcpus: 2,
+            ..minimal.clone()
+        };
+        assert_eq!(round_trip(&pooled), pooled);
         let by_name = VmmArgs {
             tap: Some("uk-web".into()),
             mac: Some("52:54:00:00:00:02".parse().unwrap()),
@@ -293,5 +324,11 @@ mod tests {
             "root is no jail"
         );
         assert!(parse(&["--cmdline", "x", "--cmdline-fd", "3"]).is_err());
+        assert!(
+            parse(&["--pool-fd", "3"]).is_err(),
+            "a pooled VMM gets its kernel later"
+        );
+        assert!(VmmArgs::try_parse_from(["unikernel-vmm", "--pool-fd", "3"]).is_ok());
+        assert!(VmmArgs::try_parse_from(["unikernel-vmm", "--pool-of", "/d"]).is_err());
     }
 }

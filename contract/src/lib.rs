@@ -7,6 +7,7 @@
 //! - [`exit`]: its exit statuses and its one-line error on stderr.
 //! - [`console`]: where the console goes and the replay protocol of the console socket.
 //! - [`control`]: the control socket's line protocol (pause, resume, snapshot).
+//! - [`pool`]: the warm pool's hand-off (a VMM created ahead of need gets what to run).
 //! - [`size`], [`mac`], [`tap`]: memory sizes, MAC addresses, and tap devices.
 //! - [`limits`]: bounds both sides check.
 pub mod args;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod exit;
 pub mod limits;
 pub mod mac;
+pub mod pool;
 pub mod size;
 pub mod tap;
 

@@ -9,6 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use contract::size::MemSize;
+use kvm_bindings::CpuId;
+
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
 use crate::arch::x86_64::{bootinfo, mptable, multiboot_info};
@@ -74,6 +77,8 @@ pub enum Error {
     Seccomp(#[from] seccomp::Error),
     #[error(transparent)]
     Jail(#[from] crate::jail::Error),
+    #[error("{0}")]
+    WarmMismatch(String),
 }
 
 pub use contract::limits::MAX_VCPUS;
@@ -232,23 +237,80 @@ fn console_out(target: &ConsoleTarget, events: &mut EventLoop) -> Result<Box<dyn
     })
 }
 
-/// Builds the machine described by `config`. `start` is when the process started.
-pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
-    let mut trace = BootTrace::new(start);
-    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+/// A VM created ahead of need (the warm pool): its memory mapped and given to KVM, the
+/// irqchip and PIT, its vCPUs created and the host's CPUID read. What it runs comes
+/// later ([`build_warm`]); nothing in it has seen guest input yet.
+pub struct Warm {
+    // Field order is drop order: vCPUs and the VM before the memory they map.
+    vcpus: Vec<Vcpu>,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    cpuid: CpuId,
+    memory: MemSize,
+}
+
+impl Warm {
+    /// Creates the VM of a pooled VMM: the costly KVM calls of a start, done before it.
+    pub fn prepare(memory: MemSize, vcpus: u8, cpuid_cache: Option<&Path>) -> Result<Warm, Error> {
+        check_vcpus(vcpus)?;
+        let mem = memory::create(memory)?;
+        let vm = Vm::new(&mem)?;
+        let cpuid = crate::vstate::cpuid_cache::supported_cpuid(&vm, cpuid_cache)?;
+        let vcpus = (0..vcpus).map(|id| Vcpu::new(&vm, id)).collect::<Result<_, _>>()?;
+        Ok(Warm {
+            vcpus,
+            vm,
+            mem,
+            cpuid,
+            memory,
+        })
+    }
+
+    pub fn memory(&self) -> MemSize {
+        self.memory
+    }
+
+    pub fn vcpus(&self) -> u8 {
+        self.vcpus.len() as u8
+    }
+}
+
+fn check_vcpus(vcpus: u8) -> Result<(), Error> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
         return Err(Error::Vcpus {
-            given: config.vcpus,
+            given: vcpus,
             max: MAX_VCPUS,
         });
     }
-    let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
-    let console = console_out(&config.console, &mut events)?;
-    let control = bind_control(config.control.as_deref())?;
+    Ok(())
+}
 
-    let mem = memory::create(config.memory)?;
-    let kernel = loader::load_kernel(&mem, &config.kernel, config.memory)?;
+/// Builds the machine described by `config`. `start` is when the process started.
+pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
+    build_on(config, None, start)
+}
+
+/// Builds the machine described by `config` on a VM created ahead of need; `start` is
+/// when the hand-off arrived. Its memory size and vCPU count must be the VM's.
+pub fn build_warm(config: &VmConfig, warm: Warm, start: Instant) -> Result<Machine, Error> {
+    if config.memory != warm.memory || config.vcpus != warm.vcpus() {
+        return Err(Error::WarmMismatch(format!(
+            "the pooled VM has {} and {} vCPUs, the configuration {} and {}",
+            warm.memory,
+            warm.vcpus(),
+            config.memory,
+            config.vcpus
+        )));
+    }
+    build_on(config, Some(warm), start)
+}
+
+/// Writes the kernel, initrd, command line and boot tables into `mem`; returns where
+/// the boot vCPU enters.
+fn load_guest(config: &VmConfig, mem: &GuestMemoryMmap) -> Result<Entry, Error> {
+    let kernel = loader::load_kernel(mem, &config.kernel, config.memory)?;
     let initrd = match &config.initrd {
-        Some(path) => Some(loader::load_initrd(&mem, path, config.memory, kernel.end)?),
+        Some(path) => Some(loader::load_initrd(mem, path, config.memory, kernel.end)?),
         None => None,
     };
     // Guests find virtio-mmio devices on their command line, as with Firecracker.
@@ -267,19 +329,44 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
         // multiboot kernels (Unikraft's among them) expect that first word.
         cmdline = format!("{} {cmdline}", config.kernel.display()).trim_end().to_string();
     }
-    let cmdline_len = bootinfo::write_cmdline(&mem, &cmdline)?;
-    mptable::write(&mem, config.vcpus)?;
+    let cmdline_len = bootinfo::write_cmdline(mem, &cmdline)?;
+    mptable::write(mem, config.vcpus)?;
     match kernel.mode {
-        BootMode::Pvh => bootinfo::write_pvh_start_info(&mem, config.memory.bytes(), initrd)?,
-        BootMode::Multiboot => multiboot_info::write(&mem, config.memory.bytes(), initrd)?,
+        BootMode::Pvh => bootinfo::write_pvh_start_info(mem, config.memory.bytes(), initrd)?,
+        BootMode::Multiboot => multiboot_info::write(mem, config.memory.bytes(), initrd)?,
         BootMode::Linux64 => {
-            bootinfo::write_zero_page(&mem, config.memory.bytes(), cmdline_len, initrd, kernel.setup_header)?
+            bootinfo::write_zero_page(mem, config.memory.bytes(), cmdline_len, initrd, kernel.setup_header)?
         }
     }
-    trace.mark("loaded");
+    Ok(Entry {
+        mode: kernel.mode,
+        addr: kernel.entry,
+    })
+}
 
-    let vm = Vm::new(&mem)?;
-    trace.mark("vm");
+fn build_on(config: &VmConfig, warm: Option<Warm>, start: Instant) -> Result<Machine, Error> {
+    let mut trace = BootTrace::new(start);
+    check_vcpus(config.vcpus)?;
+    let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
+    let console = console_out(&config.console, &mut events)?;
+    let control = bind_control(config.control.as_deref())?;
+
+    // A cold start loads the guest before it asks KVM for anything: a bad image is
+    // refused without creating a VM.
+    let (vm, mem, created, cpuid) = match warm {
+        Some(w) => (Some(w.vm), w.mem, w.vcpus, Some(w.cpuid)),
+        None => (None, memory::create(config.memory)?, Vec::new(), None),
+    };
+    let entry = load_guest(config, &mem)?;
+    trace.mark("loaded");
+    let vm = match vm {
+        Some(vm) => vm,
+        None => {
+            let vm = Vm::new(&mem)?;
+            trace.mark("vm");
+            vm
+        }
+    };
 
     let exit = ExitRequest::default();
     let mut devices = DeviceManager::new(&vm, console, &exit, config.memory.bytes(), None)?;
@@ -288,17 +375,23 @@ pub fn build(config: &VmConfig, start: Instant) -> Result<Machine, Error> {
     }
     trace.mark("devices");
 
-    let cpuid = crate::vstate::cpuid_cache::supported_cpuid(&vm, config.cpuid_cache.as_deref())?;
-    trace.mark("cpuid");
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for id in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, id)?;
-        let entry = (id == 0).then_some(Entry {
-            mode: kernel.mode,
-            addr: kernel.entry,
-        });
-        vcpu.configure(cpuid.clone(), config.vcpus, &mem, entry)?;
-        vcpus.push(vcpu);
+    let cpuid = match cpuid {
+        Some(cpuid) => cpuid,
+        None => {
+            let cpuid = crate::vstate::cpuid_cache::supported_cpuid(&vm, config.cpuid_cache.as_deref())?;
+            trace.mark("cpuid");
+            cpuid
+        }
+    };
+    let vcpus = match created {
+        created if created.is_empty() => (0..config.vcpus)
+            .map(|id| Vcpu::new(&vm, id))
+            .collect::<Result<Vec<_>, _>>()?,
+        created => created,
+    };
+    for vcpu in &vcpus {
+        let boot = (vcpu.id() == 0).then_some(entry);
+        vcpu.configure(cpuid.clone(), config.vcpus, &mem, boot)?;
     }
     trace.mark("vcpus");
 

@@ -14,6 +14,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod jail;
 pub mod loader;
+pub mod pool;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vstate;

@@ -12,6 +12,7 @@ use vmm::builder::{self, Outcome};
 use vmm::config::{NetBackend, NetConfig, RestoreConfig, VmConfig};
 use vmm::devices::legacy::serial::Serial;
 use vmm::jail::{self, Jail};
+use vmm::pool::Waited;
 use vmm::seccomp;
 
 fn report(outcome: &Outcome) -> ExitCode {
@@ -65,8 +66,20 @@ fn read_cmdline_fd(fd: RawFd) -> Result<String, String> {
     Ok(text)
 }
 
+/// Why a VM did not start, as the exit status says it: the host out of something (the
+/// same VM may start a moment later) or this VM refused.
+fn refused(e: builder::Error) -> ExitCode {
+    eprintln!("{}", error_line(&e));
+    let status = if e.is_host_exhaustion() {
+        ExitStatus::NoResources
+    } else {
+        ExitStatus::Refused
+    };
+    ExitCode::from(status.code())
+}
+
 fn main() -> ExitCode {
-    let start = Instant::now();
+    let mut start = Instant::now();
     // A panic is a VMM bug: the whole VM ends at once, with the error line, never a vCPU
     // thread alone (the release profile unwinds, for the daemon's sake).
     std::panic::set_hook(Box::new(|info| {
@@ -74,8 +87,27 @@ fn main() -> ExitCode {
         std::process::abort();
     }));
     let mut cli = VmmArgs::parse();
-    // Nothing the parent left open by mistake reaches the guest's VMM.
-    jail::close_inherited(&[cli.net_fd, cli.cmdline_fd].into_iter().flatten().collect::<Vec<_>>());
+    let mut warm = None;
+    if let Some(fd) = cli.pool_fd {
+        // Nothing the parent left open by mistake reaches the guest's VMM; what it runs
+        // comes with the hand-off.
+        jail::close_inherited(&[fd]);
+        match vmm::pool::wait(fd, &cli) {
+            Ok(Waited::Run { args, warm: w, at }) => {
+                cli = *args;
+                warm = Some(w);
+                start = at;
+            }
+            Ok(Waited::Nothing) => return ExitCode::SUCCESS,
+            Err(vmm::pool::Error::Build(e)) => return refused(e),
+            Err(e) => {
+                eprintln!("{}", error_line(&e));
+                return ExitCode::from(ExitStatus::Usage.code());
+            }
+        }
+    } else {
+        jail::close_inherited(&[cli.net_fd, cli.cmdline_fd].into_iter().flatten().collect::<Vec<_>>());
+    }
     if let Some(fd) = cli.cmdline_fd {
         match read_cmdline_fd(fd) {
             Ok(text) => cli.cmdline = text,
@@ -118,8 +150,8 @@ fn main() -> ExitCode {
             start,
             &mut enter_jail,
         ),
-        (None, Some(kernel)) => builder::build(
-            &VmConfig {
+        (None, Some(kernel)) => {
+            let config = VmConfig {
                 kernel,
                 initrd: cli.initrd,
                 cmdline: cli.cmdline,
@@ -129,23 +161,17 @@ fn main() -> ExitCode {
                 net,
                 control: cli.control,
                 cpuid_cache: cli.cpuid_cache,
-            },
-            start,
-        ),
+            };
+            match warm {
+                Some(warm) => builder::build_warm(&config, warm, start),
+                None => builder::build(&config, start),
+            }
+        }
         // clap requires one of them.
         (None, None) => {
             eprintln!("{}", error_line(&"give --kernel or --restore"));
             return ExitCode::from(ExitStatus::Usage.code());
         }
-    };
-    let refused = |e: builder::Error| {
-        eprintln!("{}", error_line(&e));
-        let status = if e.is_host_exhaustion() {
-            ExitStatus::NoResources
-        } else {
-            ExitStatus::Refused
-        };
-        ExitCode::from(status.code())
     };
     let mut machine = match built {
         Ok(m) => m,
