@@ -3,6 +3,7 @@
 //! its last good specs (see [`load::Loader`]).
 pub mod diagnostic;
 pub mod fast;
+pub mod guard;
 pub mod limits;
 pub mod load;
 pub mod parse;

@@ -79,6 +79,18 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
         ));
         return (Vec::new(), diags);
     }
+    if let Some(at) = super::guard::too_many_slashdashed_blocks(&text) {
+        diags.push(r.error(
+            SourceSpan::from((at, 2)),
+            format!(
+                "more than {} commented-out children blocks (`/-{{`) in one file",
+                super::guard::MAX_SLASHDASHED_BLOCKS
+            ),
+            "one too many",
+            Some("delete the commented-out blocks (KDL readers take time exponential in how deep they nest)".into()),
+        ));
+        return (Vec::new(), diags);
+    }
     // Most files are in the plain subset the fast reader takes; what it cannot read, and
     // any file with something to report, goes through kdl, whose spans and syntax
     // diagnostics are the reference.
@@ -717,6 +729,19 @@ mod tests {
             super::super::fast::parse(&corpus[corpus.len() - 9]).is_some(),
             "the full example is in the subset"
         );
+    }
+
+    #[test]
+    fn a_file_that_would_hold_the_kdl_reader_for_minutes_is_refused_at_once() {
+        // Found by fuzz/kdl (minimised): kdl 6 reads this in time doubling with each level.
+        let text = format!("unikernel \"a\" {}{}", "/-{b ".repeat(30), "}".repeat(30));
+        let t = std::time::Instant::now();
+        let (specs, diags) = parse_file(Path::new("/etc/unikernels/t.kdl"), &text);
+        assert!(specs.is_empty());
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("commented-out children blocks"), "{diags:?}");
+        assert_eq!((diags[0].line, diags[0].column), (1, 15 + 5 * 8), "at the ninth /-");
     }
 
     #[test]
