@@ -121,6 +121,10 @@ pub struct VmmArgs {
     /// label, so that a later daemon recognises the VMMs of its own pool)
     #[arg(long, value_name = "DIR", requires = "pool_fd")]
     pub pool_of: Option<PathBuf>,
+
+    /// Room for the handed-off arguments in /proc/PID/cmdline: only its length counts
+    #[arg(long, value_name = "SPACES", requires = "pool_fd", hide = true)]
+    pub pool_room: Option<String>,
 }
 
 impl VmmArgs {
@@ -147,6 +151,7 @@ impl VmmArgs {
             trace_boot: false,
             pool_fd: None,
             pool_of: None,
+            pool_room: None,
         }
     }
 
@@ -203,6 +208,9 @@ impl VmmArgs {
         }
         if let Some(dir) = &self.pool_of {
             arg("pool-of", dir.clone().into());
+        }
+        if let Some(room) = &self.pool_room {
+            arg("pool-room", room.into());
         }
         if self.no_seccomp {
             argv.push("--no-seccomp".into());
@@ -262,12 +270,14 @@ mod tests {
             trace_boot: true,
             pool_fd: None,
             pool_of: None,
+            pool_room: None,
         };
         assert_eq!(round_trip(&full), full);
         let pooled = VmmArgs {
             kernel: None,
             pool_fd: Some(3),
             pool_of: Some("/run/unikerneld/services".into()),
+            pool_room: Some(" ".repeat(64)),
             cpuid_cache: Some("/run/unikerneld/cpuid".into()),
             memory: "32M".parse().unwrap(),
             vcpus: 2,

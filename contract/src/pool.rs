@@ -26,6 +26,18 @@ pub const READY: &[u8] = b"ready";
 /// The largest hand-off message (paths and numbers: a few hundred bytes in practice).
 pub const MAX_MESSAGE: usize = 16 * 1024;
 
+/// How many bytes of room a pooled VMM's own arguments leave (`--pool-room`): it writes
+/// the handed-off arguments over them, and the daemon hands off nothing longer.
+pub const ROOM: usize = 4096;
+
+/// The arguments as /proc/PID/cmdline holds them: `program`, then `args`, each ending in
+/// a NUL.
+pub fn argv_bytes(program: &std::ffi::OsStr, args: &VmmArgs) -> Vec<u8> {
+    let mut argv = vec![program.to_os_string()];
+    argv.extend(args.to_argv());
+    encode(&argv)
+}
+
 /// At most this many descriptors ride with a hand-off (stderr, tap, command line).
 pub const MAX_FDS: usize = 4;
 

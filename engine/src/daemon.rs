@@ -41,6 +41,8 @@ pub struct Config {
     pub metrics: Option<crate::metrics::server::Endpoint>,
     /// The uids of jailed VMMs (`--vm-uids`).
     pub vm_uids: crate::supervise::uids::UidRange,
+    /// At most this many VMMs started ahead of need (`--warm-pool`).
+    pub warm_pool: usize,
 }
 
 /// Status is published at most this often, and only after a change: an idle daemon wakes
@@ -80,7 +82,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if jail.is_none() {
         warn!("not running as root: VMMs run unjailed, as this user (seccomp filters only)");
     }
-    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone(), scopes, jail);
+    // The pool starts VMMs on demand only, after adoption's sweep has run.
+    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone(), scopes, jail).with_warm_pool(config.warm_pool);
     let (tx, events) = mpsc::unbounded_channel();
     let controller = Controller::new(config.config_dir.clone(), state, launcher, net, tx)
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;

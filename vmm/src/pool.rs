@@ -61,9 +61,54 @@ pub fn wait(fd: RawFd, pooled: &VmmArgs) -> Result<Waited, Error> {
     }
     drop(stderr);
     pool::fits(&args, warm.memory().bytes(), warm.vcpus()).map_err(Error::Mismatch)?;
+    // `ps` and the daemon's sweep read what a VMM runs from its command line.
+    if let Err(e) = show_args(&args) {
+        crate::log_warn!("cannot show the handed-off arguments in /proc/PID/cmdline: {e}");
+    }
     Ok(Waited::Run {
         args: Box::new(args),
         warm,
         at,
     })
+}
+
+/// Writes `args` over this process's own arguments, so that /proc/PID/cmdline (what ps
+/// and the daemon's sweep read) shows what it runs. The daemon starts pooled VMMs with
+/// room to spare (`--pool-room`) and hands off nothing longer; the rest is NUL-filled.
+/// std has parsed its arguments already: nothing reads them after this.
+fn show_args(args: &VmmArgs) -> std::io::Result<()> {
+    let program = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| contract::VMM_BINARY.into());
+    let text = pool::argv_bytes(&program, args);
+    let (start, end) = arg_area()?;
+    let room = end.saturating_sub(start);
+    if text.len() > room {
+        return Err(std::io::Error::other(format!(
+            "{} bytes of arguments, {room} bytes of room",
+            text.len()
+        )));
+    }
+    // SAFETY: [start, end) is this process's argument area, as the kernel reports it
+    // (mapped and writable: the top of the main thread's stack); `text` fits in it.
+    unsafe {
+        let area = start as *mut u8;
+        std::ptr::copy_nonoverlapping(text.as_ptr(), area, text.len());
+        std::ptr::write_bytes(area.add(text.len()), 0, room - text.len());
+    }
+    Ok(())
+}
+
+/// Fields 48 and 49 of /proc/self/stat: where the kernel finds this process's arguments.
+fn arg_area() -> std::io::Result<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|i| stat[i + 2..].split(' ').collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.trim().parse::<usize>().ok());
+    match (field(48), field(49)) {
+        (Some(start), Some(end)) if start > 0 && end >= start => Ok((start, end)),
+        _ => Err(std::io::Error::other("no argument area in /proc/self/stat")),
+    }
 }

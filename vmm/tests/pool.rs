@@ -31,6 +31,7 @@ fn pooled(memory: &str, vcpus: u8) -> (Child, UnixStream) {
     let child = vmm()
         .args(["--pool-fd", &vmm_end.as_raw_fd().to_string(), "--memory", memory])
         .args(["--vcpus", &vcpus.to_string(), "--pool-of", "/nonexistent/services"])
+        .args(["--pool-room", &" ".repeat(pool::ROOM)])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -143,4 +144,41 @@ fn a_hand_off_that_does_not_fit_the_pooled_vm_is_refused() {
     pool::send(&daemon, &VmmArgs::new("/nonexistent/image".into()), log.as_fd(), &[]).unwrap();
     let (status, _, _) = wait(child);
     assert_eq!(status.code(), Some(i32::from(ExitStatus::Refused.code())));
+}
+
+#[test]
+fn a_pooled_vmm_shows_what_it_was_handed_on_its_command_line() {
+    // A guest that lives about a second (until the VMM's watchdog finds it dead).
+    let (child, daemon) = pooled("16M", 1);
+    let log = memfd("");
+    let args = VmmArgs {
+        console: contract::console::ConsoleTarget::Off,
+        ..VmmArgs::new(image("deadhalt"))
+    };
+    pool::send(&daemon, &args, log.as_fd(), &[]).unwrap();
+    // Seen from outside (ps, the daemon's sweep), it is the VMM it was handed.
+    let want = format!("--kernel {}", image("deadhalt").display());
+    let mut shown = String::new();
+    for _ in 0..200 {
+        let bytes = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+        shown = String::from_utf8_lossy(&bytes).replace('\0', " ");
+        if shown.contains(&want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let handed = {
+        let mut log = log;
+        let mut text = String::new();
+        log.rewind().unwrap();
+        log.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(shown.contains("unikernel-vmm --kernel"), "{shown}\n{handed}");
+    assert!(
+        shown.contains("--console off") && !shown.contains("--pool-fd"),
+        "{shown}"
+    );
+    let (status, _, _) = wait(child);
+    assert_eq!(status.code(), Some(1), "the watchdog ends it");
 }

@@ -74,6 +74,7 @@ fn config(cli: Cli) -> Result<Config, String> {
         git,
         metrics: cli.metrics,
         vm_uids: cli.vm_uids,
+        warm_pool: cli.warm_pool,
     })
 }
 

@@ -75,6 +75,12 @@ pub struct Cli {
     #[arg(long, value_name = "FIRST:COUNT", default_value_t = crate::supervise::uids::UidRange::default())]
     pub vm_uids: crate::supervise::uids::UidRange,
 
+    /// Keep up to N VMMs started ahead of need, their VMs created, for the memory sizes and
+    /// vCPU counts started in the last 5 minutes (one each, more while starts come faster);
+    /// a start takes one and skips creating its VM. 0: no pool
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub warm_pool: usize,
+
     /// Serve metrics in the Prometheus text format at ADDRESS:PORT (http://.../metrics) or
     /// unix:/PATH; off by default
     #[arg(long, value_name = "ENDPOINT")]

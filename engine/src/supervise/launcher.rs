@@ -1,7 +1,7 @@
 //! The real [`Launcher`]: `unikernel-vmm` processes watched through pidfds, their console
 //! followed from the VMM's console socket, readiness probed over TCP.
 use std::net::SocketAddrV4;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use super::console::{self, ConsoleRing};
 use super::probe;
 use super::process::{Ended, Launch, Process};
 use super::uids::{UidLease, UidPool};
+use super::warm::{Shape, WarmPool};
 use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Signal, VmProcess};
 use crate::state_dir::{StateDir, VmRecord};
 use crate::systemd::scope::Scopes;
@@ -31,6 +32,8 @@ pub struct VmmLauncher {
     scopes: Option<Scopes>,
     /// Where the daemon runs as root: each VMM jailed under a uid of its own.
     uids: Option<Arc<UidPool>>,
+    /// VMMs started ahead of need (`--warm-pool`).
+    warm: Option<WarmPool>,
 }
 
 impl VmmLauncher {
@@ -40,7 +43,26 @@ impl VmmLauncher {
             state,
             scopes,
             uids,
+            warm: None,
         }
+    }
+
+    /// Keeps up to `bound` VMMs ready ahead of need (0: none). The first is started at
+    /// the first start, after adoption's sweep (which ends what an earlier daemon's pool
+    /// left) has run.
+    pub fn with_warm_pool(mut self, bound: usize) -> VmmLauncher {
+        self.warm = WarmPool::start(
+            self.vmm.clone(),
+            self.state.root().join("services"),
+            self.state.cpuid_cache(),
+            bound,
+        );
+        self
+    }
+
+    /// The warm pool's size now (ready, being created).
+    pub fn warm_size(&self) -> super::warm::Size {
+        self.warm.as_ref().map(WarmPool::size).unwrap_or_default()
     }
 
     fn follow(
@@ -71,6 +93,7 @@ impl VmmLauncher {
             first_line: Some(first_line_rx),
             scopes: self.scopes.clone(),
             _uid: uid,
+            from_pool: false,
         }
     }
 }
@@ -127,6 +150,8 @@ pub struct Vmm {
     scopes: Option<Scopes>,
     /// Its jail's uid, free again once this VM is dropped.
     _uid: Option<UidLease>,
+    /// Taken from the warm pool (its VM was created before the start).
+    from_pool: bool,
 }
 
 /// How much of the end of the VMM's stderr is searched for its error line (and of its
@@ -192,17 +217,47 @@ impl Launcher for VmmLauncher {
         }
         // The daemon's copy of the tap fd goes with `launch`: the VMM holds the only one.
         inherit.extend(tap.map(|(fd, _)| fd));
-        let launch = Launch {
-            vmm: self.vmm.clone(),
-            args: args.to_argv(),
-            inherit,
-            stderr,
+        let shape = Shape {
+            memory: spec.memory_bytes,
+            vcpus: spec.vcpus,
         };
-        let process = Process::spawn(launch).map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;
+        // A boot takes a VMM whose VM exists already, when the pool has one and the
+        // arguments fit where the pooled VMM shows them (a margin for fd numbers).
+        let fits = || contract::pool::argv_bytes(self.vmm.as_os_str(), &args).len() + 32 <= contract::pool::ROOM;
+        let warm = match (&self.warm, request.restore) {
+            (Some(pool), None) if fits() => pool.take(shape),
+            _ => None,
+        };
+        let mut pooled = None;
+        if let Some(warm) = warm {
+            // The hand-off names descriptors by their place in `inherit`.
+            let handoff = VmmArgs {
+                cmdline_fd: args.cmdline_fd.map(|_| 0),
+                net_fd: args.net_fd.map(|_| RawFd::from(args.cmdline_fd.is_some())),
+                ..args.clone()
+            };
+            match warm.hand_off(&handoff, &stderr, &inherit) {
+                Ok(process) => pooled = Some(process),
+                Err(e) => tracing::warn!(UNIKERNEL = %name, "warm pool hand-off failed ({e}): starting a VMM"),
+            }
+        }
+        let from_pool = pooled.is_some();
+        let process = match pooled {
+            Some(process) => process,
+            None => Process::spawn(Launch {
+                vmm: self.vmm.clone(),
+                args: args.to_argv(),
+                inherit,
+                stderr: Some(stderr),
+            })
+            .map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?,
+        };
         if let Some(scopes) = &self.scopes {
             scopes.place(name, process.pid, spec.limits);
         }
-        Ok(self.follow(name, process, uid, request.console, true, request.restore.is_some()))
+        let mut vmm = self.follow(name, process, uid, request.console, true, request.restore.is_some());
+        vmm.from_pool = from_pool;
+        Ok(vmm)
     }
 
     fn adopt(&mut self, name: &str, record: &VmRecord, console: ConsoleRing) -> Option<Vmm> {
@@ -261,6 +316,11 @@ fn service_of(cmdline: &[u8], services: &Path) -> Option<String> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     if !args.first()?.ends_with(contract::VMM_BINARY.as_bytes()) {
         return None;
+    }
+    // A pooled VMM names the folder it belongs to; which service it runs (if it was handed
+    // one) only its record says.
+    if let Some(w) = args.windows(2).find(|w| w[0] == b"--pool-of") {
+        return (w[1] == services.as_os_str().as_encoded_bytes()).then(|| "(warm pool)".to_string());
     }
     let console = args.windows(2).find(|w| w[0] == b"--console")?[1];
     let prefix = format!("unix:{}/", services.display());
@@ -328,10 +388,14 @@ impl VmProcess for Vmm {
             .take(LOG_TAIL)
             .read_to_end(&mut head)
             .ok()?;
-        String::from_utf8_lossy(&head)
+        let phases = String::from_utf8_lossy(&head)
             .lines()
             .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))
-            .map(str::to_string)
+            .map(str::to_string)?;
+        Some(match self.from_pool {
+            true => format!("from the warm pool, {phases}"),
+            false => phases,
+        })
     }
 
     fn signal(&self, signal: Signal) -> std::io::Result<()> {
@@ -425,6 +489,16 @@ mod tests {
             "unix:/run/unikerneld/services/a/b/console.sock",
         ]);
         assert_eq!(service_of(&nested, services), None);
+        let pooled = argv(&[
+            "unikernel-vmm",
+            "--pool-fd",
+            "3",
+            "--pool-of",
+            "/run/unikerneld/services",
+        ]);
+        assert_eq!(service_of(&pooled, services).as_deref(), Some("(warm pool)"));
+        let other_pool = argv(&["unikernel-vmm", "--pool-fd", "3", "--pool-of", "/tmp/other/services"]);
+        assert_eq!(service_of(&other_pool, services), None);
     }
 
     #[test]

@@ -6,3 +6,4 @@ pub mod launcher;
 pub mod probe;
 pub mod process;
 pub mod uids;
+pub mod warm;

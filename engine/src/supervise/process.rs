@@ -17,8 +17,8 @@ pub struct Launch {
     /// Inherited by the VMM under their own fd numbers (which `args` name): the tap, the
     /// guest command line.
     pub inherit: Vec<OwnedFd>,
-    /// Receives the VMM's stderr (its one-line error when it stops).
-    pub stderr: std::fs::File,
+    /// Receives the VMM's stderr (its one-line error when it stops); None: the daemon's.
+    pub stderr: Option<std::fs::File>,
 }
 
 /// A live VMM process.
@@ -98,7 +98,7 @@ impl Process {
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(launch.stderr);
+            .stderr(launch.stderr.map_or_else(Stdio::inherit, Stdio::from));
         for fd in &launch.inherit {
             // Inherited under its own number: clear close-on-exec just for this spawn (the
             // engine spawns from one task, so no other child can pick it up meanwhile).
@@ -222,7 +222,7 @@ mod tests {
             vmm: program.into(),
             args: args.iter().map(OsString::from).collect(),
             inherit: Vec::new(),
-            stderr: std::fs::File::create("/dev/null").unwrap(),
+            stderr: Some(std::fs::File::create("/dev/null").unwrap()),
         }
     }
 
