@@ -5,6 +5,8 @@
 //! and the process's peak RSS (from wait4). Prints p50/p90 and the ratios.
 //! Beside them, in the same alternation: ours jailed (`--jail-uid`), and ours without its
 //! seccomp filters, for what isolation costs a start.
+//! And a pooled VMM (`--pool-fd`, the warm pool): hand-off -> first byte, its spawn ->
+//! ready (the refill, off the start path) and its RSS while it waits.
 //! `BENCH_RUNS` (default 200) sets the runs per side. QEMU (Debian's qemu-system-x86) is
 //! required: a benchmark without its peer is not a result.
 //!
@@ -141,6 +143,66 @@ fn ours(kernel: &Path, cmdline: &str) -> Command {
     cmd
 }
 
+/// A pooled VMM (`--pool-fd`) made ready outside the clock, then hand-off -> first console
+/// byte; also spawn -> ready (what a refill costs, off the start path) and the waiting
+/// VMM's RSS.
+struct Pooled {
+    first_byte_us: f64,
+    ready_us: f64,
+    idle_rss_kib: f64,
+}
+
+fn measure_pooled(kernel: &Path, cmdline: &str, expect: &str) -> Pooled {
+    use contract::pool;
+    use std::os::fd::{AsFd, AsRawFd};
+    let (daemon, vmm_end) = pool::socket_pair().unwrap();
+    // SAFETY: F_SETFD on an fd we own: the VMM inherits it.
+    assert_eq!(unsafe { libc::fcntl(vmm_end.as_raw_fd(), libc::F_SETFD, 0) }, 0);
+    let t0 = Instant::now();
+    let mut child = Command::new(common::vmm_binary())
+        .args(["--pool-fd", &vmm_end.as_raw_fd().to_string(), "--pool-room"])
+        .arg(" ".repeat(pool::ROOM))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    drop(vmm_end);
+    assert!(pool::read_ready(&daemon).unwrap(), "the pooled VMM says ready");
+    let ready = t0.elapsed();
+    let idle_rss_kib = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let log = std::fs::File::create("/dev/null").unwrap();
+    let args = contract::args::VmmArgs {
+        cmdline: cmdline.to_string(),
+        ..contract::args::VmmArgs::new(kernel.to_path_buf())
+    };
+    let mut out = child.stdout.take().unwrap();
+    let t1 = Instant::now();
+    pool::send(&daemon, &args, log.as_fd(), &[]).unwrap();
+    let mut first = [0u8; 1];
+    assert_eq!(out.read(&mut first).expect("read console"), 1, "no console output");
+    let first_byte = t1.elapsed();
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut console = vec![first[0]];
+    console.extend_from_slice(&rest);
+    assert!(
+        String::from_utf8_lossy(&console).contains(expect),
+        "unexpected console {console:?}"
+    );
+    Pooled {
+        first_byte_us: first_byte.as_secs_f64() * 1e6,
+        ready_us: ready.as_secs_f64() * 1e6,
+        idle_rss_kib,
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run anyway.
     let runs: usize = std::env::var("BENCH_RUNS")
@@ -164,6 +226,7 @@ fn main() {
     let mut echo = Vec::with_capacity(runs);
     let mut jailed = Vec::with_capacity(runs);
     let mut unfiltered = Vec::with_capacity(runs);
+    let mut pooled = Vec::with_capacity(runs);
     let snapshots = std::env::temp_dir().join(format!("uk-bench-jail-{}", std::process::id()));
     for _ in 0..runs {
         a.push(measure(ours(&kernel, cmdline), expect));
@@ -175,6 +238,7 @@ fn main() {
         let mut n = ours(&kernel, cmdline);
         n.arg("--no-seccomp");
         unfiltered.push(measure(n, expect));
+        pooled.push(measure_pooled(&kernel, cmdline, expect));
         let mut e = Command::new("/bin/echo");
         e.arg(expect);
         echo.push(measure(e, expect));
@@ -187,6 +251,21 @@ fn main() {
     print_row("unikernel-vmm", &sa);
     print_row("qemu microvm", &sb);
     print_row("/bin/echo (spawn floor)", &se);
+    let mut hand_off: Vec<f64> = pooled.iter().map(|p| p.first_byte_us).collect();
+    let mut ready: Vec<f64> = pooled.iter().map(|p| p.ready_us).collect();
+    let mut idle: Vec<f64> = pooled.iter().map(|p| p.idle_rss_kib).collect();
+    println!(
+        "{:<22} first byte p50 {:>8.2} ms p90 {:>8.2} ms (from the hand-off) | spawn -> ready p50 {:.2} ms | waiting RSS p50 {:.2} MiB",
+        "unikernel-vmm pooled",
+        percentile(&mut hand_off, 0.5) / 1e3,
+        percentile(&mut hand_off, 0.9) / 1e3,
+        percentile(&mut ready, 0.5) / 1e3,
+        percentile(&mut idle, 0.5) / 1024.0
+    );
+    println!(
+        "ratio cold/pooled: first byte p50 {:.1}x",
+        sa.first_p50 / percentile(&mut hand_off, 0.5)
+    );
     let (sj, sn) = (summarize(&jailed), summarize(&unfiltered));
     print_row("unikernel-vmm jailed", &sj);
     print_row("unikernel-vmm --no-seccomp", &sn);
