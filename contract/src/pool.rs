@@ -195,15 +195,13 @@ fn decode(bytes: &[u8]) -> Vec<OsString> {
 }
 
 /// Whether the hand-off may run on a pooled VM of `memory` bytes and `vcpus` vCPUs (its
-/// memory and vCPUs exist already).
+/// memory and vCPUs exist already). A restore's size comes from its snapshot: the VMM
+/// checks it once it has read the snapshot.
 pub fn fits(args: &VmmArgs, memory: u64, vcpus: u8) -> Result<(), String> {
     if args.pool_fd.is_some() {
         return Err("a hand-off cannot start another pool".into());
     }
-    if args.restore.is_some() {
-        return Err("a pooled VMM boots a kernel; a restore starts a VMM of its own".into());
-    }
-    if args.memory.bytes() != memory || args.vcpus != vcpus {
+    if args.restore.is_none() && (args.memory.bytes() != memory || args.vcpus != vcpus) {
         return Err(format!(
             "this pooled VM has {} and {vcpus} vCPUs, the hand-off asks for {} and {}",
             crate::size::MemSize::from_bytes(memory),
@@ -332,7 +330,7 @@ mod tests {
             restore: Some("/s".into()),
             ..args.clone()
         };
-        assert!(fits(&restore, mib16, 1).is_err());
+        assert!(fits(&restore, 2 * mib16, 4).is_ok(), "checked against the snapshot");
         let pooled = VmmArgs {
             pool_fd: Some(3),
             ..args

@@ -107,3 +107,28 @@ fn no_pool_is_kept_with_warm_pool_0() {
     assert!(pooled(&d).is_empty());
     assert!(!d.log_text().contains("from the warm pool"));
 }
+
+#[test]
+fn a_wake_from_standby_resumes_in_a_pooled_vmm() {
+    let mut d = Daemon::new("warmwake");
+    d.start();
+    d.declare("s.kdl", &http_decl("s", 23_021, "standby idle=\"500ms\"\n"));
+    d.running("s");
+    assert_eq!(d.get(23_021).unwrap().1.trim(), "s 1");
+    d.wait_for("s on standby", Duration::from_secs(10), |st| {
+        st.services
+            .iter()
+            .any(|x| x.name == "s" && x.state == unikerneld::status::State::Standby)
+    });
+    let waiting = wait_pooled(&d, 1);
+    // The request wakes it: resumed in the pooled process, with its state.
+    assert_eq!(d.get(23_021).unwrap().1.trim(), "s 2");
+    let s = d.running("s");
+    assert_eq!(s.pid, Some(waiting[0]), "woken in the pooled VMM");
+    let log = d.log_text();
+    let wake = log
+        .lines()
+        .find(|l| l.contains("woken from standby"))
+        .unwrap_or_else(|| panic!("no wake line:\n{log}"));
+    assert!(wake.contains("from the warm pool"), "{wake}");
+}

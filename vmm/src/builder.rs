@@ -419,12 +419,36 @@ pub fn restore(
     start: Instant,
     jail: &mut dyn FnMut() -> Result<(), crate::jail::Error>,
 ) -> Result<Machine, Error> {
+    restore_on(config, None, start, jail)
+}
+
+/// [`restore`] into a VM created ahead of need: the snapshot's memory goes into (or is
+/// mapped over) the pooled VM's memory, which keeps its KVM slot; its size and vCPU count
+/// must be the snapshot's.
+pub fn restore_warm(
+    config: &RestoreConfig,
+    warm: Warm,
+    start: Instant,
+    jail: &mut dyn FnMut() -> Result<(), crate::jail::Error>,
+) -> Result<Machine, Error> {
+    restore_on(config, Some(warm), start, jail)
+}
+
+fn restore_on(
+    config: &RestoreConfig,
+    warm: Option<Warm>,
+    start: Instant,
+    jail: &mut dyn FnMut() -> Result<(), crate::jail::Error>,
+) -> Result<Machine, Error> {
     let mut trace = BootTrace::new(start);
     let opened = snapshot::open(&config.dir)?;
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
     let console = console_out(&config.console, &mut events)?;
     let control = bind_control(config.control.as_deref())?;
-    let kvm = Vm::open_kvm()?;
+    let kvm = match warm {
+        Some(_) => None,
+        None => Some(Vm::open_kvm()?),
+    };
     let tap = config.net.as_ref().map(device_manager::open_tap).transpose()?;
     trace.mark("opened");
     jail()?;
@@ -436,14 +460,32 @@ pub fn restore(
         (None, Some(_)) => return Err(Error::SnapshotHasNoNet),
         _ => {}
     }
-    let (mem, origin) =
-        snapshot::memory::open(Arc::new(mem_file), saved.memory.bytes).map_err(|what| snapshot::Error::Invalid {
-            path: config.dir.clone(),
-            what,
-        })?;
+    let invalid = |what: String| snapshot::Error::Invalid {
+        path: config.dir.clone(),
+        what,
+    };
+    let (vm, mem, origin, created) = match (warm, kvm) {
+        (Some(w), _) => {
+            if w.memory.bytes() != saved.memory.bytes || usize::from(w.vcpus()) != saved.vcpus.len() {
+                return Err(Error::WarmMismatch(format!(
+                    "the pooled VM has {} and {} vCPUs, the snapshot {} and {}",
+                    w.memory,
+                    w.vcpus(),
+                    MemSize::from_bytes(saved.memory.bytes),
+                    saved.vcpus.len()
+                )));
+            }
+            let origin = snapshot::memory::fill(Arc::new(mem_file), &w.mem).map_err(invalid)?;
+            (w.vm, w.mem, origin, w.vcpus)
+        }
+        (None, Some(kvm)) => {
+            let (mem, origin) = snapshot::memory::open(Arc::new(mem_file), saved.memory.bytes).map_err(invalid)?;
+            let vm = Vm::with_kvm(kvm, &mem)?;
+            (vm, mem, origin, Vec::new())
+        }
+        (None, None) => unreachable!("/dev/kvm is opened whenever no pooled VM is given"),
+    };
     trace.mark("loaded");
-
-    let vm = Vm::with_kvm(kvm, &mem)?;
     vm.restore_state(&saved.vm)?;
     trace.mark("vm");
 
@@ -454,11 +496,20 @@ pub fn restore(
     }
     trace.mark("devices");
 
-    let mut vcpus = Vec::with_capacity(saved.vcpus.len());
-    for state in &saved.vcpus {
-        let vcpu = Vcpu::new(&vm, state.id)?;
+    let vcpus = match created {
+        created if created.is_empty() => saved
+            .vcpus
+            .iter()
+            .map(|state| Vcpu::new(&vm, state.id))
+            .collect::<Result<Vec<_>, _>>()?,
+        created => created,
+    };
+    for (vcpu, state) in vcpus.iter().zip(&saved.vcpus) {
+        // A pooled VM's vCPUs are 0..n; a snapshot's must be the same.
+        if vcpu.id() != state.id {
+            return Err(invalid(format!("vCPU {} saved where vCPU {} is", state.id, vcpu.id())).into());
+        }
         vcpu.restore(state)?;
-        vcpus.push(vcpu);
     }
     trace.mark("vcpus");
 

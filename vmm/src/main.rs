@@ -140,16 +140,18 @@ fn main() -> ExitCode {
     };
     let net = net_config(cli.net_fd, cli.tap, cli.mac);
     let built = match (cli.restore, cli.kernel) {
-        (Some(dir), _) => builder::restore(
-            &RestoreConfig {
+        (Some(dir), _) => {
+            let config = RestoreConfig {
                 dir,
                 console: cli.console,
                 net,
                 control: cli.control,
-            },
-            start,
-            &mut enter_jail,
-        ),
+            };
+            match warm.take() {
+                Some(warm) => builder::restore_warm(&config, warm, start, &mut enter_jail),
+                None => builder::restore(&config, start, &mut enter_jail),
+            }
+        }
         (None, Some(kernel)) => {
             let config = VmConfig {
                 kernel,

@@ -12,6 +12,7 @@ mod common;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,12 +24,20 @@ use contract::pool;
 /// A pooled VMM of `memory` and `vcpus`, its console on a pipe; returns it and the
 /// daemon's end of its socket once it said ready.
 fn pooled(memory: &str, vcpus: u8) -> (Child, UnixStream) {
+    pooled_in(None, memory, vcpus)
+}
+
+fn pooled_in(ns: Option<&Netns>, memory: &str, vcpus: u8) -> (Child, UnixStream) {
     require_kvm();
     let (daemon, vmm_end) = pool::socket_pair().unwrap();
     // The VMM's end is inherited under its own number.
     // SAFETY: F_SETFD on an fd we own.
     assert_eq!(unsafe { libc::fcntl(vmm_end.as_raw_fd(), libc::F_SETFD, 0) }, 0);
-    let child = vmm()
+    let mut cmd = match ns {
+        Some(ns) => ns.command(&vmm_binary()),
+        None => vmm(),
+    };
+    let child = cmd
         .args(["--pool-fd", &vmm_end.as_raw_fd().to_string(), "--memory", memory])
         .args(["--vcpus", &vcpus.to_string(), "--pool-of", "/nonexistent/services"])
         .args(["--pool-room", &" ".repeat(pool::ROOM)])
@@ -181,4 +190,68 @@ fn a_pooled_vmm_shows_what_it_was_handed_on_its_command_line() {
     );
     let (status, _, _) = wait(child);
     assert_eq!(status.code(), Some(1), "the watchdog ends it");
+}
+
+#[test]
+fn a_pooled_vmm_resumes_a_snapshot_into_its_vm() {
+    use contract::control::{AfterSnapshot, Request};
+    const TAP: &str = "uk-p0";
+    let ns = Netns::new("pool");
+    ns.persistent_tap(TAP, "10.0.0.1/24");
+    let dir = std::env::temp_dir().join(format!("uk-pool-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sock, snap) = (dir.join("control.sock"), dir.join("snapshot"));
+    // A guest booted from the pool, saved, and resumed by another pooled VMM.
+    let (child, daemon) = pooled_in(Some(&ns), "16M", 1);
+    let log = memfd("");
+    let boot = VmmArgs {
+        cmdline: "ip=10.0.0.2/24 gw=10.0.0.1 port=80 name=web".into(),
+        tap: Some(TAP.into()),
+        control: Some(sock.clone()),
+        console: contract::console::ConsoleTarget::Off,
+        ..VmmArgs::new(image("http"))
+    };
+    pool::send(&daemon, &boot, log.as_fd(), &[]).unwrap();
+    let _first = KillOnDrop(child);
+    assert_eq!(control(&sock, &Request::Ping), contract::control::Reply::Ok(vec![]));
+    assert_eq!(ns.get(), "web 1");
+    control(
+        &sock,
+        &Request::Snapshot {
+            dir: snap.clone(),
+            then: AfterSnapshot::Exit,
+        },
+    )
+    .saved()
+    .expect("snapshot");
+
+    // A hand-off of another size than the snapshot's is refused once it is read.
+    let (child, daemon) = pooled_in(Some(&ns), "32M", 1);
+    let log = memfd("");
+    let restore = VmmArgs {
+        kernel: None,
+        restore: Some(snap.clone()),
+        tap: Some(TAP.into()),
+        control: Some(sock.clone()),
+        console: contract::console::ConsoleTarget::Off,
+        ..VmmArgs::new(PathBuf::new())
+    };
+    pool::send(&daemon, &restore, log.as_fd(), &[]).unwrap();
+    let (status, _, _) = wait(child);
+    assert_eq!(status.code(), Some(i32::from(ExitStatus::Refused.code())));
+    let mut handed = String::new();
+    let mut log = log;
+    log.rewind().unwrap();
+    log.read_to_string(&mut handed).unwrap();
+    assert!(handed.contains("the snapshot 16M and 1"), "{handed}");
+
+    let (child, daemon) = pooled_in(Some(&ns), "16M", 1);
+    let log = memfd("");
+    pool::send(&daemon, &restore, log.as_fd(), &[]).unwrap();
+    let _second = KillOnDrop(child);
+    assert_eq!(control(&sock, &Request::Ping), contract::control::Reply::Ok(vec![]));
+    assert_eq!(ns.get(), "web 2", "resumed with its state");
+    assert_eq!(ns.get(), "web 3");
+    let _ = std::fs::remove_dir_all(&dir);
 }

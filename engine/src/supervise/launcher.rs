@@ -221,11 +221,12 @@ impl Launcher for VmmLauncher {
             memory: spec.memory_bytes,
             vcpus: spec.vcpus,
         };
-        // A boot takes a VMM whose VM exists already, when the pool has one and the
-        // arguments fit where the pooled VMM shows them (a margin for fd numbers).
-        let fits = || contract::pool::argv_bytes(self.vmm.as_os_str(), &args).len() + 32 <= contract::pool::ROOM;
-        let warm = match (&self.warm, request.restore) {
-            (Some(pool), None) if fits() => pool.take(shape),
+        // A boot or a wake takes a VMM whose VM exists already, when the pool has one and
+        // the arguments fit where the pooled VMM shows them (a margin for fd numbers). A
+        // wake's snapshot has its service's size: the spec is the one it was saved under.
+        let fits = contract::pool::argv_bytes(self.vmm.as_os_str(), &args).len() + 32 <= contract::pool::ROOM;
+        let warm = match &self.warm {
+            Some(pool) if fits => pool.take(shape),
             _ => None,
         };
         let mut pooled = None;

@@ -134,10 +134,62 @@ pub fn open(file: Arc<File>, bytes: u64) -> Result<(GuestMemoryMmap, Origin), St
     }
 }
 
+/// [`open`] into memory that exists already (a pooled VM's, of the snapshot's size):
+/// small snapshots are copied in, large ones mapped over it at the same addresses
+/// (`MAP_FIXED`), so the VM's memory slots stay valid (KVM follows the new mapping).
+pub fn fill(file: Arc<File>, mem: &GuestMemoryMmap) -> Result<Origin, String> {
+    let bytes: u64 = mem.iter().map(|r| r.len()).sum();
+    if file.metadata().map_err(|e| format!("memory file: {e}"))?.len() < bytes {
+        return Err("the memory file is smaller than guest memory".into());
+    }
+    let mut pages = vec![false; (bytes as usize).div_ceil(PAGE)];
+    mark_data_extents(&file, 0, bytes as usize, &mut pages).map_err(|e| format!("memory file: {e}"))?;
+    let data = pages.iter().filter(|p| **p).count() as u64 * PAGE as u64;
+    if data <= EAGER_LIMIT {
+        copy_into(&file, mem)?;
+        return Ok(Origin::Anonymous);
+    }
+    map_over(&file, mem)?;
+    Ok(Origin::File(file))
+}
+
+/// Maps `file` privately over `mem`'s regions, at their addresses.
+fn map_over(file: &File, mem: &GuestMemoryMmap) -> Result<(), String> {
+    let mut offset = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        // SAFETY: replaces the pages of a mapping `mem` owns, at its own address and
+        // length, with a private mapping of the file; no reference into the old pages is
+        // alive (the VM has not run), and `mem` unmaps the range when dropped as before.
+        let at = unsafe {
+            libc::mmap(
+                region.as_ptr().cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return Err(format!("cannot map the memory file: {}", io::Error::last_os_error()));
+        }
+        offset += len as u64;
+    }
+    Ok(())
+}
+
 /// Guest RAM of `bytes` in anonymous memory, with the file's data extents copied in
 /// (holes stay untouched, so they cost nothing).
 pub fn load(file: &File, bytes: u64) -> Result<(GuestMemoryMmap, u64), String> {
     let mem = crate::vstate::memory::create(contract::size::MemSize::from_bytes(bytes)).map_err(|e| e.to_string())?;
+    let copied = copy_into(file, &mem)?;
+    Ok((mem, copied))
+}
+
+/// Copies the file's data extents into `mem` (fresh anonymous memory); returns the bytes
+/// copied.
+fn copy_into(file: &File, mem: &GuestMemoryMmap) -> Result<u64, String> {
     let mut offset = 0u64;
     let mut copied = 0u64;
     for region in mem.iter() {
@@ -164,7 +216,7 @@ pub fn load(file: &File, bytes: u64) -> Result<(GuestMemoryMmap, u64), String> {
         }
         offset += len as u64;
     }
-    Ok((mem, copied))
+    Ok(copied)
 }
 
 /// Guest RAM of `bytes` mapped privately from `file`, regions laid out as at boot.
@@ -214,6 +266,29 @@ mod tests {
             .unwrap()
             .subsec_nanos()
             .into()
+    }
+
+    #[test]
+    fn a_file_mapped_over_existing_memory_is_read_there_and_written_privately() {
+        let size = 16u64 << 20;
+        let mem = crate::vstate::memory::create(contract::size::MemSize::from_bytes(size)).unwrap();
+        mem.write_slice(b"old", GuestAddress(0x5000)).unwrap();
+        let file = tmpfile();
+        file.set_len(size).unwrap();
+        file.write_all_at(b"from the file", 0x20_0000).unwrap();
+        let before = mem.get_host_address(GuestAddress(0)).unwrap();
+        map_over(&file, &mem).unwrap();
+        assert_eq!(mem.get_host_address(GuestAddress(0)).unwrap(), before, "same address");
+        let mut buf = [0u8; 13];
+        mem.read_slice(&mut buf, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(&buf, b"from the file");
+        let mut old = [1u8; 3];
+        mem.read_slice(&mut old, GuestAddress(0x5000)).unwrap();
+        assert_eq!(old, [0; 3], "the earlier contents are gone: the file's hole");
+        mem.write_slice(b"guest", GuestAddress(0x20_0000)).unwrap();
+        let mut on_disk = [0u8; 5];
+        file.read_exact_at(&mut on_disk, 0x20_0000).unwrap();
+        assert_eq!(&on_disk, b"from ", "the guest's writes stay private");
     }
 
     #[test]
