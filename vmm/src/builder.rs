@@ -464,8 +464,8 @@ fn restore_on(
         path: config.dir.clone(),
         what,
     };
-    let (vm, mem, origin, created) = match (warm, kvm) {
-        (Some(w), _) => {
+    let (vm, mem, origin, created) = match warm {
+        Some(w) => {
             if w.memory.bytes() != saved.memory.bytes || usize::from(w.vcpus()) != saved.vcpus.len() {
                 return Err(Error::WarmMismatch(format!(
                     "the pooled VM has {} and {} vCPUs, the snapshot {} and {}",
@@ -476,16 +476,19 @@ fn restore_on(
                 )));
             }
             let origin = snapshot::memory::fill(Arc::new(mem_file), &w.mem).map_err(invalid)?;
-            (w.vm, w.mem, origin, w.vcpus)
+            (Some(w.vm), w.mem, origin, w.vcpus)
         }
-        (None, Some(kvm)) => {
+        None => {
             let (mem, origin) = snapshot::memory::open(Arc::new(mem_file), saved.memory.bytes).map_err(invalid)?;
-            let vm = Vm::with_kvm(kvm, &mem)?;
-            (vm, mem, origin, Vec::new())
+            (None, mem, origin, Vec::new())
         }
-        (None, None) => unreachable!("/dev/kvm is opened whenever no pooled VM is given"),
     };
     trace.mark("loaded");
+    let vm = match (vm, kvm) {
+        (Some(vm), _) => vm,
+        (None, Some(kvm)) => Vm::with_kvm(kvm, &mem)?,
+        (None, None) => unreachable!("/dev/kvm is opened whenever no pooled VM is given"),
+    };
     vm.restore_state(&saved.vm)?;
     trace.mark("vm");
 
