@@ -150,6 +150,19 @@ struct Pooled {
     first_byte_us: f64,
     ready_us: f64,
     idle_rss_kib: f64,
+    /// The VMM's own phases after the hand-off (`--trace-boot`'s start line), in ms.
+    phases: Vec<(String, f64)>,
+}
+
+/// "loaded 0.33 ms, devices 0.05 ms, ..., in the guest at 1.20 ms" -> [(loaded, 0.33), ...]
+fn parse_phases(line: &str) -> Vec<(String, f64)> {
+    line.split(", ")
+        .filter_map(|part| {
+            let part = part.trim().strip_suffix(" ms")?;
+            let (name, value) = part.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 fn measure_pooled(kernel: &Path, cmdline: &str, expect: &str) -> Pooled {
@@ -176,9 +189,11 @@ fn measure_pooled(kernel: &Path, cmdline: &str, expect: &str) -> Pooled {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
-    let log = std::fs::File::create("/dev/null").unwrap();
+    let log_path = std::env::temp_dir().join(format!("uk-bench-pool-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
     let args = contract::args::VmmArgs {
         cmdline: cmdline.to_string(),
+        trace_boot: true,
         ..contract::args::VmmArgs::new(kernel.to_path_buf())
     };
     let mut out = child.stdout.take().unwrap();
@@ -196,10 +211,18 @@ fn measure_pooled(kernel: &Path, cmdline: &str, expect: &str) -> Pooled {
         String::from_utf8_lossy(&console).contains(expect),
         "unexpected console {console:?}"
     );
+    let handed = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    let phases = handed
+        .lines()
+        .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))
+        .map(parse_phases)
+        .unwrap_or_default();
     Pooled {
         first_byte_us: first_byte.as_secs_f64() * 1e6,
         ready_us: ready.as_secs_f64() * 1e6,
         idle_rss_kib,
+        phases,
     }
 }
 
@@ -262,6 +285,23 @@ fn main() {
         percentile(&mut ready, 0.5) / 1e3,
         percentile(&mut idle, 0.5) / 1024.0
     );
+    if let Some(first) = pooled.first() {
+        let medians: Vec<String> = first
+            .phases
+            .iter()
+            .map(|(name, _)| {
+                let mut v: Vec<f64> = pooled
+                    .iter()
+                    .filter_map(|p| p.phases.iter().find(|(n, _)| n == name).map(|(_, ms)| *ms))
+                    .collect();
+                format!("{name} {:.3}", percentile(&mut v, 0.5))
+            })
+            .collect();
+        println!(
+            "  pooled, the VMM's phases after the hand-off (p50, ms): {}",
+            medians.join(", ")
+        );
+    }
     println!(
         "ratio cold/pooled: first byte p50 {:.1}x",
         sa.first_p50 / percentile(&mut hand_off, 0.5)
