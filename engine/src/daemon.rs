@@ -280,6 +280,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 config_dir: config_dir.clone(),
                 state_dir: state_dir.clone(),
                 stats: ctl.stats().clone(),
+                pool: ctl.pool_gauge(),
             };
             let _ = snapshots_tx.send((snap, ctl.take_transitions()));
         }

@@ -129,6 +129,16 @@ fn metrics_follow_boots_restarts_wakes_and_memory() {
     assert_eq!(m["unikerneld_boot_seconds_count"], 3.0);
     assert_eq!(m["unikerneld_service_wakes_total{service=\"api\"}"], 1.0);
     assert_eq!(m["unikerneld_wake_seconds_count"], 1.0);
+    // The restart and the wake found a pooled VMM of their shape (the first two starts
+    // left one); the gauge is read when scraped: the pool refilled 100 ms after them.
+    assert!(
+        m["unikerneld_warm_pool_starts_total"] >= 1.0,
+        "{}",
+        m["unikerneld_warm_pool_starts_total"]
+    );
+    assert!(m["unikerneld_warm_pool_starts_total"] <= 2.0);
+    let ready = m["unikerneld_warm_pool_ready"];
+    assert!((1.0..=2.0).contains(&ready), "{ready}");
 
     // Anything but GET /metrics is refused politely.
     let out =

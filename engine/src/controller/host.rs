@@ -67,6 +67,11 @@ pub trait Launcher {
     /// Ends every VMM of this state directory that is not in `keep` (a VMM started by a
     /// daemon that died before recording it); returns (service, pid) of each.
     fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)>;
+
+    /// A live view of the warm pool (VMMs started ahead of need), if there is one.
+    fn pool_gauge(&self) -> Option<crate::supervise::warm::PoolGauge> {
+        None
+    }
 }
 
 /// One running VMM.
@@ -95,6 +100,11 @@ pub trait VmProcess: 'static {
     /// once it entered the guest; `None` when it does not say.
     fn start_phases(&self) -> Option<String> {
         None
+    }
+
+    /// Whether it was taken from the warm pool (its VM created before the start).
+    fn pooled(&self) -> bool {
+        false
     }
 }
 

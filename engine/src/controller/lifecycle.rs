@@ -331,6 +331,9 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let phases = if fresh {
             let (network, spawn) = v.setup;
             self.stats.host.observe((network + spawn).as_secs_f64());
+            if v.process.pooled() {
+                self.stats.pooled_starts += 1;
+            }
             let vmm = v.process.start_phases().map(|p| format!("; in the VMM: {p}"));
             format!(
                 ": network {:.2} ms, spawn {:.2} ms{}",

@@ -560,6 +560,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         &self.stats
     }
 
+    /// The warm pool, for the metrics endpoint (read when scraped, not when published).
+    pub fn pool_gauge(&self) -> Option<crate::supervise::warm::PoolGauge> {
+        self.launcher.pool_gauge()
+    }
+
     /// Whether the status changed since it was last published.
     pub fn is_dirty(&self) -> bool {
         self.status_dirty

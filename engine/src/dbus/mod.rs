@@ -31,6 +31,8 @@ pub struct Published {
     pub state_dir: PathBuf,
     /// Boot and wake histograms, for the metrics endpoint.
     pub stats: crate::metrics::Stats,
+    /// The warm pool, read live by the metrics endpoint.
+    pub pool: Option<crate::supervise::warm::PoolGauge>,
 }
 
 pub type Shared = Arc<RwLock<Published>>;

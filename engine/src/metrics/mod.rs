@@ -25,6 +25,10 @@ pub struct Stats {
     pub wakes: Histogram,
     /// The host's part of every start and wake: network setup and the spawn.
     pub host: Histogram,
+    /// Starts and wakes that took a VMM from the warm pool.
+    pub pooled_starts: u64,
+    /// Pooled VMMs ready when the metrics were read.
+    pub pool_ready: u64,
 }
 
 impl Default for Stats {
@@ -33,6 +37,8 @@ impl Default for Stats {
             boots: Histogram::new(BOOT_BOUNDS),
             wakes: Histogram::new(WAKE_BOUNDS),
             host: Histogram::new(HOST_BOUNDS),
+            pooled_starts: 0,
+            pool_ready: 0,
         }
     }
 }
@@ -205,6 +211,20 @@ pub fn render(snapshot: &Snapshot, stats: &Stats, daemon: Process, vm_memory: &[
         "File descriptors the daemon holds.",
     );
     let _ = writeln!(out, "unikerneld_open_fds {}", daemon.open_fds);
+    header(
+        &mut out,
+        "unikerneld_warm_pool_ready",
+        "gauge",
+        "VMMs started ahead of need, their VM created, waiting for a start.",
+    );
+    let _ = writeln!(out, "unikerneld_warm_pool_ready {}", stats.pool_ready);
+    header(
+        &mut out,
+        "unikerneld_warm_pool_starts_total",
+        "counter",
+        "Starts and wakes that took a VMM from the warm pool.",
+    );
+    let _ = writeln!(out, "unikerneld_warm_pool_starts_total {}", stats.pooled_starts);
     header(&mut out, "unikerneld_threads", "gauge", "The daemon's threads.");
     let _ = writeln!(out, "unikerneld_threads {}", daemon.threads);
     header(

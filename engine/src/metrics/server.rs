@@ -148,7 +148,9 @@ async fn body(shared: Shared) -> String {
     tokio::task::spawn_blocking(move || {
         let (snapshot, stats) = {
             let p = shared.read().unwrap_or_else(|p| p.into_inner());
-            (p.snapshot.clone(), p.stats.clone())
+            let mut stats = p.stats.clone();
+            stats.pool_ready = p.pool.as_ref().map_or(0, |g| g.ready() as u64);
+            (p.snapshot.clone(), stats)
         };
         let memory: Vec<(String, u64)> = snapshot
             .services

@@ -277,6 +277,10 @@ impl Launcher for VmmLauncher {
         Some(self.follow(name, process, uid, console, false, false))
     }
 
+    fn pool_gauge(&self) -> Option<super::warm::PoolGauge> {
+        self.warm.as_ref().map(WarmPool::gauge)
+    }
+
     fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)> {
         let services = self.state.root().join("services");
         let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -377,6 +381,10 @@ impl VmProcess for Vmm {
 
     fn start_ticks(&self) -> u64 {
         self.process.start_ticks
+    }
+
+    fn pooled(&self) -> bool {
+        self.from_pool
     }
 
     fn start_phases(&self) -> Option<String> {

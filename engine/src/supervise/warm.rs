@@ -147,6 +147,19 @@ pub struct WarmPool {
     shared: Arc<Shared>,
 }
 
+/// A live view of a pool's size that does not keep the pool alive.
+#[derive(Clone, Debug)]
+pub struct PoolGauge(Weak<Shared>);
+
+impl PoolGauge {
+    /// Pooled VMMs ready now (0 once the pool is gone).
+    pub fn ready(&self) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |s| lock(&s.state).ready.values().map(Vec::len).sum())
+    }
+}
+
 /// How many pooled VMMs there are: ready, and being created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Size {
@@ -191,6 +204,10 @@ impl WarmPool {
         };
         self.shared.wake.notify_one();
         taken
+    }
+
+    pub fn gauge(&self) -> PoolGauge {
+        PoolGauge(Arc::downgrade(&self.shared))
     }
 
     pub fn size(&self) -> Size {
