@@ -256,7 +256,10 @@ impl Warm {
         let mem = memory::create(memory)?;
         let vm = Vm::new(&mem)?;
         let cpuid = crate::vstate::cpuid_cache::supported_cpuid(&vm, cpuid_cache)?;
-        let vcpus = (0..vcpus).map(|id| Vcpu::new(&vm, id)).collect::<Result<_, _>>()?;
+        let vcpus: Vec<Vcpu> = (0..vcpus).map(|id| Vcpu::new(&vm, id)).collect::<Result<_, _>>()?;
+        for vcpu in &vcpus {
+            vcpu.configure_cpu(cpuid.clone(), vcpus.len() as u8)?;
+        }
         Ok(Warm {
             vcpus,
             vm,
@@ -383,15 +386,21 @@ fn build_on(config: &VmConfig, warm: Option<Warm>, start: Instant) -> Result<Mac
             cpuid
         }
     };
+    // A pooled VM's vCPUs have everything but where to enter.
     let vcpus = match created {
-        created if created.is_empty() => (0..config.vcpus)
-            .map(|id| Vcpu::new(&vm, id))
-            .collect::<Result<Vec<_>, _>>()?,
+        created if created.is_empty() => {
+            let vcpus = (0..config.vcpus)
+                .map(|id| Vcpu::new(&vm, id))
+                .collect::<Result<Vec<_>, _>>()?;
+            for vcpu in &vcpus {
+                vcpu.configure_cpu(cpuid.clone(), config.vcpus)?;
+            }
+            vcpus
+        }
         created => created,
     };
-    for vcpu in &vcpus {
-        let boot = (vcpu.id() == 0).then_some(entry);
-        vcpu.configure(cpuid.clone(), config.vcpus, &mem, boot)?;
+    if let Some(boot) = vcpus.first() {
+        boot.set_entry(&mem, entry)?;
     }
     trace.mark("vcpus");
 

@@ -108,13 +108,17 @@ impl Vcpu {
 
     /// CPUID, MSRs, FPU, LAPIC for every vCPU; registers and segments for the boot vCPU
     /// (the others wait in the kernel for INIT/SIPI from the guest).
-    pub fn configure(
-        &self,
-        mut cpuid: CpuId,
-        count: u8,
-        mem: &GuestMemoryMmap,
-        entry: Option<Entry>,
-    ) -> Result<(), Error> {
+    pub fn configure(&self, cpuid: CpuId, count: u8, mem: &GuestMemoryMmap, entry: Option<Entry>) -> Result<(), Error> {
+        self.configure_cpu(cpuid, count)?;
+        match entry {
+            Some(entry) => self.set_entry(mem, entry),
+            None => Ok(()),
+        }
+    }
+
+    /// What every vCPU of `count` gets whatever it will run: CPUID, MSRs, FPU, LAPIC (a
+    /// pooled VM's vCPUs get it before the hand-off).
+    pub fn configure_cpu(&self, mut cpuid: CpuId, count: u8) -> Result<(), Error> {
         let tsc_khz = self.fd.get_tsc_khz().ok().filter(|&k| k > 0);
         cpuid::filter(&mut cpuid, self.id, count, tsc_khz);
         self.fd.set_cpuid2(&cpuid).map_err(self.kvm_err("KVM_SET_CPUID2"))?;
@@ -127,14 +131,18 @@ impl Vcpu {
         let mut lapic = self.fd.get_lapic().map_err(self.kvm_err("KVM_GET_LAPIC"))?;
         regs::set_lint(&mut lapic);
         self.fd.set_lapic(&lapic).map_err(self.kvm_err("KVM_SET_LAPIC"))?;
-        if let Some(entry) = entry {
-            let mut sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
-            regs::setup_sregs(mem, entry.mode, &mut sregs).map_err(|source| Error::Regs { id: self.id, source })?;
-            self.fd.set_sregs(&sregs).map_err(self.kvm_err("KVM_SET_SREGS"))?;
-            self.fd
-                .set_regs(&regs::boot_regs(entry.mode, entry.addr))
-                .map_err(self.kvm_err("KVM_SET_REGS"))?;
-        }
+        Ok(())
+    }
+
+    /// The boot vCPU's registers and segments for entering the kernel at `entry` (the
+    /// GDT and page tables go into `mem`).
+    pub fn set_entry(&self, mem: &GuestMemoryMmap, entry: Entry) -> Result<(), Error> {
+        let mut sregs = self.fd.get_sregs().map_err(self.kvm_err("KVM_GET_SREGS"))?;
+        regs::setup_sregs(mem, entry.mode, &mut sregs).map_err(|source| Error::Regs { id: self.id, source })?;
+        self.fd.set_sregs(&sregs).map_err(self.kvm_err("KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&regs::boot_regs(entry.mode, entry.addr))
+            .map_err(self.kvm_err("KVM_SET_REGS"))?;
         Ok(())
     }
 
