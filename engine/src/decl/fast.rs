@@ -33,6 +33,12 @@ struct Reader<'a> {
     at: usize,
 }
 
+/// KDL v2's disallowed literal code points beyond control characters: the Unicode
+/// direction controls and U+FEFF.
+fn forbidden(c: char) -> bool {
+    matches!(c, '\u{200E}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_'
 }
@@ -229,10 +235,12 @@ impl Reader<'_> {
                 }
                 let text = std::str::from_utf8(&self.s[body..self.at]).ok()?;
                 self.at += 1;
-                // Non-ASCII whitespace or control characters in strings: kdl's call.
+                // Non-ASCII whitespace, control characters and the code points KDL v2
+                // forbids anywhere (bidi controls, as in "Trojan Source"; a BOM): kdl's
+                // call (found by fuzz/kdl).
                 if text
                     .chars()
-                    .any(|c| c.is_control() || (!c.is_ascii() && c.is_whitespace()))
+                    .any(|c| c.is_control() || (!c.is_ascii() && c.is_whitespace()) || forbidden(c))
                 {
                     return None;
                 }
@@ -331,27 +339,30 @@ mod tests {
     #[test]
     fn anything_else_is_left_to_kdl() {
         for text in [
-            "unikernel \"a\" { image \"/a\\n\" }",          // escapes
-            "unikernel \"a\" { image #\"/a\"# }",           // raw strings
-            "unikernel \"a\" { /-image \"/a\" }",           // slashdash
-            "unikernel \"a\" { image \"/a\" /* c */ }",     // block comments
-            "unikernel \"a\" { vcpus 1.5 }",                // floats
-            "unikernel \"a\" { vcpus 0x10 }",               // hex
-            "unikernel \"a\" { vcpus 1_0 }",                // underscores
-            "unikernel \"a\" { flag #null }",               // null
-            "unikernel \"a\" { vcpus (u8)1 }",              // type annotations
-            "\"quoted\" { }",                               // quoted node names
-            "unikernel \"a\" { image \"/a\" \\\n \"/b\" }", // line continuation
-            "unikernel \"a\" { image \"/a\" }\rnext",       // a lone CR
-            "unikernel \"a\" { image \"\"\"\n/a\n\"\"\" }", // multi-line strings
-            "unikernel \"a\" { k = \"v\" }",                // spaced properties
-            "unikernel \"a\" {",                            // unterminated
-            "unikernel \"a\" } ",                           // stray brace
-            "unikernel \"a\" { image \"/a\" } x",           // after a block
-            "unikernel \"a\"{ image \"/a\" }",              // glued block
-            "unikernel true",                               // v1 keywords
-            "Z// \0 \x0c)\n",                               // control characters in a comment
-            "unikernel \"a\" { image \"/a\u{a0}\" }",       // odd whitespace
+            "unikernel \"a\" { image \"/a\\n\" }",                // escapes
+            "unikernel \"a\" { image #\"/a\"# }",                 // raw strings
+            "unikernel \"a\" { /-image \"/a\" }",                 // slashdash
+            "unikernel \"a\" { image \"/a\" /* c */ }",           // block comments
+            "unikernel \"a\" { vcpus 1.5 }",                      // floats
+            "unikernel \"a\" { vcpus 0x10 }",                     // hex
+            "unikernel \"a\" { vcpus 1_0 }",                      // underscores
+            "unikernel \"a\" { flag #null }",                     // null
+            "unikernel \"a\" { vcpus (u8)1 }",                    // type annotations
+            "\"quoted\" { }",                                     // quoted node names
+            "unikernel \"a\" { image \"/a\" \\\n \"/b\" }",       // line continuation
+            "unikernel \"a\" { image \"/a\" }\rnext",             // a lone CR
+            "unikernel \"a\" { image \"\"\"\n/a\n\"\"\" }",       // multi-line strings
+            "unikernel \"a\" { k = \"v\" }",                      // spaced properties
+            "unikernel \"a\" {",                                  // unterminated
+            "unikernel \"a\" } ",                                 // stray brace
+            "unikernel \"a\" { image \"/a\" } x",                 // after a block
+            "unikernel \"a\"{ image \"/a\" }",                    // glued block
+            "unikernel true",                                     // v1 keywords
+            "Z// \0 \x0c)\n",                                     // control characters in a comment
+            "unikernel \"a\" { image \"/a\u{a0}\" }",             // odd whitespace
+            "unikernel \"a\" { restart \"on-fa\u{202b}ilure\" }", // a bidi control
+            "unikernel \"a\" { image \"\u{2066}/a\" }",           // another
+            "unikernel \"a\" { image \"/a\u{feff}\" }",           // a BOM inside
         ] {
             assert!(parse(text).is_none(), "should be left to kdl: {text:?}");
         }

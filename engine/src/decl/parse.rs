@@ -745,6 +745,16 @@ mod tests {
     }
 
     #[test]
+    fn a_bidi_control_in_a_string_is_an_error_not_a_hidden_value() {
+        // Found by fuzz/kdl: the fast reader took it, kdl (KDL v2) refuses it. A
+        // right-to-left embedding can make a value read differently than it is.
+        let text = "unikernel \"a\" {\n    image \"/x\"\n    restart \"on-fa\u{202b}ilure\"\n}\n";
+        let (specs, diags) = parse_file(Path::new("/etc/unikernels/t.kdl"), text);
+        assert!(specs.is_empty(), "{specs:?}");
+        assert!(diags.iter().any(|d| d.is_error() && d.line == 3), "{diags:?}");
+    }
+
+    #[test]
     fn a_file_that_panics_the_kdl_v1_reader_is_a_syntax_error() {
         // Found by fuzz/kdl: kdl's v1 reader slices past the end of this input.
         let text = "r  (null";
