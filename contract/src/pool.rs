@@ -217,7 +217,12 @@ pub fn read_ready(socket: &UnixStream) -> io::Result<bool> {
     use std::io::Read;
     let mut buf = [0u8; 16];
     let n = (&*socket).read(&mut buf)?;
-    match &buf[..n] {
+    is_ready(&buf[..n])
+}
+
+/// One message a pooled VMM sent: true for [`READY`], false for end of file.
+pub fn is_ready(message: &[u8]) -> io::Result<bool> {
+    match message {
         [] => Ok(false),
         m if m == READY => Ok(true),
         other => Err(io::Error::other(format!(

@@ -60,11 +60,6 @@ impl VmmLauncher {
         self
     }
 
-    /// The warm pool's size now (ready, being created).
-    pub fn warm_size(&self) -> super::warm::Size {
-        self.warm.as_ref().map(WarmPool::size).unwrap_or_default()
-    }
-
     fn follow(
         &self,
         name: &str,
@@ -224,9 +219,9 @@ impl Launcher for VmmLauncher {
         // A boot or a wake takes a VMM whose VM exists already, when the pool has one and
         // the arguments fit where the pooled VMM shows them (a margin for fd numbers). A
         // wake's snapshot has its service's size: the spec is the one it was saved under.
-        let fits = contract::pool::argv_bytes(self.vmm.as_os_str(), &args).len() + 32 <= contract::pool::ROOM;
+        let fits = || contract::pool::argv_bytes(self.vmm.as_os_str(), &args).len() + 32 <= contract::pool::ROOM;
         let warm = match &self.warm {
-            Some(pool) if fits => pool.take(shape),
+            Some(pool) if fits() => pool.take(shape),
             _ => None,
         };
         let mut pooled = None;

@@ -114,7 +114,18 @@ impl WarmVmm {
     }
 }
 
-/// Ends a pooled VMM nobody will use, and reaps it.
+impl WarmVmm {
+    /// Lets a VMM that is no longer wanted go: its socket closes, it exits by itself
+    /// (see `contract::pool`), and it is reaped.
+    fn release(self) {
+        drop(self.socket);
+        tokio::spawn(async move {
+            let _ = self.process.wait().await;
+        });
+    }
+}
+
+/// Ends a pooled VMM nobody will use (it may not be listening), and reaps it.
 fn reap(process: Process) {
     let _ = process.signal(libc::SIGKILL);
     tokio::spawn(async move {
@@ -160,13 +171,6 @@ impl PoolGauge {
     }
 }
 
-/// How many pooled VMMs there are: ready, and being created.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Size {
-    pub ready: usize,
-    pub starting: usize,
-}
-
 impl WarmPool {
     /// A pool of at most `bound` VMMs (None for 0: no pool), refilled by a task on the
     /// current tokio runtime.
@@ -209,29 +213,15 @@ impl WarmPool {
     pub fn gauge(&self) -> PoolGauge {
         PoolGauge(Arc::downgrade(&self.shared))
     }
-
-    pub fn size(&self) -> Size {
-        let state = lock(&self.shared.state);
-        Size {
-            ready: state.ready.values().map(Vec::len).sum(),
-            starting: state.starting.values().sum(),
-        }
-    }
 }
 
 impl Drop for WarmPool {
     fn drop(&mut self) {
         self.shared.wake.notify_one();
         let ready: Vec<WarmVmm> = lock(&self.shared.state).ready.drain().flat_map(|(_, v)| v).collect();
-        for vmm in ready {
-            // The socket closes: the VMM exits by itself; reaped if a runtime is left.
-            drop(vmm.socket);
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let process = vmm.process;
-                tokio::spawn(async move {
-                    let _ = process.wait().await;
-                });
-            }
+        // Reaped if a runtime is left; without one the daemon is exiting anyway.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            ready.into_iter().for_each(WarmVmm::release);
         }
     }
 }
@@ -276,12 +266,7 @@ async fn refill(shared: Weak<Shared>, wake: Arc<Notify>) {
                 *state.starting.entry(*shape).or_default() += 1;
             }
         }
-        for vmm in surplus {
-            drop(vmm.socket);
-            tokio::spawn(async move {
-                let _ = vmm.process.wait().await;
-            });
-        }
+        surplus.into_iter().for_each(WarmVmm::release);
         for shape in to_start {
             match spawn(&pool, shape) {
                 Ok((process, socket)) => {
@@ -340,9 +325,7 @@ async fn until_ready(pool: Weak<Shared>, shape: Shape, process: Process, socket:
         loop {
             socket.readable().await?;
             match socket.try_read(&mut buf) {
-                Ok(0) => return Ok(None),
-                Ok(n) if &buf[..n] == pool::READY => return socket.into_std().map(Some),
-                Ok(_) => return Err(std::io::Error::other("it said something other than ready")),
+                Ok(n) => return Ok(pool::is_ready(&buf[..n])?.then_some(socket.into_std()?)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
