@@ -312,6 +312,15 @@ pub fn control(path: &Path, request: &contract::control::Request) -> contract::c
     control_line(path, &format!("{request}\n"))
 }
 
+/// Saves the VM behind `sock` to `dir` and ends it (`snapshot exit`); what it cost.
+pub fn save_and_exit(sock: &Path, dir: &Path) -> contract::control::Saved {
+    let request = contract::control::Request::Snapshot {
+        dir: dir.to_path_buf(),
+        then: contract::control::AfterSnapshot::Exit,
+    };
+    control(sock, &request).saved().expect("snapshot")
+}
+
 /// One raw request line on a control socket, its reply.
 pub fn control_line(path: &Path, line: &str) -> contract::control::Reply {
     use std::io::{BufRead, BufReader, Write};

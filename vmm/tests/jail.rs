@@ -174,15 +174,7 @@ fn a_jailed_vmm_serves_saves_and_resumes_with_nothing_of_the_host() {
     assert!(!dir.join("elsewhere").exists());
     assert_eq!(ns.get(), "web 2");
 
-    control(
-        &sock,
-        &Request::Snapshot {
-            dir: snap.clone(),
-            then: AfterSnapshot::Exit,
-        },
-    )
-    .saved()
-    .expect("snapshot");
+    save_and_exit(&sock, &snap);
     let status = vm.0.wait().unwrap();
     assert_eq!(status.code(), Some(i32::from(ExitStatus::Saved.code())));
     assert_eq!(std::fs::metadata(snap.join("memory")).unwrap().uid(), UID);

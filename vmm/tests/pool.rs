@@ -194,7 +194,7 @@ fn a_pooled_vmm_shows_what_it_was_handed_on_its_command_line() {
 
 #[test]
 fn a_pooled_vmm_resumes_a_snapshot_into_its_vm() {
-    use contract::control::{AfterSnapshot, Request};
+    use contract::control::Request;
     const TAP: &str = "uk-p0";
     let ns = Netns::new("pool");
     ns.persistent_tap(TAP, "10.0.0.1/24");
@@ -216,15 +216,7 @@ fn a_pooled_vmm_resumes_a_snapshot_into_its_vm() {
     let _first = KillOnDrop(child);
     assert_eq!(control(&sock, &Request::Ping), contract::control::Reply::Ok(vec![]));
     assert_eq!(ns.get(), "web 1");
-    control(
-        &sock,
-        &Request::Snapshot {
-            dir: snap.clone(),
-            then: AfterSnapshot::Exit,
-        },
-    )
-    .saved()
-    .expect("snapshot");
+    save_and_exit(&sock, &snap);
 
     // A hand-off of another size than the snapshot's is refused once it is read.
     let (child, daemon) = pooled_in(Some(&ns), "32M", 1);

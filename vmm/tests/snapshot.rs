@@ -102,15 +102,7 @@ fn a_guest_saved_to_disk_resumes_in_a_new_process_with_its_state() {
     assert!(other_version.contains("uk9"), "{other_version}");
 
     // Save and end: the process exits with "saved", and the snapshot is sparse.
-    let saved = control(
-        &sock,
-        &Request::Snapshot {
-            dir: snap.clone(),
-            then: AfterSnapshot::Exit,
-        },
-    )
-    .saved()
-    .expect("snapshot");
+    let saved = save_and_exit(&sock, &snap);
     let child = std::mem::replace(&mut vm.0, std::process::Command::new("true").spawn().unwrap());
     let (code, err) = wait_exit(child);
     assert_eq!(code, Some(i32::from(ExitStatus::Saved.code())), "stderr: {err}");
@@ -199,15 +191,7 @@ fn damaged_snapshots_are_refused_with_one_line_before_anything_runs() {
         ],
     ));
     assert_eq!(ns.get(), "bad 1");
-    control(
-        &sock,
-        &Request::Snapshot {
-            dir: snap.clone(),
-            then: AfterSnapshot::Exit,
-        },
-    )
-    .saved()
-    .expect("snapshot");
+    save_and_exit(&sock, &snap);
     let state = std::fs::read(snap.join("state")).unwrap();
     let refuse = |tag: &str, damage: &dyn Fn(&Path), expect: &str| {
         let copy = dir.join(tag);
