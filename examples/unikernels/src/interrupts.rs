@@ -1,6 +1,7 @@
-//! Interrupts: an IDT whose 48 entries (CPU exceptions, then the two 8259 PICs remapped to
-//! vectors 32-47) all go through one assembly stub into [`dispatch`]. Device interrupts
-//! only wake the CPU: the main loop does the work, so handlers stay a few instructions.
+//! Interrupts: an IDT whose 49 entries (CPU exceptions, the two 8259 PICs remapped to
+//! vectors 32-47, the local APIC timer at 48) all go through one assembly stub into
+//! [`ukrt_interrupt`]. Interrupts only wake the CPU: the main loop does the work, so
+//! handlers stay a few instructions.
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::port::{inb, outb};
@@ -12,12 +13,21 @@ const PIC2_CMD: u16 = 0xa0;
 const PIC2_DATA: u16 = 0xa1;
 const PIC_EOI: u8 = 0x20;
 pub const IRQ_BASE: u8 = 32;
-const VECTORS: usize = 48;
+/// The local APIC timer's vector; it reports as IRQ 0, the timer, like the PIT.
+const TIMER_VECTOR: u8 = 48;
+const VECTORS: usize = 49;
 
 const LAPIC_BASE: usize = 0xfee0_0000;
 const LAPIC_SVR: usize = 0xf0;
 const LAPIC_LVT0: usize = 0x350;
 const LAPIC_LVT1: usize = 0x360;
+const LAPIC_EOI: usize = 0xb0;
+const LAPIC_LVT_TIMER: usize = 0x320;
+const LAPIC_TIMER_INITIAL: usize = 0x380;
+const LAPIC_TIMER_DIVIDE: usize = 0x3e0;
+/// Divide configuration 0b1010: the timer counts bus cycles / 128.
+const DIVIDE_BY_128: u32 = 0b1010;
+pub const LAPIC_TIMER_DIVISOR: u64 = 128;
 /// Low nibble all ones, as older CPUs require; shares IRQ 15's (harmless) handler.
 const SPURIOUS_VECTOR: u8 = 0x2f;
 
@@ -37,7 +47,7 @@ static PENDING: AtomicU32 = AtomicU32::new(0);
 core::arch::global_asm!(
     r#"
     .section .text.ukrt_isr, "ax"
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48
 ukrt_isr_\n:
     .if (\n == 8) || (\n >= 10 && \n <= 14) || (\n == 17) || (\n == 21) || (\n == 29) || (\n == 30)
     .else
@@ -78,7 +88,7 @@ ukrt_isr_common:
     .balign 8
     .globl ukrt_isr_table
 ukrt_isr_table:
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48
     .quad ukrt_isr_\n
     .endr
     .text
@@ -134,6 +144,11 @@ extern "C" fn ukrt_interrupt(vector: u64, error: u64, frame: &mut Frame) {
         console::write_str("\n");
         platform::triple_fault();
     }
+    if vector == u64::from(TIMER_VECTOR) {
+        PENDING.fetch_or(1, Ordering::Relaxed);
+        lapic_write(LAPIC_EOI, 0);
+        return;
+    }
     let irq = (vector - u64::from(IRQ_BASE)) as u32;
     PENDING.fetch_or(1 << irq, Ordering::Relaxed);
     if irq >= 8 {
@@ -174,6 +189,9 @@ pub fn init() {
     lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x100 | u32::from(SPURIOUS_VECTOR));
     lapic_write(LAPIC_LVT0, 0x700);
     lapic_write(LAPIC_LVT1, 0x400);
+    // One-shot mode, unmasked; an initial count of 0 keeps it stopped until armed.
+    lapic_write(LAPIC_TIMER_DIVIDE, DIVIDE_BY_128);
+    lapic_write(LAPIC_LVT_TIMER, u32::from(TIMER_VECTOR));
     // ICW1..4: edge triggered, cascade, vectors 32 and 40, 8086 mode.
     outb(PIC1_CMD, 0x11);
     outb(PIC2_CMD, 0x11);
@@ -185,6 +203,11 @@ pub fn init() {
     outb(PIC2_DATA, 1);
     outb(PIC1_DATA, 0xff);
     outb(PIC2_DATA, 0xff);
+}
+
+/// Starts the local APIC timer: IRQ 0 after `count` periods of (bus clock / 128).
+pub fn arm_lapic_timer(count: u32) {
+    lapic_write(LAPIC_TIMER_INITIAL, count);
 }
 
 /// Unmasks IRQ line `irq` (0-15).
