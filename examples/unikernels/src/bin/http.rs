@@ -3,7 +3,7 @@
 //! Command line: `ip=10.0.0.2/24 gw=10.0.0.1 port=80 name=web` plus the VMM's
 //! `virtio_mmio.device=4K@0xd0000000:5`. Every request gets `200` and `<name> <n>`, where
 //! n counts requests served since boot. Idle, it halts: interrupts (frames received or
-//! sent, and a one-shot PIT timer only while TCP has timers pending) wake it.
+//! sent, and a one-shot timer only while TCP has timers pending) wake it.
 #![no_std]
 #![no_main]
 
