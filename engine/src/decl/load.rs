@@ -1,8 +1,8 @@
 //! A directory of declarations -> the desired state. Per file: a file that fails to
 //! parse or validate keeps its last good specs, and nothing else is affected. Across
-//! files: a service name, an explicit address or a host port declared twice is reported
-//! at both places, and the declaration that was already in force stays in force.
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! files ([`super::merge`]): a service name, an explicit address or a host port declared
+//! twice is reported at both places, and the declaration already in force stays in force.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,14 +10,19 @@ use std::sync::Arc;
 use miette::SourceSpan;
 
 use super::diagnostic::{DeclError, Reporter};
+use super::merge::{Changed, Files, Merged};
 use super::parse::parse_file;
 use super::spec::Spec;
 
 /// The outcome of one load.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Desired state: service name -> spec.
-    pub specs: BTreeMap<String, Spec>,
+    /// Desired state: service name -> spec (shared with the loader: drop it before the
+    /// next load, or that load copies it).
+    pub specs: Arc<BTreeMap<String, Spec>>,
+    /// `Some`: only these services can differ from the previous load's `specs` (appeared,
+    /// gone or changed); `None`: any may.
+    pub touched: Option<BTreeSet<String>>,
     /// Everything worth telling (errors and warnings), in file order.
     pub diagnostics: Vec<DeclError>,
     /// Files whose new content was refused (their last good specs are in `specs`).
@@ -63,28 +68,26 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Stack of the parser thread (see [`Loader::load`]).
 pub const PARSE_STACK: usize = 512 << 20;
 
-/// A load that read nothing: an error, and everything kept as it was.
-fn unreadable(dir: &Path, message: String) -> Loaded {
-    let r = Reporter::new(dir, Arc::new(String::new()));
-    Loaded {
-        diagnostics: vec![r.error(SourceSpan::from(0..0), message, "here", None)],
-        failed_files: vec![dir.to_path_buf()],
-        unreadable: true,
-        ..Loaded::default()
-    }
-}
+/// What a file's last look found to say: its diagnostics, and whether its content was
+/// refused. Only files with something to say have one, so a load gathers them without a
+/// pass over every file.
+type Report = (Vec<DeclError>, bool);
 
 /// Keeps the last good specs of every file between loads.
 #[derive(Default)]
 pub struct Loader {
-    last_good: BTreeMap<PathBuf, (Vec<Spec>, Arc<String>)>,
-    /// Stamp of each file when it was last parsed, and that parse's diagnostics.
-    seen: HashMap<PathBuf, (Stamp, Vec<DeclError>, bool)>,
+    files: Files,
+    merged: Merged,
+    /// Stamp of each file when it was last parsed.
+    seen: HashMap<PathBuf, Stamp>,
+    reports: BTreeMap<PathBuf, Report>,
     /// FNV-1a of each file's text when it was last parsed (an explicit reload re-reads
     /// every file, and re-parses only those whose content differs).
     content: HashMap<PathBuf, u64>,
-    /// Which file each service came from last time: that one wins a duplicate.
-    owner: HashMap<String, PathBuf>,
+}
+
+fn is_declaration(name: &str) -> bool {
+    name.ends_with(".kdl") && !name.starts_with('.')
 }
 
 /// Declaration files: `*.kdl`, not hidden (editors' temporary files start with a dot).
@@ -93,7 +96,6 @@ pub fn declaration_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok())
         .filter(|e| {
             let name = e.file_name();
-            let name = name.to_str().unwrap_or("");
             // The entry's type comes with the listing; only symlinks (a GitOps checkout
             // linked in) cost a stat to see what they point at.
             let is_file = match e.file_type() {
@@ -101,7 +103,7 @@ pub fn declaration_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
                 Ok(t) => t.is_file(),
                 Err(_) => false,
             };
-            name.ends_with(".kdl") && !name.starts_with('.') && is_file
+            is_declaration(name.to_str().unwrap_or("")) && is_file
         })
         .map(|e| e.path())
         .collect();
@@ -116,10 +118,12 @@ impl Loader {
         self.load(dir, None)
     }
 
-    /// Like [`Loader::load_dir`], but trusts that only the files named in `changed` (and
-    /// files new to the directory listing) may differ from last time, so the others cost
-    /// no `stat`: on a host with thousands of declarations that is most of a reload. For
-    /// reloads driven by inotify; the periodic resync uses [`Loader::load_dir`].
+    /// Like [`Loader::load_dir`], but trusts that only the files named in `changed` may
+    /// differ from last time (be new, changed or gone): the directory is not listed and
+    /// the other files cost nothing, so on a host with thousands of declarations an edit
+    /// costs what its own file costs. For reloads driven by inotify, which names every
+    /// file it sees change (a lost event makes the caller use [`Loader::load_all`]); the
+    /// periodic resync uses [`Loader::load_dir`].
     pub fn load_changed(&mut self, dir: &Path, changed: &HashSet<OsString>) -> Loaded {
         self.load(dir, Some(changed))
     }
@@ -139,9 +143,10 @@ impl Loader {
             let (specs, diags) = parse_file(&path, &text);
             if !diags.iter().any(DeclError::is_error) {
                 self.content.insert(path.clone(), contract::fnv1a(text.as_bytes()));
-                self.last_good.insert(path, (specs, Arc::new(text)));
+                self.files.insert(path, (specs, Arc::new(text)));
             }
         }
+        self.merged.invalidate();
     }
 
     /// Parses on a thread of its own with a stack deep enough for the most nesting a file
@@ -161,173 +166,151 @@ impl Loader {
         });
         outcome.unwrap_or_else(|message| {
             // Out of threads or memory: nothing is read, nothing is taken as removed.
-            let mut loaded = unreadable(dir, message);
-            self.merge(&mut loaded);
-            loaded
+            self.unreadable(dir, message)
         })
     }
 
-    fn load_here(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
-        let mut loaded = Loaded::default();
-        let files = match declaration_files(dir) {
-            Ok(f) => f,
-            Err(e) => {
-                // An unreadable directory changes nothing: keep everything as it was.
-                let mut loaded = unreadable(dir, format!("cannot read {}: {e}", dir.display()));
-                self.merge(&mut loaded);
-                return loaded;
-            }
+    /// A load that read nothing: an error, and everything kept as it was.
+    fn unreadable(&mut self, dir: &Path, message: String) -> Loaded {
+        let r = Reporter::new(dir, Arc::new(String::new()));
+        let mut loaded = Loaded {
+            diagnostics: vec![r.error(SourceSpan::from(0..0), message, "here", None)],
+            failed_files: vec![dir.to_path_buf()],
+            unreadable: true,
+            ..Loaded::default()
         };
-        let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
-        loaded.gone = self
-            .last_good
-            .keys()
-            .filter(|p| !present.contains(p))
-            .cloned()
-            .collect();
-        self.last_good.retain(|path, _| present.contains(path));
-        self.seen.retain(|path, _| present.contains(path));
-        self.content.retain(|path, _| present.contains(path));
-        for path in files {
-            let trusted = changed.is_some_and(|c| path.file_name().is_some_and(|n| !c.contains(n)))
-                && self.seen.contains_key(&path);
-            if trusted {
-                let (_, diags, failed) = &self.seen[&path];
-                loaded.diagnostics.extend(diags.iter().cloned());
-                if *failed {
-                    loaded.failed_files.push(path);
-                }
+        self.finish(&mut loaded, &[]);
+        loaded
+    }
+
+    /// The files to look at, and the known files that are gone.
+    fn candidates(
+        &self,
+        dir: &Path,
+        changed: Option<&HashSet<OsString>>,
+    ) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let known =
+            |p: &PathBuf| self.files.contains_key(p) || self.seen.contains_key(p) || self.reports.contains_key(p);
+        let Some(changed) = changed else {
+            let files = declaration_files(dir)?;
+            let present: HashSet<&PathBuf> = files.iter().collect();
+            let mut gone: BTreeSet<&PathBuf> = self.files.keys().filter(|p| !present.contains(p)).collect();
+            gone.extend(self.seen.keys().filter(|p| !present.contains(p)));
+            gone.extend(self.reports.keys().filter(|p| !present.contains(p)));
+            let gone = gone.into_iter().cloned().collect();
+            return Ok((files, gone));
+        };
+        let (mut files, mut gone) = (Vec::new(), Vec::new());
+        for name in changed {
+            if !is_declaration(name.to_str().unwrap_or("")) {
                 continue;
             }
+            let path = dir.join(name);
+            if path.is_file() {
+                files.push(path);
+            } else if known(&path) {
+                gone.push(path);
+            }
+        }
+        files.sort();
+        gone.sort();
+        Ok((files, gone))
+    }
+
+    fn load_here(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
+        let (files, gone) = match self.candidates(dir, changed) {
+            Ok(c) => c,
+            // An unreadable directory changes nothing: keep everything as it was.
+            Err(e) => return self.unreadable(dir, format!("cannot read {}: {e}", dir.display())),
+        };
+        let mut loaded = Loaded::default();
+        let mut changes = Vec::new();
+        for path in gone {
+            self.seen.remove(&path);
+            self.content.remove(&path);
+            self.reports.remove(&path);
+            if let Some((before, _)) = self.files.remove(&path) {
+                changes.push(Changed {
+                    file: path.clone(),
+                    before,
+                });
+                loaded.gone.push(path);
+            }
+        }
+        for path in files {
             let now = stamp(&path);
-            if let (Some(now), Some((then, diags, failed))) = (now, self.seen.get(&path)) {
-                if now == *then {
-                    loaded.diagnostics.extend(diags.iter().cloned());
-                    if *failed {
-                        loaded.failed_files.push(path);
-                    }
-                    continue;
-                }
+            if now.is_some() && now.as_ref() == self.seen.get(&path) {
+                continue;
             }
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
                     let r = Reporter::new(&path, Arc::new(String::new()));
-                    loaded.diagnostics.push(r.error(
+                    let error = r.error(
                         SourceSpan::from(0..0),
                         format!("cannot read the file: {e}"),
                         "here",
                         None,
-                    ));
-                    loaded.failed_files.push(path);
+                    );
+                    self.seen.remove(&path);
+                    self.reports.insert(path, (vec![error], true));
                     continue;
                 }
             };
             let hash = contract::fnv1a(text.as_bytes());
-            if self.content.get(&path) == Some(&hash) && self.last_good.contains_key(&path) {
-                // Same content as its last good parse (a touch, or an explicit reload).
+            if self.content.get(&path) == Some(&hash) && self.files.contains_key(&path) {
+                // Same content as its last good parse (a touch, or an explicit reload): a
+                // report of refused content is about other content.
                 if let Some(now) = now {
-                    self.seen.insert(path.clone(), (now, Vec::new(), false));
+                    self.seen.insert(path.clone(), now);
+                }
+                if self.reports.get(&path).is_some_and(|(_, failed)| *failed) {
+                    self.reports.remove(&path);
                 }
                 continue;
             }
             let (specs, diags) = parse_file(&path, &text);
             let failed = diags.iter().any(DeclError::is_error);
-            if let Some(now) = now {
-                self.seen.insert(path.clone(), (now, diags.clone(), failed));
-            }
-            loaded.diagnostics.extend(diags);
-            if failed {
-                loaded.failed_files.push(path);
+            match now {
+                Some(now) => self.seen.insert(path.clone(), now),
+                None => self.seen.remove(&path),
+            };
+            if diags.is_empty() {
+                self.reports.remove(&path);
             } else {
+                self.reports.insert(path.clone(), (diags, failed));
+            }
+            if !failed {
                 let text = Arc::new(text);
                 self.content.insert(path.clone(), hash);
                 loaded.accepted.push((path.clone(), text.clone()));
-                self.last_good.insert(path, (specs, text));
+                let before = self.files.insert(path.clone(), (specs, text));
+                changes.push(Changed {
+                    file: path,
+                    before: before.map(|(specs, _)| specs).unwrap_or_default(),
+                });
             }
         }
-        self.merge(&mut loaded);
+        self.finish(&mut loaded, &changes);
         loaded
     }
 
-    /// Combines the files' specs, refusing cross-file duplicates.
-    fn merge(&mut self, loaded: &mut Loaded) {
-        // Files that declared a service last time go first, so they keep it.
-        let mut candidates: Vec<(&Spec, &Arc<String>)> = self
-            .last_good
-            .values()
-            .flat_map(|(specs, text)| specs.iter().map(move |s| (s, text)))
-            .collect();
-        // Keys borrowed, not cloned, and computed once each: this runs on every reload,
-        // for every service.
-        let owner = &self.owner;
-        candidates.sort_by_cached_key(|&(s, _)| {
-            (
-                owner.get(&s.name) != Some(&s.source.file),
-                &s.source.file,
-                s.source.offset,
-            )
-        });
-        let mut by_name: BTreeMap<String, (&Spec, &Arc<String>)> = BTreeMap::new();
-        let mut by_address = HashMap::new();
-        let mut by_port = HashMap::new();
-        let mut errors = Vec::new();
-        'next: for (spec, text) in candidates {
-            let mut clash = |what: String, first: (&Spec, &Arc<String>)| {
-                errors.push(report(
-                    spec,
-                    text,
-                    format!("{what} is also declared at {}", first.0.source),
-                    "declared again here",
-                ));
-                errors.push(report(
-                    first.0,
-                    first.1,
-                    format!("{what} is also declared at {}", spec.source),
-                    "first declared here (kept)",
-                ));
-            };
-            if let Some(first) = by_name.get(&spec.name) {
-                clash(format!("service {:?}", spec.name), *first);
-                continue 'next;
+    /// Merges the files' specs (in place when it can) and gathers what to tell.
+    fn finish(&mut self, loaded: &mut Loaded, changes: &[Changed]) {
+        loaded.touched = self.merged.apply(&self.files, changes);
+        let clashes = match loaded.touched {
+            Some(_) => Vec::new(),
+            None => self.merged.full(&self.files),
+        };
+        for (path, (diags, failed)) in &self.reports {
+            loaded.diagnostics.extend(diags.iter().cloned());
+            if *failed {
+                loaded.failed_files.push(path.clone());
             }
-            if let Some(net) = &spec.net {
-                if let Some((address, first)) = net.address.and_then(|a| by_address.get(&a).map(|f| (a, f))) {
-                    clash(format!("address {address}"), *first);
-                    continue 'next;
-                }
-                for e in &net.expose {
-                    if let Some(first) = by_port.get(&e.host) {
-                        clash(format!("host port {}", e.host), *first);
-                        continue 'next;
-                    }
-                }
-            }
-            if let Some(a) = spec.net.as_ref().and_then(|n| n.address) {
-                by_address.insert(a, (spec, text));
-            }
-            for e in spec.net.iter().flat_map(|n| &n.expose) {
-                by_port.insert(e.host, (spec, text));
-            }
-            by_name.insert(spec.name.clone(), (spec, text));
         }
-        loaded.diagnostics.extend(errors);
-        loaded.specs = by_name.into_iter().map(|(k, (s, _))| (k, s.clone())).collect();
-        self.owner = loaded
-            .specs
-            .iter()
-            .map(|(k, s)| (k.clone(), s.source.file.clone()))
-            .collect();
+        loaded.diagnostics.extend(clashes);
+        loaded.specs = self.merged.specs();
     }
-}
-
-fn report(spec: &Spec, text: &Arc<String>, message: String, label: &str) -> DeclError {
-    Reporter::new(&spec.source.file, text.clone()).error(
-        SourceSpan::from(spec.source.offset..spec.source.offset + 9),
-        message,
-        label,
-        Some("keep one of the two declarations".into()),
-    )
 }
 
 #[cfg(test)]
@@ -338,30 +321,143 @@ mod tests {
         format!("unikernel \"{name}\" {{\n    image \"/i\"\n    memory \"{mem}\"\n}}\n")
     }
 
+    fn names(loaded: &Loaded) -> Vec<&str> {
+        loaded.specs.keys().map(String::as_str).collect()
+    }
+
+    fn touched(loaded: &Loaded) -> Option<Vec<&str>> {
+        loaded.touched.as_ref().map(|t| t.iter().map(String::as_str).collect())
+    }
+
+    fn named(names: &[&str]) -> HashSet<OsString> {
+        names.iter().map(OsString::from).collect()
+    }
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!("uk-load-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
-    fn load_changed_looks_only_at_named_and_new_files() {
-        let dir = std::env::temp_dir().join(format!("uk-loadchanged-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    fn load_changed_looks_only_at_the_named_files() {
+        let dir = Dir::new("changed");
+        let dir = &dir.0;
         std::fs::write(dir.join("a.kdl"), decl("a", "16M")).unwrap();
         std::fs::write(dir.join("b.kdl"), decl("b", "16M")).unwrap();
         let mut loader = Loader::default();
-        assert_eq!(loader.load_dir(&dir).specs.len(), 2);
-        // b changes (another size, so the stamp differs) but nobody says so: kept as it was.
+        let first = loader.load_dir(dir);
+        assert_eq!(names(&first), ["a", "b"]);
+        assert_eq!(touched(&first), Some(vec!["a", "b"]), "from nothing, all are new");
+        drop(first);
+        // b changes (another size, so the stamp differs) and c appears, but nobody says
+        // so: nothing is looked at.
         std::fs::write(dir.join("b.kdl"), decl("b", "128M")).unwrap();
         std::fs::write(dir.join("c.kdl"), decl("c", "16M")).unwrap();
-        let loaded = loader.load_changed(&dir, &HashSet::new());
+        let loaded = loader.load_changed(dir, &HashSet::new());
         assert_eq!(loaded.specs["b"].memory_bytes, 16 << 20);
-        assert!(
-            loaded.specs.contains_key("c"),
-            "a file new to the listing is always read"
-        );
-        // Named: read again.
-        let loaded = loader.load_changed(&dir, &HashSet::from([OsString::from("b.kdl")]));
+        assert_eq!(names(&loaded), ["a", "b"]);
+        assert_eq!(touched(&loaded), Some(vec![]));
+        drop(loaded);
+        // Named: read, and only their services are touched.
+        let loaded = loader.load_changed(dir, &named(&["b.kdl", "c.kdl", ".b.kdl.swp", "notes.txt"]));
         assert_eq!(loaded.specs["b"].memory_bytes, 128 << 20);
-        // A removed file goes whatever the set says.
+        assert_eq!(names(&loaded), ["a", "b", "c"]);
+        assert_eq!(touched(&loaded), Some(vec!["b", "c"]));
+        assert_eq!(loaded.accepted.len(), 2);
+        drop(loaded);
+        // A named file that is gone takes its services with it.
         std::fs::remove_file(dir.join("a.kdl")).unwrap();
-        assert!(!loader.load_changed(&dir, &HashSet::new()).specs.contains_key("a"));
-        std::fs::remove_dir_all(&dir).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["a.kdl"]));
+        assert_eq!(names(&loaded), ["b", "c"]);
+        assert_eq!(touched(&loaded), Some(vec!["a"]));
+        assert_eq!(loaded.gone, [dir.join("a.kdl")]);
+        drop(loaded);
+        // The periodic resync lists the directory: what inotify missed is seen there.
+        std::fs::write(dir.join("d.kdl"), decl("d", "16M")).unwrap();
+        assert_eq!(names(&loader.load_dir(dir)), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_service_moved_between_files_in_one_reload_is_touched_not_doubled() {
+        let dir = Dir::new("moved");
+        let dir = &dir.0;
+        std::fs::write(dir.join("a.kdl"), decl("web", "16M")).unwrap();
+        std::fs::write(dir.join("b.kdl"), decl("api", "16M")).unwrap();
+        let mut loader = Loader::default();
+        drop(loader.load_dir(dir));
+        std::fs::write(dir.join("a.kdl"), decl("api", "16M")).unwrap();
+        std::fs::write(dir.join("b.kdl"), decl("web", "32M")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["a.kdl", "b.kdl"]));
+        assert!(loaded.errors().next().is_none(), "{:?}", loaded.diagnostics);
+        assert_eq!(touched(&loaded), Some(vec!["api", "web"]));
+        assert_eq!(loaded.specs["web"].memory_bytes, 32 << 20);
+        assert_eq!(loaded.specs["web"].source.file, dir.join("b.kdl"));
+        assert_eq!(loaded.specs["api"].source.file, dir.join("a.kdl"));
+    }
+
+    #[test]
+    fn a_clash_is_decided_by_a_full_merge_and_the_survivor_takes_over_when_the_winner_goes() {
+        let dir = Dir::new("clash");
+        let dir = &dir.0;
+        std::fs::write(dir.join("a.kdl"), decl("web", "16M")).unwrap();
+        let mut loader = Loader::default();
+        drop(loader.load_dir(dir));
+        // b declares web too: not in place; the full merge keeps a's and reports both.
+        std::fs::write(dir.join("b.kdl"), decl("web", "32M")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["b.kdl"]));
+        assert_eq!(touched(&loaded), None);
+        assert_eq!(loaded.errors().count(), 2);
+        assert_eq!(loaded.specs["web"].memory_bytes, 16 << 20, "the one in force stays");
+        drop(loaded);
+        // a goes: b's declaration is the only one left and takes over.
+        std::fs::remove_file(dir.join("a.kdl")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["a.kdl"]));
+        assert_eq!(touched(&loaded), None, "after a clash only a full merge decides");
+        assert_eq!(loaded.errors().count(), 0);
+        assert_eq!(loaded.specs["web"].memory_bytes, 32 << 20);
+        drop(loaded);
+        // No clash left: edits apply in place again.
+        std::fs::write(dir.join("b.kdl"), decl("web", "64M")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["b.kdl"]));
+        assert_eq!(touched(&loaded), Some(vec!["web"]));
+        assert_eq!(loaded.specs["web"].memory_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn a_refused_edit_keeps_the_last_good_specs_and_is_reported_until_fixed() {
+        let dir = Dir::new("refused");
+        let dir = &dir.0;
+        std::fs::write(dir.join("a.kdl"), decl("web", "16M")).unwrap();
+        let mut loader = Loader::default();
+        drop(loader.load_dir(dir));
+        std::fs::write(dir.join("a.kdl"), decl("web", "lots")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["a.kdl"]));
+        assert_eq!(loaded.failed_files, [dir.join("a.kdl")]);
+        assert_eq!(loaded.specs["web"].memory_bytes, 16 << 20);
+        assert_eq!(touched(&loaded), Some(vec![]));
+        drop(loaded);
+        // Another file's edit: the refused file is still reported, without being read.
+        std::fs::write(dir.join("b.kdl"), decl("api", "16M")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["b.kdl"]));
+        assert_eq!(loaded.failed_files, [dir.join("a.kdl")]);
+        assert_eq!(loaded.errors().count(), 1);
+        drop(loaded);
+        // Put back as it was: the report goes.
+        std::fs::write(dir.join("a.kdl"), decl("web", "16M")).unwrap();
+        let loaded = loader.load_changed(dir, &named(&["a.kdl"]));
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        assert!(loaded.failed_files.is_empty());
     }
 }

@@ -6,6 +6,7 @@ pub mod fast;
 pub mod guard;
 pub mod limits;
 pub mod load;
+pub mod merge;
 pub mod parse;
 pub mod spec;
 pub mod standby;
