@@ -162,7 +162,8 @@ fn main() {
         let ours = ["UNIKERNEL=p0", "UNIKERNEL=q0", "UNIKERNEL=q1"]
             .iter()
             .any(|t| line.ends_with(t));
-        if (ours && line.contains("booting VM")) || line.contains("1 to create, 0 to replace") {
+        let network = ours && line.contains("network of");
+        if (ours && line.contains("booting VM")) || network || line.contains("1 to create, 0 to replace") {
             println!("    log: {}", line.split_once(' ').map(|x| x.1).unwrap_or(line));
         }
     }
@@ -202,10 +203,26 @@ fn main() {
     let pid = d.daemon_pid();
     let snap = d.snapshot().unwrap();
     let vm_pids: Vec<u32> = snap.services.iter().filter_map(|s| s.pid).collect();
-    let vm_ticks = |p: &[u32]| p.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
-    let (d0, v0) = (cpu_ticks(pid), vm_ticks(&vm_pids));
+    // A VM may end in the window (then it is left out, and counted).
+    let ticks = |p: u32| std::fs::metadata(format!("/proc/{p}")).is_ok().then(|| cpu_ticks(p));
+    let before: Vec<Option<u64>> = vm_pids.iter().map(|p| ticks(*p)).collect();
+    let d0 = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(idle));
-    let (d1, v1) = (cpu_ticks(pid), vm_ticks(&vm_pids));
+    let d1 = cpu_ticks(pid);
+    let after: Vec<Option<u64>> = vm_pids.iter().map(|p| ticks(*p)).collect();
+    let both: Vec<(u64, u64)> = before.iter().zip(&after).filter_map(|(b, a)| b.zip(*a)).collect();
+    let (v0, v1) = both.iter().fold((0, 0), |(b, a), (x, y)| (b + x, a + y));
+    if both.len() < vm_pids.len() {
+        println!(
+            "    {} of {} VMs ended during the idle window",
+            vm_pids.len() - both.len(),
+            vm_pids.len()
+        );
+    }
+    let vm_pids: Vec<u32> = vm_pids
+        .into_iter()
+        .filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok())
+        .collect();
     let hz = 100.0; // USER_HZ
     let mut vm_rss: Vec<f64> = vm_pids.iter().map(|p| rss_kib(*p) as f64 / 1024.0).collect();
     vm_rss.sort_by(|a, b| a.partial_cmp(b).unwrap());

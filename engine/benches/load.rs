@@ -86,7 +86,10 @@ fn main() {
             assert_eq!(loaded.specs.len(), N - per_file + 1);
             let touched = loaded.touched.as_ref().expect("merged in place");
             assert_eq!(touched.iter().collect::<Vec<_>>(), ["svc0"]);
-            assert_eq!(loaded.specs["svc0"].memory_bytes >> 20, if i % 2 == 0 { 64 } else { 32 });
+            assert_eq!(
+                loaded.specs["svc0"].memory_bytes >> 20,
+                if i % 2 == 0 { 64 } else { 32 }
+            );
         }
         println!(
             "{label}: reload with at most one file changed {:.1} ms; with inotify's name for it {:.2} ms (medians of 7)",

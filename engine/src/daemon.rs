@@ -137,6 +137,12 @@ struct Pending {
     scope: Option<Scope>,
 }
 
+/// Whether a changed path that is not a declaration could change what declarations point
+/// to: it exists and is not a plain file.
+fn may_redirect(path: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
+}
+
 impl Pending {
     fn add(&mut self, change: Change) {
         if self.due.is_none() {
@@ -144,10 +150,15 @@ impl Pending {
         }
         match change {
             Change::Paths(paths) => {
-                // A name that is not a declaration (`..data` swapped, a symlinked
-                // directory) may change what declarations point to: compare stamps.
-                // (Editors' temporary files land here too: a stamp check is cheap.)
-                let other = paths.iter().any(|p| p.extension().is_none_or(|x| x != "kdl"));
+                // A name that is not a declaration but is now a directory or a symlink
+                // (`..data` swapped, a symlinked directory) may change what declarations
+                // point to: compare stamps. Other names (an editor's or a tool's temporary
+                // file, written then renamed over a declaration, so already gone) change
+                // nothing: comparing every stamp for them would make each such save cost
+                // a pass over every file.
+                let other = paths
+                    .iter()
+                    .any(|p| p.extension().is_none_or(|x| x != "kdl") && may_redirect(p));
                 match self.scope.as_mut() {
                     Some(Scope::Names(d)) if !other => {
                         d.extend(paths.iter().filter_map(|p| p.file_name().map(OsString::from)))
@@ -545,5 +556,36 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope_after(paths: &[&std::path::Path]) -> Option<Scope> {
+        let mut pending = Pending::default();
+        pending.add(Change::Paths(paths.iter().map(|p| p.to_path_buf()).collect()));
+        pending.scope
+    }
+
+    #[test]
+    fn a_temporary_file_renamed_over_a_declaration_keeps_the_reload_to_named_files() {
+        let dir = std::env::temp_dir().join(format!("uk-pending-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("..2026_11_30")).unwrap();
+        std::fs::write(dir.join(".a.kdl.swp"), "still being written").unwrap();
+        std::os::unix::fs::symlink("..2026_11_30", dir.join("..data")).unwrap();
+        let (gone, swap, data) = (dir.join(".b.kdl.tmp"), dir.join(".a.kdl.swp"), dir.join("..data"));
+        let (a, b) = (dir.join("a.kdl"), dir.join("b.kdl"));
+        // Gone (renamed over b.kdl) or a plain file: only the named declarations are read.
+        match scope_after(&[&gone, &b, &swap, &a]) {
+            Some(Scope::Names(names)) => assert!(names.contains(OsString::from("a.kdl").as_os_str())),
+            _ => panic!("not by names"),
+        }
+        // A symlink or a directory may change what declarations point to.
+        assert!(matches!(scope_after(&[&a, &data]), Some(Scope::Stamps)));
+        assert!(matches!(scope_after(&[&dir.join("..2026_11_30")]), Some(Scope::Stamps)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -119,8 +119,11 @@ impl HostNetwork {
             Some(t) => t.clone(),
             None => tap::pick(service, &self.taps),
         };
+        let mut steps = Steps::new();
         let tap_fd = tap::create(&tap_name)?;
+        steps.done("tap");
         let index = self.nl.link_index(&tap_name).await?;
+        steps.done("index");
         let mac = MacAddr::derived(service);
         match &self.mode {
             Mode::Bridged { bridge } => {
@@ -133,20 +136,29 @@ impl HostNetwork {
                     });
                 }
                 self.nl.set_master(index, bridge_index).await?;
+                steps.done("master");
                 self.nl.set_up(index).await?;
+                steps.done("up");
                 self.nl.replace_neighbour(bridge_index, address, mac.bytes()).await?;
+                steps.done("neighbour");
             }
             Mode::Routed => {
                 self.nl.add_address(index, self.pool.gateway(), 32).await?;
+                steps.done("address");
                 sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
+                steps.done("proxy_arp");
                 // The guest's gateway is this tap's MAC. A fixed one per service means a
                 // tap set up again (deleted behind our back, or after a reboot) is the
                 // gateway a guest resumed from a snapshot still has in its ARP cache.
                 self.nl.set_up_with_mac(index, host_mac(service).bytes()).await?;
+                steps.done("up");
                 self.nl.replace_route_v4(address, 32, index).await?;
+                steps.done("route");
                 self.nl.replace_neighbour(index, address, mac.bytes()).await?;
+                steps.done("neighbour");
             }
         }
+        steps.log_if_slow(service, &tap_name);
         self.taps.insert(tap_name.clone());
         self.attached.insert(service.to_string(), tap_name.clone());
         Ok(Attachment {
@@ -289,5 +301,41 @@ impl HostNet for HostNetwork {
         gate: Gate,
     ) -> io::Result<JoinHandle<()>> {
         crate::proxy::listen(service, bind, guest_port, gate)
+    }
+}
+
+/// Where a slow attach spent its time, for the log.
+struct Steps {
+    at: std::time::Instant,
+    took: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    /// An attach slower than this says where its time went.
+    const SLOW: std::time::Duration = std::time::Duration::from_millis(10);
+
+    fn new() -> Steps {
+        Steps {
+            at: std::time::Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.took.push((step, now - self.at));
+        self.at = now;
+    }
+
+    fn log_if_slow(&self, service: &str, tap: &str) {
+        let total: std::time::Duration = self.took.iter().map(|(_, d)| *d).sum();
+        if total >= Self::SLOW {
+            let steps: Vec<String> = self
+                .took
+                .iter()
+                .map(|(step, d)| format!("{step} {:.1}", d.as_secs_f64() * 1e3))
+                .collect();
+            tracing::info!(UNIKERNEL = %service, "network of {tap} took {:.1} ms: {} ms", total.as_secs_f64() * 1e3, steps.join(", "));
+        }
     }
 }
