@@ -1,23 +1,31 @@
-//! What a file may hold before the kdl crate reads it. kdl 6's v2 reader takes time
-//! exponential in how deep slashdashed blocks nest, whether the slashdash comments out a
-//! children block (`a /-{ b /-{ ... } }`) or a node with children
-//! (`x { /-a { b; /-a { b; ... } } }`): ~0.03 s at 12 levels, ~0.5 s at 16, doubling with
-//! each (found by fuzz/kdl, twice: a 334-byte file held the parser for over three minutes).
-//! One file in /etc/unikernels, or in the followed git repository, would stall every
-//! reload. Commented-out blocks side by side cost nothing, so it is their nesting that is
-//! bounded: more than [`MAX_SLASHDASH_NESTING`] levels are refused before kdl sees them.
+//! What a file may hold before the kdl crate reads it. kdl 6's v2 reader reads what a
+//! slashdash comments out more than once, so its time doubles with each level of
+//! slashdashed blocks around a byte, whether the slashdash comments out a children block
+//! (`a /-{ b /-{ ... } }`) or a node with children (`x { /-a { b; /-a { b; ... } } }`):
+//! ~0.03 s at 12 levels, ~0.5 s at 16, and 0.64 s for an 859-byte file with 7 levels
+//! around 700 nested blocks (found by fuzz/kdl, three times; one 334-byte file held the
+//! parser for over three minutes). One file in /etc/unikernels, or in the followed git
+//! repository, would stall every reload. So a file is refused before kdl sees it when its
+//! slashdashed blocks nest more than [`MAX_SLASHDASH_NESTING`] deep, or when the reading
+//! they add (each byte counted 2^depth - 1 more times) passes [`MAX_EXTRA_READING`].
+//! Commented-out services side by side cost one extra reading of their bytes each.
 
 /// Most slashdashed blocks a file may nest inside each other.
 pub const MAX_SLASHDASH_NESTING: usize = 8;
 
+/// Most extra byte readings slashdashed blocks may cost (~0.1-0.5 s of kdl at worst here;
+/// 400 commented-out services of 150 bytes side by side stay under it).
+pub const MAX_EXTRA_READING: u64 = 1 << 16;
+
 /// Why a file is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TooDeep {
-    /// A slashdashed block nested too deep; the offset of its slashdash.
+    /// Slashdashed blocks nested too deep, or costing too much reading; the offset of
+    /// the innermost one's slashdash.
     Nested(usize),
-    /// The file has strings whose ends a reader could see elsewhere (multi-line, raw or
-    /// unterminated strings, unterminated comments): its blocks are all counted, nested or
-    /// not. The offset of the slashdash over the limit.
+    /// The same, in a file with strings whose ends a reader could see elsewhere
+    /// (multi-line, raw or unterminated strings, unterminated comments, characters KDL
+    /// forbids), where every slashdashed block is taken to stay open to the end.
     Counted(usize),
 }
 
@@ -38,71 +46,99 @@ impl TooDeep {
 /// v2 does (kdl's v1 reader is not slow); a file with a string whose end is not plain
 /// gets [`TooDeep::Counted`] instead: every slashdashed block counts, closed or not.
 pub fn too_deep(text: &str) -> Option<TooDeep> {
+    // Where KDL forbids a character, the reader's recovery decides where strings end.
+    if text.chars().any(forbidden) {
+        return counted(text.as_bytes()).map(TooDeep::Counted);
+    }
     match nesting(text.as_bytes()) {
         Ok(found) => found.map(TooDeep::Nested),
         Err(Unclear) => counted(text.as_bytes()).map(TooDeep::Counted),
     }
 }
 
+/// Code points KDL v2 forbids anywhere in a document.
+fn forbidden(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{8}' | '\u{e}'..='\u{1f}' | '\u{7f}' | '\u{200e}' | '\u{200f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 /// A string or comment whose end a reader might see elsewhere.
 struct Unclear;
 
+/// The extra readings of `bytes` bytes inside `depth` slashdashed blocks.
+fn extra(depth: usize, bytes: usize) -> u64 {
+    ((1u64 << depth.min(40)) - 1).saturating_mul(bytes as u64)
+}
+
 fn nesting(b: &[u8]) -> Result<Option<usize>, Unclear> {
-    // One entry per open block: the offset of its slashdash, if it had one.
-    let mut blocks: Vec<Option<usize>> = Vec::new();
-    let mut depth = 0;
+    // One entry per open block: whether a slashdash opened it.
+    let mut blocks: Vec<bool> = Vec::new();
+    // The slashdash of each slashdashed block open, innermost last.
+    let mut marks: Vec<usize> = Vec::new();
+    let mut reading = 0u64;
     let mut pending = None;
     let mut i = 0;
     while i < b.len() {
-        match &b[i..] {
+        let next = match &b[i..] {
             [b'/', b'-', ..] => {
                 pending = pending.or(Some(i));
-                i += 2;
+                i + 2
             }
-            [b'/', b'/', ..] => i = line_end(b, i),
-            [b'/', b'*', ..] => i = block_comment_end(b, i)?,
+            [b'/', b'/', ..] => line_end(b, i),
+            [b'/', b'*', ..] => block_comment_end(b, i)?,
             [b'"', b'"', b'"', ..] | [b'#', ..] if raw_or_multiline(b, i) => return Err(Unclear),
-            [b'"', ..] => i = string_end(b, i)?,
+            [b'"', ..] => string_end(b, i)?,
             [b'{', ..] => {
                 let slashdash = pending.take();
                 if let Some(at) = slashdash {
-                    depth += 1;
-                    if depth > MAX_SLASHDASH_NESTING {
+                    marks.push(at);
+                    if marks.len() > MAX_SLASHDASH_NESTING {
                         return Ok(Some(at));
                     }
                 }
-                blocks.push(slashdash);
-                i += 1;
+                blocks.push(slashdash.is_some());
+                i + 1
             }
             [b'}', ..] => {
                 pending = None;
-                if let Some(Some(_)) = blocks.pop() {
-                    depth -= 1;
+                if blocks.pop() == Some(true) {
+                    marks.pop();
                 }
-                i += 1;
+                i + 1
             }
-            _ => i += 1,
+            _ => i + 1,
+        };
+        reading = reading.saturating_add(extra(marks.len(), next - i));
+        if reading > MAX_EXTRA_READING {
+            return Ok(marks.last().copied());
         }
+        i = next;
     }
     Ok(None)
 }
 
 /// Every slashdashed block, as if none ever closed.
 fn counted(b: &[u8]) -> Option<usize> {
-    let mut count = 0;
+    let mut marks: Vec<usize> = Vec::new();
+    let mut reading = 0u64;
     let mut pending = None;
     for i in 0..b.len() {
         match &b[i..] {
             [b'/', b'-', ..] => pending = pending.or(Some(i)),
             [b'{', ..] => {
                 if let Some(at) = pending.take() {
-                    count += 1;
-                    if count > MAX_SLASHDASH_NESTING {
+                    marks.push(at);
+                    if marks.len() > MAX_SLASHDASH_NESTING {
                         return Some(at);
                     }
                 }
             }
             _ => {}
+        }
+        reading = reading.saturating_add(extra(marks.len(), 1));
+        if reading > MAX_EXTRA_READING {
+            return marks.last().copied();
         }
     }
     None
@@ -195,7 +231,23 @@ mod tests {
     }
 
     #[test]
+    fn a_big_region_inside_a_few_slashdashed_levels_is_refused() {
+        // Found by fuzz/kdl: 7 levels (under the nesting limit) around 700 nested blocks.
+        let open = "/-a { b; ".repeat(7);
+        let text = format!("x {{ {open}{}", "c {".repeat(700));
+        let Some(TooDeep::Nested(at)) = too_deep(&text) else {
+            panic!("{:?}", too_deep(&text))
+        };
+        assert_eq!(at, text.rfind("/-").unwrap_or_default(), "at the innermost slashdash");
+        // The same region under one level is read once more: fine.
+        let text = format!("x {{ /-a {{ {}", "c {".repeat(700));
+        assert_eq!(too_deep(&text), None);
+    }
+
+    #[test]
     fn commented_out_blocks_side_by_side_are_fine() {
+        let many = "/-unikernel \"old\" { image \"/x\"; memory \"16M\"; net { expose 8080 guest=80; }; }\n".repeat(400);
+        assert_eq!(too_deep(&many), None);
         let services = "/-unikernel \"old\" {\n    image \"/x\"\n    net { expose 80 guest=80; }\n}\n".repeat(40);
         assert_eq!(too_deep(&services), None);
         let blocks = "a /-{ b; } /-{ c; }\n".repeat(40);
@@ -218,7 +270,14 @@ mod tests {
 
     #[test]
     fn strings_whose_end_is_unclear_count_every_slashdashed_block() {
-        for string in ["\"\"\"\n}\n\"\"\"", "#\"}\"#", "##\"}\"##", "\"}\n", "\"}"] {
+        for string in [
+            "\"\"\"\n}\n\"\"\"",
+            "#\"}\"#",
+            "##\"}\"##",
+            "\"}\n",
+            "\"}",
+            "\"\u{1b}}\"",
+        ] {
             let closed = "/-a { b; }\n".repeat(MAX_SLASHDASH_NESTING + 1);
             let text = format!("s {string}\n{closed}");
             let Some(TooDeep::Counted(at)) = too_deep(&text) else {
