@@ -70,8 +70,17 @@ fn eleven_hundred_routed_taps_are_created_attached_and_deleted() {
         assert!(routes.contains(&seven), "route {seven:?} missing");
         assert!(ip(&["-o", "link", "show", "uk-svc7"]).contains(",UP"), "tap is up");
         assert!(
-            ip(&["-4", "-o", "addr", "show", "dev", "uk-svc7"]).contains("10.200.0.1/32"),
-            "gateway on the tap"
+            ip(&["-4", "-o", "addr", "show", "dev", "lo"]).contains("10.200.0.1/32"),
+            "the gateway once, on the loopback link"
+        );
+        assert!(
+            !ip(&["-4", "-o", "addr", "show", "dev", "uk-svc7"]).contains("10.200.0.1"),
+            "not on every tap"
+        );
+        let line = routes.lines().find(|l| l.starts_with(&seven)).unwrap_or_default();
+        assert!(
+            line.contains(" src 10.200.0.1"),
+            "the gateway is the host's source: {line}"
         );
         let t = Instant::now();
         for i in 0..N {

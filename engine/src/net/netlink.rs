@@ -32,10 +32,6 @@ fn is_not_found(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
 }
 
-fn is_exists(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
-}
-
 impl Netlink {
     /// Must be called inside a Tokio runtime: the connection runs as a task on it.
     pub fn connect() -> Result<Netlink, Error> {
@@ -132,28 +128,22 @@ impl Netlink {
             .map_err(request(format!("add {address}/{prefix} to link {index}")))
     }
 
-    /// Adds `address/prefix` to the link; already there is fine. Unlike
-    /// [`Netlink::ensure_address`] it asks nothing first: the kernel answers a dump of
-    /// every address on the host, which grows with the number of taps.
-    pub async fn add_address(&self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), Error> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(address), prefix)
-            .execute()
-            .await
-        {
-            Err(e) if !is_exists(&e) => Err(request(format!("add {address}/{prefix} to link {index}"))(e)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Routes `dest/prefix` through link `index`, replacing any route to it.
-    pub async fn replace_route_v4(&self, dest: Ipv4Addr, prefix: u8, index: u32) -> Result<(), Error> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+    /// Routes `dest/prefix` through link `index` (with `source` as the host's address
+    /// towards it, if given), replacing any route to it.
+    pub async fn replace_route_v4(
+        &self,
+        dest: Ipv4Addr,
+        prefix: u8,
+        index: u32,
+        source: Option<Ipv4Addr>,
+    ) -> Result<(), Error> {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dest, prefix)
-            .output_interface(index)
-            .build();
+            .output_interface(index);
+        if let Some(source) = source {
+            route = route.pref_source(source);
+        }
+        let route = route.build();
         self.handle
             .route()
             .add(route)
