@@ -76,18 +76,7 @@ fn metrics_follow_boots_restarts_wakes_and_memory() {
             })
             .count()
     };
-    let pooled = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                let ppid = stat.rsplit(')').next().and_then(|r| r.split(' ').nth(2)).unwrap_or("");
-                ppid == d.daemon_pid().to_string()
-                    && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.windows(9).any(|w| w == b"--pool-fd"))
-            })
-            .count()
-    };
+    let pooled = || d.pooled().len();
     let mut seen = Vec::new();
     let settled = (0..100).any(|_| {
         let (before, fds, after) = (pooled(), pidfds(), pooled());

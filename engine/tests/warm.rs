@@ -13,26 +13,10 @@ use std::time::Duration;
 
 use support::*;
 
-/// The daemon's children that wait in the pool (`--pool-fd` still on their command line).
-fn pooled(d: &Daemon) -> Vec<u32> {
-    let daemon = d.daemon_pid().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid = stat.rsplit(')').next()?.split(' ').nth(2)?.to_string();
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            (ppid == daemon && cmdline.windows(9).any(|w| w == b"--pool-fd")).then_some(pid)
-        })
-        .collect()
-}
-
 fn wait_pooled(d: &Daemon, n: usize) -> Vec<u32> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let p = pooled(d);
+        let p = d.pooled();
         if p.len() == n {
             return p;
         }
@@ -49,7 +33,7 @@ fn wait_pooled(d: &Daemon, n: usize) -> Vec<u32> {
 fn a_start_takes_a_pooled_vmm_of_its_shape_and_the_pool_refills() {
     let mut d = Daemon::new("warm");
     d.start();
-    assert!(pooled(&d).is_empty(), "no start yet: no pool");
+    assert!(d.pooled().is_empty(), "no start yet: no pool");
     d.declare("a.kdl", &http_decl("a", 23_001, ""));
     d.running("a");
     // The shape just started gets a VMM ready for the next start.
@@ -104,7 +88,7 @@ fn no_pool_is_kept_with_warm_pool_0() {
     d.declare("a.kdl", &http_decl("a", 23_011, ""));
     d.running("a");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(pooled(&d).is_empty());
+    assert!(d.pooled().is_empty());
     assert!(!d.log_text().contains("from the warm pool"));
 }
 

@@ -268,6 +268,23 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// The daemon's children that wait in the warm pool (`--pool-fd` still on their
+    /// command line: a hand-off rewrites it).
+    pub fn pooled(&self) -> Vec<u32> {
+        let daemon = self.daemon_pid().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid = stat.rsplit(')').next()?.split(' ').nth(2)?.to_string();
+                let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                (ppid == daemon && cmdline.windows(9).any(|w| w == b"--pool-fd")).then_some(pid)
+            })
+            .collect()
+    }
+
     /// Every live VMM process of this state directory, recorded or not, with its service
     /// (found by its console socket path, as the daemon's own sweep finds them).
     pub fn vmm_processes(&self) -> Vec<(u32, String)> {
