@@ -156,7 +156,11 @@ impl HostNetwork {
             }
             Mode::Routed => {
                 sysctl::set_quiet(&format!("net/ipv4/conf/{tap_name}/proxy_arp"), "1");
-                steps.done("proxy_arp");
+                // The guests are IPv4: no link-local address, duplicate address detection
+                // or multicast listener reports per tap (timers the kernel would run under
+                // its network lock for every tap, and frames that wake idle guests).
+                sysctl::set_quiet(&format!("net/ipv6/conf/{tap_name}/disable_ipv6"), "1");
+                steps.done("sysctls");
                 // The guest's gateway is this tap's MAC. A fixed one per service means a
                 // tap set up again (deleted behind our back, or after a reboot) is the
                 // gateway a guest resumed from a snapshot still has in its ARP cache.
