@@ -316,9 +316,9 @@ impl HostNet for FakeNet {
         Ok(())
     }
 
-    async fn detach(&mut self, service: &str) -> Result<(), net::Error> {
+    fn detach(&mut self, service: &str) -> BoxFuture<Result<(), net::Error>> {
         self.0.get().taps.remove(service);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn reopen(&mut self, service: &str) -> Result<Attachment, net::Error> {

@@ -127,8 +127,10 @@ pub trait HostNet {
     /// The attachment of a service whose tap and address are in place (on standby): only
     /// the tap is opened again, for the VMM that resumes it; no netlink request.
     fn reopen(&mut self, service: &str) -> Result<Attachment, net::Error>;
-    /// Deletes the tap of `service` and releases its address.
-    async fn detach(&mut self, service: &str) -> Result<(), net::Error>;
+    /// Releases the address of `service` and forgets its tap at once; the returned future
+    /// deletes the tap, which the kernel makes slow (~20 ms a link here): the controller
+    /// runs it in the background, off the control loop. Its name stays taken until then.
+    fn detach(&mut self, service: &str) -> BoxFuture<Result<(), net::Error>>;
     /// Compares the host with every attached service (one dump, not one request each).
     async fn drift(&mut self) -> Result<Vec<(String, Drift)>, net::Error>;
     /// Re-wires the tap of `service` (up, route, neighbour), for [`Drift::Unwired`].

@@ -219,9 +219,13 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     /// network) and its state folder.
     pub(super) async fn release(&mut self, name: &str, had_network: bool) {
         if had_network {
-            if let Err(e) = self.net.detach(name).await {
-                warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
-            }
+            let deletion = self.net.detach(name);
+            let name = name.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = deletion.await {
+                    warn!(UNIKERNEL = %name, "cannot remove its tap: {e}");
+                }
+            });
         }
         self.state_dir.remove(name);
     }

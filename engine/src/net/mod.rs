@@ -16,7 +16,7 @@ use std::os::fd::OwnedFd;
 pub use contract::mac::MacAddr;
 pub use pool::AddressPool;
 
-use crate::controller::host::{Drift, HostNet};
+use crate::controller::host::{BoxFuture, Drift, HostNet};
 use crate::proxy::Gate;
 use std::io;
 use tokio::task::JoinHandle;
@@ -94,6 +94,8 @@ pub struct HostNetwork {
     attached: HashMap<String, String>,
     /// The tap names in `attached`.
     taps: std::collections::HashSet<String>,
+    /// Taps being deleted in the background: their names are not handed out meanwhile.
+    deleting: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl HostNetwork {
@@ -120,6 +122,7 @@ impl HostNetwork {
             pool,
             attached: HashMap::new(),
             taps: std::collections::HashSet::new(),
+            deleting: Default::default(),
         })
     }
 
@@ -129,7 +132,10 @@ impl HostNetwork {
         // A restart keeps the tap it had; a new service gets a name no other one holds.
         let tap_name = match self.attached.get(service) {
             Some(t) => t.clone(),
-            None => tap::pick(service, &self.taps),
+            None => {
+                let deleting = self.deleting.lock().unwrap_or_else(|e| e.into_inner());
+                tap::pick(service, |n| self.taps.contains(n) || deleting.contains(n))
+            }
         };
         let mut steps = Steps::new();
         let tap_fd = tap::create(&tap_name)?;
@@ -222,18 +228,29 @@ impl HostNetwork {
         })
     }
 
-    /// Deletes the tap of `service` (its route goes with it) and releases its address.
-    pub async fn detach(&mut self, service: &str) -> Result<(), Error> {
+    /// Releases the address of `service` and forgets its tap; the returned future deletes
+    /// the tap (its route goes with it). Only a tap this daemon set up or adopted for this
+    /// very service is deleted.
+    pub fn detach(&mut self, service: &str) -> BoxFuture<Result<(), Error>> {
         self.pool.release(service);
-        // Only a tap this daemon set up or adopted for this very service is deleted.
         let Some(name) = self.attached.remove(service) else {
-            return Ok(());
+            return Box::pin(std::future::ready(Ok(())));
         };
         self.taps.remove(&name);
-        if let Some(index) = self.nl.find_link(&name).await? {
-            self.nl.delete_link(index).await?;
-        }
-        Ok(())
+        self.deleting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone());
+        let (nl, deleting) = (self.nl.clone(), self.deleting.clone());
+        Box::pin(async move {
+            let deleted = match nl.find_link(&name).await {
+                Ok(Some(index)) => nl.delete_link(index).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            deleting.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            Ok(deleted?)
+        })
     }
 
     /// Every attached service whose tap is gone, down, or (routed) without its /32 route.
@@ -294,8 +311,8 @@ impl HostNet for HostNetwork {
         HostNetwork::adopt(self, service, tap, address)
     }
 
-    async fn detach(&mut self, service: &str) -> Result<(), Error> {
-        HostNetwork::detach(self, service).await
+    fn detach(&mut self, service: &str) -> BoxFuture<Result<(), Error>> {
+        HostNetwork::detach(self, service)
     }
 
     fn reopen(&mut self, service: &str) -> Result<Attachment, Error> {

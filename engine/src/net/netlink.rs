@@ -22,7 +22,8 @@ fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     move |source| Error::Request { what, source }
 }
 
-/// A netlink connection in the caller's network namespace.
+/// A netlink connection in the caller's network namespace (clones share it).
+#[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }

@@ -236,6 +236,16 @@ impl Daemon {
     }
 
     /// Names of the links in the namespace that start with `uk-` (service taps).
+    /// Waits until the namespace's taps are `want` (the daemon deletes taps in the
+    /// background, ~20 ms each here), and fails with what is there after 20 s.
+    pub fn taps_become(&self, want: &[&str]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.taps() != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.taps(), want);
+    }
+
     pub fn taps(&self) -> Vec<String> {
         let out = std::process::Command::new("ip")
             .args(["-n", &self.ns.name, "-o", "link", "show"])
