@@ -4,7 +4,8 @@
 # the run with the input that caused it in fuzz/artifacts/<target>/. Seeds: our example
 # declarations, our example kernel images (all boot protocols), a driver that sets up the
 # virtio-net device and moves a frame each way (fuzz/seeds/virtio_net.py), a console
-# replay header; snapshot_state starts empty. Longer runs: FUZZ_SECS=3600 bash scripts/fuzz.sh.
+# replay header; snapshot_state starts empty. Longer runs: FUZZ_SECS=3600 bash scripts/fuzz.sh
+# (by hand, kdl needs `ulimit -s 1048576` first, as here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -29,18 +30,30 @@ python3 fuzz/seeds/virtio_net.py "$seeds/virtio_net/driver-init-tx-rx"
 printf '42 1000\n\0\0\0\0\0\0\0\0' >"$seeds/console_header/header"
 
 cargo +nightly fuzz build -O
+# The kdl target reads declarations on libFuzzer's main thread: give it the stack the
+# daemon's parser thread has (512 MiB; the target refuses to run with less).
+ulimit -s $((1 << 20))
 for target in $targets; do
     echo "== fuzz $target (${secs}s)"
     rm -rf "fuzz/artifacts/$target"
     # -close_fd_mask=2: the targets' own stderr (the VMM's warnings about what a hostile
     # driver did, once per run) is not printed; a crash still leaves its artifact, and
     # `cargo +nightly fuzz run TARGET ARTIFACT` shows its message.
+    log=$(mktemp)
+    status=0
     cargo +nightly fuzz run -O "$target" "$seeds/$target" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 -close_fd_mask=2 2>&1 \
-        | grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|SUMMARY|==[0-9]+==)|panicked' || true
-    # libFuzzer's exit status is lost in the pipe: a crash leaves an artifact.
+        -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 -close_fd_mask=2 >"$log" 2>&1 \
+        || status=$?
+    grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|SUMMARY|==[0-9]+==)|panicked|Segmentation' "$log" || true
+    rm -f "$log"
+    # A crash leaves an artifact, except one libFuzzer cannot catch (a stack overflow is a
+    # bare SIGSEGV): its exit status says so.
     if compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
         echo "FAIL: fuzz $target found a crash: $(ls fuzz/artifacts/$target/)" >&2
+        exit 1
+    fi
+    if [ "$status" -ne 0 ]; then
+        echo "FAIL: fuzz $target ended with status $status and no artifact (see above)" >&2
         exit 1
     fi
 done
