@@ -26,6 +26,8 @@ pub enum ChainError {
     Unterminated,
     #[error("chain head descriptor cannot be read")]
     Empty,
+    #[error("the queue's used ring cannot be written in guest memory")]
+    Ring,
 }
 
 /// Which buffers a device expects in a chain.

@@ -174,25 +174,37 @@ impl Net {
     }
 
     /// Moves frames from the tap into receive buffers until either runs out.
+    ///
+    /// The driver's receive notifications are only wanted while a frame waits for a
+    /// buffer: otherwise the tap drives this, and the used ring's NO_NOTIFY flag spares the
+    /// guest an exit for every buffer it gives back (virtio 1.2, 2.7.10).
     pub fn process_rx(&mut self) {
         let mut used_any = false;
         loop {
             let State::Active(active) = &mut self.state else { return };
+            let mem = active.mem.clone();
             if self.rx_pending == 0 {
                 match self.tap.read(&mut self.rx_frame) {
                     Ok(n) if n >= VNET_HDR_LEN => self.rx_pending = n,
                     Ok(_) => continue, // a runt without a header: nothing to deliver
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        crate::log_warn!("virtio-net: tap read failed: {e}");
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            crate::log_warn!("virtio-net: tap read failed: {e}");
+                        }
+                        // Nothing to place: the next frame's arrival brings us back.
+                        let _ = active.queues[RX].disable_notification(&mem);
                         break;
                     }
                 }
             }
-            // A frame is waiting; a buffer for it may not be (then the rx notify retries).
-            let mem = active.mem.clone();
+            // A frame is waiting; a buffer for it may not be: then ask for the driver's
+            // notification, unless buffers came while asking.
             let Some(head) = active.queues[RX].pop_descriptor_chain(&mem) else {
-                break;
+                match active.queues[RX].enable_notification(&mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(_) => return self.fail("receive", chain::ChainError::Ring),
+                }
             };
             let index = head.head_index();
             let capacity = match chain::collect(&mem, head, Direction::DeviceWrites, usize::MAX, &mut self.buffers) {
@@ -215,7 +227,7 @@ impl Net {
             self.rx_pending = 0;
             let State::Active(active) = &mut self.state else { return };
             if active.queues[RX].add_used(&mem, index, written as u32).is_err() {
-                return self.fail("receive", chain::ChainError::Empty);
+                return self.fail("receive", chain::ChainError::Ring);
             }
             used_any = true;
         }
@@ -250,7 +262,7 @@ impl Net {
             }
             let State::Active(active) = &mut self.state else { return };
             if active.queues[TX].add_used(&mem, index, 0).is_err() {
-                return self.fail("transmit", chain::ChainError::Empty);
+                return self.fail("transmit", chain::ChainError::Ring);
             }
             used_any = true;
         }
@@ -259,10 +271,18 @@ impl Net {
         }
     }
 
+    /// Interrupts the driver for new used buffers, unless it asked not to be: without
+    /// EVENT_IDX that is the avail ring's NO_INTERRUPT flag (virtio 1.2, 2.7.7.1), which
+    /// virtio-queue leaves to the device (Linux sets it while it polls).
     fn notify(&mut self, queue: usize) {
+        const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
         if let State::Active(active) = &mut self.state {
             let mem = active.mem.clone();
-            if active.queues[queue].needs_notification(&mem).unwrap_or(true) {
+            let q = &mut active.queues[queue];
+            // Also the fence between the used ring's writes and the read of the flag.
+            let needed = q.needs_notification(&mem).unwrap_or(true);
+            let flags: u16 = mem.read_obj(vm_memory::GuestAddress(q.avail_ring())).unwrap_or(0);
+            if needed && flags & VRING_AVAIL_F_NO_INTERRUPT == 0 {
                 active.interrupt.signal_used();
             }
         }
@@ -334,9 +354,12 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [Queue; 2] = queues
+        let [mut rx, tx]: [Queue; 2] = queues
             .try_into()
             .map_err(|_| ActivateError::Device("virtio-net needs 2 queues".into()))?;
+        // Before the driver fills the receive queue, which it does right after this:
+        // process_rx asks for notifications once a frame waits for a buffer.
+        let _ = rx.disable_notification(&mem);
         self.state = State::Active(Active {
             mem,
             queues: [rx, tx],

@@ -171,6 +171,45 @@ fn a_frame_waits_for_receive_buffers() {
 }
 
 #[test]
+fn receive_notifications_are_asked_for_only_while_a_frame_waits_for_a_buffer() {
+    const NO_NOTIFY: u16 = 1;
+    let mut r = rig();
+    let used_flags = |r: &Rig| -> u16 { r.mem.read_obj(GuestAddress(ring_addrs(RXQ_ADDR).1)).unwrap() };
+    // Buffers given, nothing to receive: the tap drives the queue, the driver need not.
+    r.post(RXQ_ADDR, &[desc(BUF, 2048, WRITE, 0)]);
+    r.net.process_rx();
+    assert_eq!(used_flags(&r), NO_NOTIFY);
+    // Two frames for one buffer: the second waits, and the driver is asked to say when
+    // it adds buffers.
+    r.peer_send(&frame(60));
+    r.peer_send(&frame(70));
+    r.net.process_rx();
+    assert_eq!(r.used(RXQ_ADDR).0, 1);
+    assert_eq!(used_flags(&r), 0, "a frame waits: notifications wanted");
+    r.post(RXQ_ADDR, &[desc(BUF, 2048, WRITE, 0)]);
+    r.net.process_rx();
+    assert_eq!(r.used(RXQ_ADDR).0, 2);
+    assert_eq!(used_flags(&r), NO_NOTIFY);
+    assert_eq!(r.net.stats().rx_frames, 2);
+}
+
+#[test]
+fn no_interrupt_when_the_driver_asks_for_none() {
+    let mut r = rig();
+    let (avail, _) = ring_addrs(TXQ_ADDR);
+    r.mem.write_obj(1u16, GuestAddress(avail)).unwrap(); // VRING_AVAIL_F_NO_INTERRUPT
+    r.mem.write_slice(&frame(72), GuestAddress(BUF)).unwrap();
+    r.post(TXQ_ADDR, &[desc(BUF, 72, 0, 0)]);
+    r.net.process_tx();
+    assert_eq!(r.used(TXQ_ADDR).0, 1, "the frame is still sent and given back");
+    assert_eq!(r.interrupt.status() & crate::devices::virtio::INT_USED_RING, 0);
+    r.mem.write_obj(0u16, GuestAddress(avail)).unwrap();
+    r.post(TXQ_ADDR, &[desc(BUF, 72, 0, 0)]);
+    r.net.process_tx();
+    assert_eq!(r.interrupt.status() & crate::devices::virtio::INT_USED_RING, 1);
+}
+
+#[test]
 fn out_of_range_descriptor_breaks_the_device() {
     let mut r = rig();
     r.post(TXQ_ADDR, &[desc(15 << 20, 2 << 20, 0, 0)]); // runs past the end of memory
