@@ -129,12 +129,18 @@ enum Scope {
 }
 
 /// Debounced declaration changes: reload once the directory has been quiet for
-/// [`watch::DEBOUNCE`] (or [`watch::MAX_DELAY`] passed since the first change).
+/// [`watch::SETTLE`] if every file named since the last reload is whole, else for
+/// [`watch::DEBOUNCE`] (or once [`watch::MAX_DELAY`] passed since the first change).
 #[derive(Default)]
 struct Pending {
     due: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// When the first change since the last reload was seen.
+    since: Option<tokio::time::Instant>,
     /// What to read since the last reload.
     scope: Option<Scope>,
+    /// Entries whose last event may be followed by more writes (created, modified, not
+    /// yet closed): while one is, the full debounce applies.
+    unsettled: HashSet<OsString>,
 }
 
 /// Whether a changed path that is not a declaration could change what declarations point
@@ -149,7 +155,14 @@ impl Pending {
             self.scope = Some(Scope::Names(HashSet::new()));
         }
         match change {
-            Change::Paths(paths) => {
+            Change::Paths { paths, whole } => {
+                for name in paths.iter().filter_map(|p| p.file_name()) {
+                    if whole {
+                        self.unsettled.remove(name);
+                    } else {
+                        self.unsettled.insert(name.to_os_string());
+                    }
+                }
                 // A name that is not a declaration but is now a directory or a symlink
                 // (`..data` swapped, a symlinked directory) may change what declarations
                 // point to: compare stamps. Other names (an editor's or a tool's temporary
@@ -174,9 +187,22 @@ impl Pending {
             }
             Change::Unknown | Change::Replaced => self.scope = Some(Scope::All),
         }
+        let quiet = match self.scope {
+            Some(Scope::Names(_)) if self.unsettled.is_empty() => watch::SETTLE,
+            _ => watch::DEBOUNCE,
+        };
         let now = tokio::time::Instant::now();
-        let cap = self.due.map(|d| d.1).unwrap_or(now + watch::MAX_DELAY);
-        self.due = Some((now + watch::DEBOUNCE, cap));
+        let since = *self.since.get_or_insert(now);
+        let cap = since + watch::MAX_DELAY;
+        self.due = Some((now + quiet, cap));
+    }
+
+    /// What to reload now that the deadline passed, and since when it changed.
+    fn take(&mut self) -> Option<(Scope, tokio::time::Instant)> {
+        self.due = None;
+        // A file still being written says so again with its next event.
+        self.unsettled.clear();
+        self.scope.take().zip(self.since.take())
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
@@ -352,11 +378,10 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 pending.add(change);
             }
             _ = sleep_until(deadline) => {
-                pending.due = None;
-                match pending.scope.take() {
-                    Some(Scope::Names(names)) => ctl.reload_changed(&names).await,
-                    Some(Scope::Stamps) => ctl.converge().await,
-                    Some(Scope::All) | None => ctl.reload().await,
+                match pending.take() {
+                    Some((Scope::Names(names), since)) => ctl.reload_changed(&names, since).await,
+                    Some((Scope::Stamps, _)) => ctl.converge().await,
+                    Some((Scope::All, _)) | None => ctl.reload().await,
                 };
                 follow_targets(&mut targets);
                 check_worktree(&mut worktree_busy);
@@ -565,7 +590,10 @@ mod tests {
 
     fn scope_after(paths: &[&std::path::Path]) -> Option<Scope> {
         let mut pending = Pending::default();
-        pending.add(Change::Paths(paths.iter().map(|p| p.to_path_buf()).collect()));
+        pending.add(Change::Paths {
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            whole: true,
+        });
         pending.scope
     }
 
@@ -587,5 +615,42 @@ mod tests {
         assert!(matches!(scope_after(&[&a, &data]), Some(Scope::Stamps)));
         assert!(matches!(scope_after(&[&dir.join("..2026_11_30")]), Some(Scope::Stamps)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_file_reloads_after_the_settle_time_one_being_written_after_the_debounce() {
+        let after = |p: &Pending| p.deadline().unwrap() - tokio::time::Instant::now();
+        let change = |name: &str, whole| Change::Paths {
+            paths: vec![std::path::PathBuf::from("/etc/unikernels").join(name)],
+            whole,
+        };
+        let mut pending = Pending::default();
+        // `cat > a.kdl`: created and written (more may come), then closed.
+        pending.add(change("a.kdl", false));
+        assert_eq!(after(&pending), watch::DEBOUNCE);
+        pending.add(change("a.kdl", true));
+        assert_eq!(after(&pending), watch::SETTLE);
+        // Another file still open keeps the full debounce for both.
+        pending.add(change(".b.kdl.swp", false));
+        pending.add(change("c.kdl", true));
+        assert_eq!(after(&pending), watch::DEBOUNCE);
+        // Renamed into place: whole.
+        pending.add(Change::Paths {
+            paths: vec!["/etc/unikernels/.b.kdl.swp".into(), "/etc/unikernels/b.kdl".into()],
+            whole: true,
+        });
+        assert_eq!(after(&pending), watch::SETTLE);
+        match pending.take() {
+            Some((Scope::Names(names), _)) => {
+                for n in ["a.kdl", "b.kdl", "c.kdl"] {
+                    assert!(names.contains(OsString::from(n).as_os_str()), "{n}");
+                }
+            }
+            _ => panic!("not by names"),
+        }
+        assert!(pending.deadline().is_none());
+        // A lost event reads everything, after the full debounce.
+        pending.add(Change::Unknown);
+        assert_eq!(after(&pending), watch::DEBOUNCE);
     }
 }

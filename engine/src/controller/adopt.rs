@@ -53,6 +53,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 unrecorded: None,
                 unanswered: 0,
                 setup: Default::default(),
+                noticed: None,
             };
             let Some(mut svc) = svc.take() else {
                 // No longer declared: there is no spec to supervise it by. Stop it; its

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::host::{BoxFuture, Drift, Exit, HostNet, LaunchRequest, Launcher, Signal, VmProcess};
+use super::host::{BoxFuture, Drift, Exit, HostNet, LaunchRequest, Launcher, Readiness, Signal, VmProcess};
 use crate::net::{self, Attachment};
 use crate::proxy::Gate;
 use crate::state_dir::VmRecord;
@@ -282,7 +282,7 @@ impl VmProcess for FakeVm {
         })
     }
 
-    fn ready(&mut self, _probe: Option<SocketAddrV4>) -> BoxFuture<()> {
+    fn ready(&mut self, _probe: Option<SocketAddrV4>) -> BoxFuture<Readiness> {
         let at = self.vmm.ready_after.map(|d| self.vmm.spawned + d);
         let mut end = self.vmm.end.subscribe();
         Box::pin(async move {
@@ -293,6 +293,7 @@ impl VmProcess for FakeVm {
             if end.borrow_and_update().is_some() {
                 std::future::pending::<()>().await;
             }
+            Readiness::default()
         })
     }
 }

@@ -54,6 +54,13 @@ pub struct LaunchRequest<'a> {
 /// What a snapshot cost, as the VMM reports it.
 pub use contract::control::Saved;
 
+/// How a guest became ready, for the log: when its first console line came, counted from
+/// the call to [`VmProcess::ready`] (about the spawn), if that was waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Readiness {
+    pub first_line: Option<std::time::Duration>,
+}
+
 /// Starts VMMs and takes over those an earlier daemon started.
 pub trait Launcher {
     type Vm: VmProcess;
@@ -85,7 +92,7 @@ pub trait VmProcess: 'static {
     /// Resolves once the guest serves: it accepts TCP on `probe` or, without one, has
     /// printed its first console line; a restored VM serves as soon as it runs again.
     /// Called at most once.
-    fn ready(&mut self, probe: Option<SocketAddrV4>) -> BoxFuture<()>;
+    fn ready(&mut self, probe: Option<SocketAddrV4>) -> BoxFuture<Readiness>;
     /// Whether the VMM still answers (its event loop runs): false when it is stopped
     /// (SIGSTOP) or hung. A VMM without a control socket (started by an older daemon)
     /// counts as answering.

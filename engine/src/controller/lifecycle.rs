@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::host::{HostNet, LaunchRequest, Launcher, Signal, VmProcess};
+use super::host::{HostNet, LaunchRequest, Launcher, Readiness, Signal, VmProcess};
 use super::service::{Service, Vm};
 use super::{Controller, Event, OperatorError, STOP_GRACE};
 use crate::status::State;
@@ -104,6 +104,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             unrecorded: None,
             unanswered: 0,
             setup,
+            noticed: self.noticed,
         };
         if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
             // A VM nothing records would be found by no later daemon (it would run twice,
@@ -158,8 +159,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let tx = self.events.clone();
         let n = name.to_string();
         vm.tasks.push(tokio::spawn(async move {
-            ready.await;
-            let _ = tx.send(Event::Ready { name: n, vm: id });
+            let readiness = ready.await;
+            let _ = tx.send(Event::Ready {
+                name: n,
+                vm: id,
+                readiness,
+            });
         }));
     }
 
@@ -232,7 +237,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
 
     pub async fn handle(&mut self, event: Event) {
         match event {
-            Event::Ready { name, vm } => self.on_ready(&name, vm),
+            Event::Ready { name, vm, readiness } => self.on_ready(&name, vm, readiness),
             Event::Ended { name, vm, exit } => {
                 if self.leaving.get(&name).is_some_and(|v| v.id == vm) {
                     let old = self.leaving.remove(&name);
@@ -316,7 +321,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         }
     }
 
-    fn on_ready(&mut self, name: &str, vm: u64) {
+    fn on_ready(&mut self, name: &str, vm: u64, readiness: Readiness) {
         let Some(svc) = self.services.get_mut(name) else { return };
         if svc.state != State::Booting {
             return;
@@ -339,11 +344,25 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 self.stats.pooled_starts += 1;
             }
             let vmm = v.process.start_phases().map(|p| format!("; in the VMM: {p}"));
+            let line = readiness
+                .first_line
+                .map(|d| format!("; first console line at {:.2} ms", d.as_secs_f64() * 1e3));
+            // From the edit's inotify event: the settle time and the reload come first.
+            let change = v.noticed.map(|at| {
+                let start = v.started.checked_sub(network + spawn).unwrap_or(v.started);
+                format!(
+                    "; {:.1} ms after the change was noticed, {:.2} ms of it before the start",
+                    at.elapsed().as_secs_f64() * 1e3,
+                    start.saturating_duration_since(at).as_secs_f64() * 1e3,
+                )
+            });
             format!(
-                ": network {:.2} ms, spawn {:.2} ms{}",
+                ": network {:.2} ms, spawn {:.2} ms{}{}{}",
                 network.as_secs_f64() * 1e3,
                 spawn.as_secs_f64() * 1e3,
-                vmm.unwrap_or_default()
+                vmm.unwrap_or_default(),
+                line.unwrap_or_default(),
+                change.unwrap_or_default()
             )
         } else {
             String::new()

@@ -98,6 +98,7 @@ pub enum Event {
     Ready {
         name: String,
         vm: u64,
+        readiness: host::Readiness,
     },
     RetryDue {
         name: String,
@@ -162,6 +163,9 @@ pub struct Controller<L: Launcher, N: HostNet> {
     status_dirty: bool,
     /// Why status.json could not be written last time, if it could not.
     status_error: Option<String>,
+    /// While a reload that inotify prompted applies: when its first change was seen (the
+    /// VMs it starts count their start from there, for the log).
+    noticed: Option<tokio::time::Instant>,
     /// Held for the daemon's life: one daemon per state directory.
     _lock: std::fs::File,
 }
@@ -197,6 +201,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             inline_starts_left: 0,
             status_dirty: true,
             status_error: None,
+            noticed: None,
             _lock: lock,
         })
     }
@@ -216,9 +221,13 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     }
 
     /// A reload after inotify named the files that changed (by file name): the others are
-    /// not even looked at (see [`Loader::load_changed`]).
-    pub async fn reload_changed(&mut self, changed: &HashSet<OsString>) -> Plan {
-        self.reload_with(Load::Changed(changed)).await
+    /// not even looked at (see [`Loader::load_changed`]). `noticed`: when the first of
+    /// those changes was seen.
+    pub async fn reload_changed(&mut self, changed: &HashSet<OsString>, noticed: tokio::time::Instant) -> Plan {
+        self.noticed = Some(noticed);
+        let plan = self.reload_with(Load::Changed(changed)).await;
+        self.noticed = None;
+        plan
     }
 
     /// Every file whose stamp moved is read again and the plan applied: what follows

@@ -32,6 +32,8 @@ pub struct Vm<P: VmProcess> {
     pub boot_ms: Option<f64>,
     /// Before the spawn: network setup, then the spawn itself (zero for an adopted VM).
     pub setup: (std::time::Duration, std::time::Duration),
+    /// When the declaration change that started it was noticed, if one did.
+    pub noticed: Option<Instant>,
     /// Exit watcher and readiness probe: they end with the VM (aborted on drop).
     pub tasks: Vec<JoinHandle<()>>,
     /// Why it was ended at once: its record could not be written.

@@ -16,7 +16,7 @@ use super::probe;
 use super::process::{Ended, Launch, Process};
 use super::uids::{UidLease, UidPool};
 use super::warm::{Shape, WarmPool};
-use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Signal, VmProcess};
+use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Readiness, Signal, VmProcess};
 use crate::state_dir::{StateDir, VmRecord};
 use crate::systemd::scope::Scopes;
 use std::sync::Arc;
@@ -428,14 +428,18 @@ impl VmProcess for Vmm {
         })
     }
 
-    fn ready(&mut self, probe_at: Option<SocketAddrV4>) -> BoxFuture<()> {
+    fn ready(&mut self, probe_at: Option<SocketAddrV4>) -> BoxFuture<Readiness> {
         let first_line = self.first_line.take();
         if self.restored {
             // The guest was serving when it was saved: it serves once its vCPUs run, which
             // is when the VMM's event loop answers on the control socket.
             let control = self.control.clone();
-            return Box::pin(async move { super::control::until_running(&control).await });
+            return Box::pin(async move {
+                super::control::until_running(&control).await;
+                Readiness::default()
+            });
         }
+        let asked = std::time::Instant::now();
         Box::pin(async move {
             let Some(first_line) = first_line else {
                 return std::future::pending().await;
@@ -445,13 +449,18 @@ impl VmProcess for Vmm {
                     // Probing before the guest is up only queues SYNs it must answer
                     // later: start at its first console line (a hint, not the proof), or
                     // after a moment for guests that print nothing.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), first_line).await;
-                    probe::until_accepts(addr).await
+                    let line = tokio::time::timeout(Duration::from_millis(50), first_line).await;
+                    let first_line = matches!(line, Ok(Ok(()))).then(|| asked.elapsed());
+                    probe::until_accepts(addr).await;
+                    Readiness { first_line }
                 }
                 None => {
                     // No port to try: the guest's first console line is its readiness line.
                     if first_line.await.is_err() {
                         std::future::pending::<()>().await;
+                    }
+                    Readiness {
+                        first_line: Some(asked.elapsed()),
                     }
                 }
             }

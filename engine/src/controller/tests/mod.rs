@@ -499,7 +499,7 @@ async fn a_burst_of_1000_changes_ends_in_exactly_the_declared_state() {
         }
         if i % 10 == 9 {
             let names: HashSet<_> = (0..60).map(|n| format!("s{n}.kdl").into()).collect();
-            h.ctl().reload_changed(&names).await;
+            h.ctl().reload_changed(&names, tokio::time::Instant::now()).await;
             h.run_for(Duration::from_millis(next() % 20)).await;
         }
     }
