@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::host::{BoxFuture, Drift, Exit, HostNet, LaunchRequest, Launcher, Readiness, Signal, VmProcess};
+use super::host::{BoxFuture, Drift, Exit, HostNet, LaunchRequest, Launcher, Liveness, Readiness, Signal, VmProcess};
 use crate::net::{self, Attachment};
 use crate::proxy::Gate;
 use crate::state_dir::VmRecord;
@@ -87,6 +87,10 @@ pub struct HostState {
     pub snapshots: Vec<String>,
     /// (service, limits) of every in-place limits change.
     pub limits: Vec<(String, crate::decl::LimitsSpec)>,
+    /// Liveness pings cannot be made (the daemon is out of descriptors), with this error.
+    pub pings_fail: Option<String>,
+    pub pings_in_flight: usize,
+    pub most_pings_in_flight: usize,
 }
 
 /// The host both fakes share, and the test inspects.
@@ -215,13 +219,33 @@ impl VmProcess for FakeVm {
         self.host.get().limits.push((self.vmm.name.clone(), *limits));
     }
 
-    fn responsive(&self) -> BoxFuture<bool> {
-        let hangs = self.host.get().behaviour.get(&self.vmm.name).is_some_and(|b| b.hangs);
+    fn responsive(&self) -> BoxFuture<Liveness> {
+        let host = self.host.get();
+        let behaviour = host.behaviour.get(&self.vmm.name);
+        let hangs = behaviour.is_some_and(|b| b.hangs);
+        let unchecked = host.pings_fail.clone();
+        drop(host);
+        let host = self.host.clone();
         Box::pin(async move {
-            if hangs {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+            {
+                let mut h = host.get();
+                h.pings_in_flight += 1;
+                h.most_pings_in_flight = h.most_pings_in_flight.max(h.pings_in_flight);
             }
-            !hangs
+            let answer = match unchecked {
+                Some(why) => Liveness::NotChecked(why),
+                None if hangs => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Liveness::Silent
+                }
+                None => {
+                    // A ping takes a moment, so that pings can overlap.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    Liveness::Answered
+                }
+            };
+            host.get().pings_in_flight -= 1;
+            answer
         })
     }
 

@@ -54,6 +54,17 @@ pub struct LaunchRequest<'a> {
 /// What a snapshot cost, as the VMM reports it.
 pub use contract::control::Saved;
 
+/// What a liveness ping found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Answered,
+    /// Connected (or refused) and no answer in time: the VMM's fault.
+    Silent,
+    /// The daemon could not ask (out of descriptors or memory itself): says nothing of
+    /// the VMM.
+    NotChecked(String),
+}
+
 /// How a guest became ready, for the log: when its first console line came, counted from
 /// the call to [`VmProcess::ready`] (about the spawn), if that was waited for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -93,10 +104,10 @@ pub trait VmProcess: 'static {
     /// printed its first console line; a restored VM serves as soon as it runs again.
     /// Called at most once.
     fn ready(&mut self, probe: Option<SocketAddrV4>) -> BoxFuture<Readiness>;
-    /// Whether the VMM still answers (its event loop runs): false when it is stopped
-    /// (SIGSTOP) or hung. A VMM without a control socket (started by an older daemon)
-    /// counts as answering.
-    fn responsive(&self) -> BoxFuture<bool>;
+    /// Whether the VMM still answers (its event loop runs): [`Liveness::Silent`] when it
+    /// is stopped (SIGSTOP) or hung. A VMM without a control socket (started by an older
+    /// daemon) counts as answering.
+    fn responsive(&self) -> BoxFuture<Liveness>;
     /// Asks the VMM to save the VM into `dir` and end (standby). The VMM then ends with
     /// [`contract::exit::ExitStatus::Saved`].
     fn snapshot(&self, dir: std::path::PathBuf) -> BoxFuture<Result<Saved, String>>;

@@ -125,7 +125,7 @@ pub enum Event {
     Liveness {
         name: String,
         vm: u64,
-        answered: bool,
+        answered: host::Liveness,
     },
     /// The VMM answered a snapshot request.
     Saved {
@@ -166,6 +166,10 @@ pub struct Controller<L: Launcher, N: HostNet> {
     /// While a reload that inotify prompted applies: when its first change was seen (the
     /// VMs it starts count their start from there, for the log).
     noticed: Option<tokio::time::Instant>,
+    /// Turns for liveness pings (see [`repair::PINGS_AT_ONCE`]).
+    pings: std::sync::Arc<tokio::sync::Semaphore>,
+    /// When a liveness check that could not be made was last reported.
+    unchecked_warned: Option<tokio::time::Instant>,
     /// Held for the daemon's life: one daemon per state directory.
     _lock: std::fs::File,
 }
@@ -202,6 +206,8 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             status_dirty: true,
             status_error: None,
             noticed: None,
+            pings: std::sync::Arc::new(tokio::sync::Semaphore::new(repair::PINGS_AT_ONCE)),
+            unchecked_warned: None,
             _lock: lock,
         })
     }

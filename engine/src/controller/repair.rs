@@ -5,12 +5,17 @@
 //! (taken by someone else) is tried again.
 use tracing::warn;
 
-use super::host::{Drift, HostNet, Launcher, Signal, VmProcess};
+use super::host::{Drift, HostNet, Launcher, Liveness, Signal, VmProcess};
 use super::{Controller, Event};
 use crate::status::State;
 
 /// Liveness pings in a row a VMM may miss before it is restarted.
 const UNANSWERED_LIMIT: u32 = 2;
+
+/// Liveness pings in flight at once: each holds a socket, and a host of 5,000 VMs must
+/// not need 5,000 more descriptors every resync (it ran out, and healthy VMs were taken
+/// for hung ones).
+pub(super) const PINGS_AT_ONCE: usize = 32;
 
 impl<L: Launcher, N: HostNet> Controller<L, N> {
     pub(super) async fn repair(&mut self) {
@@ -60,21 +65,38 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             }
             let ping = vm.process.responsive();
             let (tx, name, id) = (self.events.clone(), name.clone(), vm.id);
+            let pings = self.pings.clone();
             tokio::spawn(async move {
+                let Ok(_turn) = pings.acquire().await else { return };
                 let answered = ping.await;
                 let _ = tx.send(Event::Liveness { name, vm: id, answered });
             });
         }
     }
 
-    pub(super) fn on_liveness(&mut self, name: &str, vm: u64, answered: bool) {
+    pub(super) fn on_liveness(&mut self, name: &str, vm: u64, answered: Liveness) {
         let Some(svc) = self.services.get_mut(name) else { return };
         let Some(v) = svc.vm.as_mut().filter(|v| v.id == vm) else {
             return;
         };
-        if answered {
-            v.unanswered = 0;
-            return;
+        match answered {
+            Liveness::Answered => {
+                v.unanswered = 0;
+                return;
+            }
+            Liveness::NotChecked(why) => {
+                // Neither for nor against the VM; said once a minute, not per VM.
+                let now = tokio::time::Instant::now();
+                if self
+                    .unchecked_warned
+                    .is_none_or(|t| now - t > std::time::Duration::from_secs(60))
+                {
+                    self.unchecked_warned = Some(now);
+                    warn!("cannot check whether VMMs still answer: {why}; their VMs are left as they are");
+                }
+                return;
+            }
+            Liveness::Silent => {}
         }
         v.unanswered += 1;
         if v.unanswered < UNANSWERED_LIMIT || svc.state != State::Running {

@@ -3,6 +3,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use contract::control::{Reply, Request};
+
+use crate::controller::host::Liveness;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -30,6 +32,25 @@ pub async fn request(path: &Path, request: &Request) -> std::io::Result<Reply> {
         ));
     }
     Ok(Reply::parse(&line))
+}
+
+/// One liveness ping. A failure that is the daemon's own (no descriptor or memory left
+/// for the socket) is [`Liveness::NotChecked`]: the VMM is not to blame for it.
+pub async fn ping(path: &Path) -> Liveness {
+    match tokio::time::timeout(LIVENESS_LIMIT, request(path, &Request::Ping)).await {
+        Ok(Ok(Reply::Ok(_))) => Liveness::Answered,
+        Ok(Err(e)) if ours(&e) => Liveness::NotChecked(e.to_string()),
+        _ => Liveness::Silent,
+    }
+}
+
+/// Whether an error says this process (or the host) ran out of something: EMFILE, ENFILE,
+/// ENOMEM, ENOBUFS.
+fn ours(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
 }
 
 /// Returns once the VMM answers a ping: its event loop runs, and so do its vCPUs. The

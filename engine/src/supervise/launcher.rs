@@ -16,7 +16,7 @@ use super::probe;
 use super::process::{Ended, Launch, Process};
 use super::uids::{UidLease, UidPool};
 use super::warm::{Shape, WarmPool};
-use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Readiness, Signal, VmProcess};
+use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Liveness, Readiness, Signal, VmProcess};
 use crate::state_dir::{StateDir, VmRecord};
 use crate::systemd::scope::Scopes;
 use std::sync::Arc;
@@ -330,17 +330,13 @@ fn service_of(cmdline: &[u8], services: &Path) -> Option<String> {
 }
 
 impl VmProcess for Vmm {
-    fn responsive(&self) -> BoxFuture<bool> {
+    fn responsive(&self) -> BoxFuture<Liveness> {
         let control = self.control.clone();
         Box::pin(async move {
             if !control.exists() {
-                return true;
+                return Liveness::Answered;
             }
-            let ping = super::control::request(&control, &contract::control::Request::Ping);
-            matches!(
-                tokio::time::timeout(super::control::LIVENESS_LIMIT, ping).await,
-                Ok(Ok(contract::control::Reply::Ok(_)))
-            )
+            super::control::ping(&control).await
         })
     }
 

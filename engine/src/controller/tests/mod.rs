@@ -714,6 +714,33 @@ async fn a_vmm_that_stops_answering_is_killed_and_started_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn liveness_pings_are_bounded_and_a_ping_the_daemon_cannot_make_kills_nothing() {
+    let mut h = Harness::new("pings").await;
+    for i in 0..100 {
+        h.write(&format!("s{i}.kdl"), &decl(&format!("s{i}"), ""));
+    }
+    h.ctl().reload().await;
+    h.run_for(Duration::from_secs(2)).await;
+    let pids: Vec<_> = (0..100).map(|i| h.pid(&format!("s{i}")).unwrap()).collect();
+    h.ctl().resync().await;
+    h.run_for(Duration::from_secs(1)).await;
+    let most = h.host.get().most_pings_in_flight;
+    assert!(
+        (2..=super::repair::PINGS_AT_ONCE).contains(&most),
+        "{most} pings at once for 100 VMs"
+    );
+    // The daemon is out of descriptors: its pings fail, which says nothing of the VMs.
+    h.host.get().pings_fail = Some("Too many open files (os error 24)".into());
+    for _ in 0..3 {
+        h.ctl().resync().await;
+        h.run_for(Duration::from_secs(6)).await;
+    }
+    let now: Vec<_> = (0..100).map(|i| h.pid(&format!("s{i}")).unwrap()).collect();
+    assert_eq!(now, pids, "no VM was restarted");
+    assert!(h.host.get().signals.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_host_out_of_resources_is_retried_every_second_and_never_failed() {
     let mut h = Harness::new("exhausted").await;
     h.host.behave(
