@@ -180,6 +180,10 @@ impl Net {
     /// guest an exit for every buffer it gives back (virtio 1.2, 2.7.10).
     pub fn process_rx(&mut self) {
         let mut used_any = false;
+        // Whether the avail ring was looked at again after asking for notifications: once
+        // is enough (a driver's avail index that runs ahead of what can be popped must not
+        // spin this loop).
+        let mut rechecked = false;
         loop {
             let State::Active(active) = &mut self.state else { return };
             let mem = active.mem.clone();
@@ -201,11 +205,15 @@ impl Net {
             // notification, unless buffers came while asking.
             let Some(head) = active.queues[RX].pop_descriptor_chain(&mem) else {
                 match active.queues[RX].enable_notification(&mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    Ok(_) => break,
                     Err(_) => return self.fail("receive", chain::ChainError::Ring),
                 }
             };
+            rechecked = false;
             let index = head.head_index();
             let capacity = match chain::collect(&mem, head, Direction::DeviceWrites, usize::MAX, &mut self.buffers) {
                 Ok(c) => c,

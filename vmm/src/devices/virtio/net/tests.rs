@@ -194,6 +194,26 @@ fn receive_notifications_are_asked_for_only_while_a_frame_waits_for_a_buffer() {
 }
 
 #[test]
+fn an_avail_index_far_ahead_of_the_ring_does_not_spin_the_receive_path() {
+    let mut r = rig();
+    let (avail, _) = ring_addrs(RXQ_ADDR);
+    // More entries announced than the queue holds: nothing can be popped, yet the ring
+    // says there is something new.
+    r.mem.write_obj(QSIZE * 3, GuestAddress(avail + 2)).unwrap();
+    r.peer_send(&frame(60));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut net = r.net;
+    std::thread::spawn(move || {
+        net.process_rx();
+        let _ = done_tx.send(net.stats());
+    });
+    let stats = done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("process_rx returned");
+    assert_eq!(stats.rx_frames, 0);
+}
+
+#[test]
 fn no_interrupt_when_the_driver_asks_for_none() {
     let mut r = rig();
     let (avail, _) = ring_addrs(TXQ_ADDR);
