@@ -195,7 +195,7 @@ fn receive_notifications_are_asked_for_only_while_a_frame_waits_for_a_buffer() {
 
 #[test]
 fn an_avail_index_far_ahead_of_the_ring_does_not_spin_the_receive_path() {
-    let mut r = rig();
+    let r = rig();
     let (avail, _) = ring_addrs(RXQ_ADDR);
     // More entries announced than the queue holds: nothing can be popped, yet the ring
     // says there is something new.
