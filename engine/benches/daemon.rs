@@ -163,7 +163,8 @@ fn main() {
             .iter()
             .any(|t| line.ends_with(t));
         let network = ours && line.contains("network of");
-        if (ours && line.contains("booting VM")) || network || line.contains("1 to create, 0 to replace") {
+        let phases = ours && line.contains("running (booted in");
+        if (ours && line.contains("booting VM")) || network || phases || line.contains("1 to create, 0 to replace") {
             println!("    log: {}", line.split_once(' ').map(|x| x.1).unwrap_or(line));
         }
     }
