@@ -133,9 +133,9 @@ enum Scope {
 /// [`watch::DEBOUNCE`] (or once [`watch::MAX_DELAY`] passed since the first change).
 #[derive(Default)]
 struct Pending {
+    /// When the first change since the last reload was seen, and until when the
+    /// directory must now stay quiet.
     due: Option<(tokio::time::Instant, tokio::time::Instant)>,
-    /// When the first change since the last reload was seen.
-    since: Option<tokio::time::Instant>,
     /// What to read since the last reload.
     scope: Option<Scope>,
     /// Entries whose last event may be followed by more writes (created, modified, not
@@ -192,21 +192,19 @@ impl Pending {
             _ => watch::DEBOUNCE,
         };
         let now = tokio::time::Instant::now();
-        let since = *self.since.get_or_insert(now);
-        let cap = since + watch::MAX_DELAY;
-        self.due = Some((now + quiet, cap));
+        let since = self.due.map_or(now, |(since, _)| since);
+        self.due = Some((since, now + quiet));
     }
 
     /// What to reload now that the deadline passed, and since when it changed.
     fn take(&mut self) -> Option<(Scope, tokio::time::Instant)> {
-        self.due = None;
         // A file still being written says so again with its next event.
         self.unsettled.clear();
-        self.scope.take().zip(self.since.take())
+        self.scope.take().zip(self.due.take().map(|(since, _)| since))
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.due.map(|(quiet, cap)| quiet.min(cap))
+        self.due.map(|(since, quiet)| quiet.min(since + watch::MAX_DELAY))
     }
 }
 
