@@ -65,9 +65,6 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Stack of the parser thread (see [`Loader::load`]).
-pub const PARSE_STACK: usize = 512 << 20;
-
 /// What a file's last look found to say: its diagnostics, and whether its content was
 /// refused. Only files with something to say have one, so a load gathers them without a
 /// pass over every file.
@@ -149,27 +146,6 @@ impl Loader {
         self.merged.invalidate();
     }
 
-    /// Parses on a thread of its own with a stack deep enough for the most nesting a file
-    /// may have ([`super::parse::MAX_BLOCKS`] levels: ~5 KiB each in release builds, up to
-    /// ~30 KiB in debug builds); the stack is reserved, not touched, until used.
-    fn load(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
-        let outcome = std::thread::scope(|scope| {
-            let parser = std::thread::Builder::new()
-                .name("declarations".into())
-                .stack_size(PARSE_STACK)
-                .spawn_scoped(scope, || self.load_here(dir, changed));
-            match parser.map(|t| t.join()) {
-                Ok(Ok(loaded)) => Ok(loaded),
-                Ok(Err(_)) => Err("the declaration parser failed".to_string()),
-                Err(e) => Err(format!("cannot start the declaration parser: {e}")),
-            }
-        });
-        outcome.unwrap_or_else(|message| {
-            // Out of threads or memory: nothing is read, nothing is taken as removed.
-            self.unreadable(dir, message)
-        })
-    }
-
     /// A load that read nothing: an error, and everything kept as it was.
     fn unreadable(&mut self, dir: &Path, message: String) -> Loaded {
         let r = Reporter::new(dir, Arc::new(String::new()));
@@ -217,7 +193,7 @@ impl Loader {
         Ok((files, gone))
     }
 
-    fn load_here(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
+    fn load(&mut self, dir: &Path, changed: Option<&HashSet<OsString>>) -> Loaded {
         let (files, gone) = match self.candidates(dir, changed) {
             Ok(c) => c,
             // An unreadable directory changes nothing: keep everything as it was.

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod load;
 pub mod merge;
 pub mod parse;
+pub mod reader;
 pub mod spec;
 pub mod standby;
 pub mod template;

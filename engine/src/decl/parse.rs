@@ -69,7 +69,7 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
     let mut diags = Vec::new();
     // The KDL parser recurses once per level of nesting. Whatever the file's lexical
     // tricks, its nesting is at most its number of `{`: bounding that bounds the stack
-    // the parser needs (see `load::PARSE_STACK`), so a hostile file cannot abort us.
+    // the parser needs (see `reader`), so a hostile file cannot abort us.
     if let Some((at, _)) = text.match_indices('{').nth(MAX_BLOCKS) {
         diags.push(r.error(
             SourceSpan::from((at, 1)),
@@ -107,7 +107,12 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
             return (specs, fast_diags);
         }
     }
-    parse_with_kdl(&r, &text, diags)
+    let blocks = text.matches('{').count();
+    let (reporter, shared) = (r.clone(), text.clone());
+    match super::reader::run(blocks, move || parse_with_kdl(&reporter, &shared, diags)) {
+        Ok(read) => read,
+        Err(message) => (Vec::new(), vec![r.error(SourceSpan::from(0..0), message, "here", None)]),
+    }
 }
 
 /// [`parse_file`] through the kdl crate only (the reference the fast reader must match).
