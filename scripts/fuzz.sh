@@ -4,8 +4,8 @@
 # the run with the input that caused it in fuzz/artifacts/<target>/. Seeds: our example
 # declarations, our example kernel images (all boot protocols), a driver that sets up the
 # virtio-net device and moves a frame each way (fuzz/seeds/virtio_net.py), a console
-# replay header; snapshot_state starts empty. Longer runs: FUZZ_SECS=3600 bash scripts/fuzz.sh;
-# FUZZ_TARGETS="virtio_net" picks some.
+# replay header; snapshot_state starts empty. Longer runs: FUZZ_SECS=3600 bash scripts/fuzz.sh
+# (by hand, kdl needs `ulimit -s 1048576` first, as here); FUZZ_TARGETS="virtio_net" picks some.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -30,6 +30,9 @@ python3 fuzz/seeds/virtio_net.py "$seeds/virtio_net/driver-init-tx-rx"
 printf '42 1000\n\0\0\0\0\0\0\0\0' >"$seeds/console_header/header"
 
 cargo +nightly fuzz build -O
+# The kdl target reads declarations on libFuzzer's main thread: give it the stack the
+# daemon's parser thread has (512 MiB; the target refuses to run with less).
+ulimit -s $((1 << 20))
 for target in $targets; do
     echo "== fuzz $target (${secs}s)"
     rm -rf "fuzz/artifacts/$target"

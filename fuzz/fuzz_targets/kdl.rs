@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     // As in the daemon: a panic the parser contains is an error, any other one a crash
     // (libFuzzer's own hook, kept as the one called outside `contained`).
     static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(unikerneld::panic::abort_on_panic);
+    HOOK.call_once(|| {
+        unikerneld::panic::abort_on_panic();
+        stack_as_deep_as_the_daemons();
+    });
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -27,7 +30,7 @@ fn read(text: &str) {
             "the fast reader read another document"
         );
     }
-    let (_specs, errors) = parse::parse_file(std::path::Path::new("/etc/unikernels/fuzz.kdl"), text);
+    let (_specs, errors) = parse::parse_file_here(std::path::Path::new("/etc/unikernels/fuzz.kdl"), text);
     let lines = text.split('\n').count();
     for e in errors {
         assert!(
@@ -41,5 +44,28 @@ fn read(text: &str) {
             "span past the end: {}",
             e.message
         );
+    }
+}
+
+/// Readers recurse per level of nesting, and the daemon reads a deep file on a thread
+/// with a stack of `PARSE_STACK`. The target runs on libFuzzer's main thread, whose stack
+/// grows up to RLIMIT_STACK: below `PARSE_STACK` a deep file would overflow it (a bare
+/// SIGSEGV, with no artifact) where the daemon is fine. (A thread per input costs too much
+/// under ASan.)
+fn stack_as_deep_as_the_daemons() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
+    let want = unikerneld::decl::reader::PARSE_STACK as libc::rlim_t;
+    if !ok || (limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < want) {
+        eprintln!(
+            "fuzz/kdl needs a stack of {} MiB like the daemon's parser: run it under `ulimit -s {}`",
+            want >> 20,
+            want >> 10
+        );
+        std::process::exit(2);
     }
 }

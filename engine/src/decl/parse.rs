@@ -62,8 +62,20 @@ const CMDLINE_HEADROOM: usize = 1024;
 pub const MAX_BLOCKS: usize = 16_384;
 
 /// Parses one file. Returns the specs it declares and every diagnostic (warnings too);
-/// the file counts as failed when any diagnostic is an error.
+/// the file counts as failed when any diagnostic is an error. Safe on any thread: kdl
+/// reads on a thread with the stack it needs ([`super::reader`]).
 pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
+    parse(path, text, true)
+}
+
+/// [`parse_file`] with kdl on this thread, whose stack must hold the deepest file
+/// ([`super::reader::PARSE_STACK`]): for the fuzzer, on libFuzzer's main thread (a thread
+/// per deep input costs too much memory under ASan).
+pub fn parse_file_here(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
+    parse(path, text, false)
+}
+
+fn parse(path: &Path, text: &str, on_reader: bool) -> (Vec<Spec>, Vec<DeclError>) {
     let text = Arc::new(text.to_string());
     let r = Reporter::new(path, text.clone());
     let mut diags = Vec::new();
@@ -106,6 +118,9 @@ pub fn parse_file(path: &Path, text: &str) -> (Vec<Spec>, Vec<DeclError>) {
         if fast_diags.is_empty() {
             return (specs, fast_diags);
         }
+    }
+    if !on_reader {
+        return parse_with_kdl(&r, &text, diags);
     }
     let blocks = text.matches('{').count();
     let (reporter, shared) = (r.clone(), text.clone());
