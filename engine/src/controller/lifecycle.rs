@@ -123,14 +123,6 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         );
         self.watch_vm(name, &mut vm);
         if let Some(svc) = self.services.get_mut(name) {
-            if restore {
-                // Waiting connections go to the guest now, not once the VMM answers: the
-                // restored guest was listening when it was saved, and its tap has had a
-                // queue since it was reopened above, so their SYNs wait there for it and
-                // their first round trip overlaps the restore. Should the snapshot not
-                // come back, the VM's end takes the address back (the SYN is retried).
-                let _ = svc.target.send(vm.address);
-            }
             svc.vm = Some(vm);
         }
         self.status_dirty = true;

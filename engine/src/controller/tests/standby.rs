@@ -55,34 +55,6 @@ async fn an_idle_service_goes_to_standby_and_a_connection_resumes_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_wake_sends_waiting_connections_to_the_guest_while_it_restores() {
-    let mut h = Harness::new("early").await;
-    h.host.behave(
-        "web",
-        Behaviour {
-            ready_after: Some(Duration::from_millis(50)),
-            ..Behaviour::default()
-        },
-    );
-    h.write("web.kdl", &standby_decl("web", "idle=\"1s\""));
-    h.ctl().reload().await;
-    h.run_for(Duration::from_millis(1300)).await;
-    assert_eq!(h.state("web"), Some(State::Standby));
-    let gate = h.host.get().gates.get(&8080).cloned().unwrap();
-    assert_eq!(*gate.target.borrow(), None, "on standby, connections wait");
-    let _client = h.connect();
-    h.run_for(Duration::from_millis(5)).await;
-    assert_eq!(h.state("web"), Some(State::Booting), "still restoring");
-    assert!(
-        gate.target.borrow().is_some(),
-        "the restoring guest's address is handed out at once"
-    );
-    h.run_for(Duration::from_millis(60)).await;
-    assert_eq!(h.state("web"), Some(State::Running));
-    assert!(gate.target.borrow().is_some());
-}
-
-#[tokio::test(start_paused = true)]
 async fn held_connections_do_not_keep_a_service_awake() {
     let mut h = Harness::new("hold").await;
     h.write("web.kdl", &standby_decl("web", "idle=\"1s\" connections=\"hold\""));
