@@ -42,6 +42,11 @@ pub struct VmmArgs {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Serve control requests on this inherited unix socket, bound and listening already
+    /// (the daemon binds it: a client can connect from the moment the VMM is spawned)
+    #[arg(long, value_name = "N", conflicts_with = "control")]
+    pub control_fd: Option<RawFd>,
+
     /// Initial ramdisk, placed at the top of low memory and announced to the kernel
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -134,6 +139,7 @@ impl VmmArgs {
             kernel: Some(kernel),
             restore: None,
             control: None,
+            control_fd: None,
             initrd: None,
             cmdline: String::new(),
             memory: MemSize::from_bytes(16 * MemSize::MIB),
@@ -170,6 +176,9 @@ impl VmmArgs {
         }
         if let Some(control) = &self.control {
             arg("control", control.clone().into());
+        }
+        if let Some(fd) = self.control_fd {
+            arg("control-fd", fd.to_string().into());
         }
         // A restore takes these from the snapshot: they are not passed (nor shown in ps).
         if self.restore.is_none() {
@@ -253,6 +262,7 @@ mod tests {
             kernel: Some("/images/http".into()),
             restore: None,
             control: Some("/run/unikerneld/services/web/control.sock".into()),
+            control_fd: None,
             initrd: Some("/srv/initrd".into()),
             cmdline: "ip=10.0.0.2/24 gw=10.0.0.1 -- --app arg".into(),
             memory: "32M".parse().unwrap(),
@@ -297,6 +307,12 @@ mod tests {
             ..full.clone()
         };
         assert_eq!(round_trip(&secret), secret);
+        let listening = VmmArgs {
+            control: None,
+            control_fd: Some(11),
+            ..full.clone()
+        };
+        assert_eq!(round_trip(&listening), listening);
         assert!(!secret.to_argv().iter().any(|a| a == "--cmdline"));
         let restore = VmmArgs {
             kernel: None,

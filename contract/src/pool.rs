@@ -2,8 +2,8 @@
 //! VM, memory and vCPUs, says [`READY`] on the inherited socket, and waits for what to
 //! run. The daemon sends one message: the VMM's arguments (as [`crate::args::VmmArgs`]
 //! argv, NUL-separated) with the descriptors they need attached (`SCM_RIGHTS`). The
-//! first descriptor becomes the VMM's stderr; `--net-fd` and `--cmdline-fd` name a
-//! descriptor by its index in the attached list, since its number in the VMM is not
+//! first descriptor becomes the VMM's stderr; `--net-fd`, `--cmdline-fd` and
+//! `--control-fd` name a descriptor by its index in the attached list, since its number in the VMM is not
 //! known when the message is written.
 //!
 //! The socket is `SOCK_SEQPACKET`: one message is one hand-off, and the daemon closing
@@ -149,7 +149,7 @@ pub fn receive(socket: &UnixStream) -> Result<Option<Handoff>, Error> {
 }
 
 impl Handoff {
-    /// Turns the indexes `--net-fd` and `--cmdline-fd` hold into this process's fds (which
+    /// Turns the indexes `--net-fd`, `--cmdline-fd` and `--control-fd` hold into this process's fds (which
     /// the caller then owns as raw fds, as if inherited); descriptors nothing names are
     /// closed.
     pub fn resolve(self) -> Result<(VmmArgs, OwnedFd), Error> {
@@ -166,6 +166,7 @@ impl Handoff {
         };
         args.net_fd = args.net_fd.map(&mut take).transpose()?;
         args.cmdline_fd = args.cmdline_fd.map(&mut take).transpose()?;
+        args.control_fd = args.control_fd.map(&mut take).transpose()?;
         Ok((args, stderr))
     }
 }
@@ -243,9 +244,11 @@ mod tests {
         let mut log = tempfile();
         let tap = tempfile();
         let cmdline = tempfile();
+        let control = tempfile();
         let args = VmmArgs {
             net_fd: Some(1),
             cmdline_fd: Some(0),
+            control_fd: Some(2),
             cmdline: String::new(),
             trace_boot: true,
             ..VmmArgs::new("/images/http".into())
@@ -254,11 +257,15 @@ mod tests {
             &daemon,
             &args,
             std::os::fd::AsFd::as_fd(&log),
-            &[std::os::fd::AsFd::as_fd(&cmdline), std::os::fd::AsFd::as_fd(&tap)],
+            &[
+                std::os::fd::AsFd::as_fd(&cmdline),
+                std::os::fd::AsFd::as_fd(&tap),
+                std::os::fd::AsFd::as_fd(&control),
+            ],
         )
         .unwrap();
         let got = receive(&vmm).unwrap().unwrap();
-        assert_eq!(got.fds.len(), 2);
+        assert_eq!(got.fds.len(), 3);
         let (resolved, stderr) = got.resolve().unwrap();
         assert_eq!(resolved.kernel, args.kernel);
         assert!(resolved.trace_boot);
@@ -270,7 +277,11 @@ mod tests {
         log.rewind().unwrap();
         log.read_to_string(&mut text).unwrap();
         assert_eq!(text, "from the vmm");
-        for (fd, file) in [(resolved.net_fd, &tap), (resolved.cmdline_fd, &cmdline)] {
+        for (fd, file) in [
+            (resolved.net_fd, &tap),
+            (resolved.cmdline_fd, &cmdline),
+            (resolved.control_fd, &control),
+        ] {
             let fd = fd.unwrap();
             assert_ne!(fd, file.as_raw_fd());
             let ours = std::fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();

@@ -16,7 +16,7 @@ use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE};
 use crate::arch::x86_64::regs::BootMode;
 use crate::arch::x86_64::{bootinfo, mptable, multiboot_info};
 use crate::cmdline;
-use crate::config::{ConsoleTarget, RestoreConfig, VmConfig};
+use crate::config::{ConsoleTarget, ControlSocket, RestoreConfig, VmConfig};
 use crate::control::{self, Controller};
 use crate::device_manager::{self, DeviceManager, Legacy, NetDevice};
 use crate::devices::legacy::serial::Serial;
@@ -62,9 +62,9 @@ pub enum Error {
     Multiboot(#[from] multiboot_info::Error),
     #[error("{0}")]
     Threads(String),
-    #[error("cannot listen on control socket {path}: {source}")]
+    #[error("cannot listen on control socket {socket}: {source}")]
     Control {
-        path: std::path::PathBuf,
+        socket: ControlSocket,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -206,14 +206,19 @@ impl Machine {
     }
 }
 
-fn bind_control(path: Option<&Path>) -> Result<Option<UnixListener>, Error> {
-    path.map(|path| {
-        control::bind(path).map_err(|source| Error::Control {
-            path: path.to_path_buf(),
-            source,
+fn bind_control(socket: Option<&ControlSocket>) -> Result<Option<UnixListener>, Error> {
+    socket
+        .map(|socket| {
+            match socket {
+                ControlSocket::Path(path) => control::bind(path),
+                ControlSocket::Listening(fd) => control::inherited(*fd),
+            }
+            .map_err(|source| Error::Control {
+                socket: socket.clone(),
+                source,
+            })
         })
-    })
-    .transpose()
+        .transpose()
 }
 
 fn console_out(target: &ConsoleTarget, events: &mut EventLoop) -> Result<Box<dyn Write + Send>, Error> {
@@ -352,7 +357,7 @@ fn build_on(config: &VmConfig, warm: Option<Warm>, start: Instant) -> Result<Mac
     check_vcpus(config.vcpus)?;
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
     let console = console_out(&config.console, &mut events)?;
-    let control = bind_control(config.control.as_deref())?;
+    let control = bind_control(config.control.as_ref())?;
 
     // A cold start loads the guest before it asks KVM for anything: a bad image is
     // refused without creating a VM.
@@ -453,7 +458,7 @@ fn restore_on(
     let opened = snapshot::open(&config.dir)?;
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
     let console = console_out(&config.console, &mut events)?;
-    let control = bind_control(config.control.as_deref())?;
+    let control = bind_control(config.control.as_ref())?;
     let kvm = match warm {
         Some(_) => None,
         None => Some(Vm::open_kvm()?),

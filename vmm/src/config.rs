@@ -31,8 +31,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub console: ConsoleTarget,
     pub net: Option<NetConfig>,
-    /// The control socket's path (pause, resume, snapshot), if any.
-    pub control: Option<PathBuf>,
+    /// The control socket (pause, resume, snapshot), if any.
+    pub control: Option<ControlSocket>,
     /// Where KVM's supported CPUID is kept between VMMs (`vstate::cpuid_cache`).
     pub cpuid_cache: Option<PathBuf>,
 }
@@ -44,5 +44,23 @@ pub struct RestoreConfig {
     pub console: ConsoleTarget,
     /// Required when the snapshot has a NIC; its MAC is the snapshot's.
     pub net: Option<NetConfig>,
-    pub control: Option<PathBuf>,
+    pub control: Option<ControlSocket>,
+}
+
+/// Where control requests come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// Bind this path (`--control`).
+    Path(PathBuf),
+    /// Accept on this inherited socket, bound and listening already (`--control-fd`).
+    Listening(std::os::fd::RawFd),
+}
+
+impl std::fmt::Display for ControlSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlSocket::Path(path) => write!(f, "{}", path.display()),
+            ControlSocket::Listening(fd) => write!(f, "fd {fd}"),
+        }
+    }
 }

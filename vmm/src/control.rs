@@ -6,7 +6,7 @@
 //! mode 0600). While a snapshot is written the loop is busy, which is what we want: no
 //! device may touch guest memory or queues while they are saved.
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -38,6 +38,42 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Takes the inherited socket `fd` (`--control-fd`), which must be a unix stream socket
+/// that listens already: the daemon binds it before the spawn, so that it can connect at
+/// once instead of waiting for the path to appear.
+pub fn inherited(fd: RawFd) -> io::Result<UnixListener> {
+    let refused = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening unix stream socket (bind and listen before handing it over)",
+        )
+    };
+    let int = |option| -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`; a bad fd is an error.
+        let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&raw mut value).cast(), &mut len) };
+        if rc == 0 {
+            return Ok(value);
+        }
+        let e = io::Error::last_os_error();
+        Err(if e.raw_os_error() == Some(libc::ENOTSOCK) {
+            refused()
+        } else {
+            e
+        })
+    };
+    let (domain, kind, listening) = (int(libc::SO_DOMAIN)?, int(libc::SO_TYPE)?, int(libc::SO_ACCEPTCONN)?);
+    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM || listening == 0 {
+        return Err(refused());
+    }
+    // SAFETY: named on our command line and inherited for us alone; checked above to be
+    // the kind of socket a UnixListener is.
+    let listener = unsafe { UnixListener::from_raw_fd(fd) };
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

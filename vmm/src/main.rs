@@ -9,7 +9,7 @@ use clap::Parser;
 use contract::args::VmmArgs;
 use contract::exit::{error_line, ExitStatus};
 use vmm::builder::{self, Outcome};
-use vmm::config::{NetBackend, NetConfig, RestoreConfig, VmConfig};
+use vmm::config::{ControlSocket, NetBackend, NetConfig, RestoreConfig, VmConfig};
 use vmm::devices::legacy::serial::Serial;
 use vmm::jail::{self, Jail};
 use vmm::pool::Waited;
@@ -106,7 +106,12 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        jail::close_inherited(&[cli.net_fd, cli.cmdline_fd].into_iter().flatten().collect::<Vec<_>>());
+        jail::close_inherited(
+            &[cli.net_fd, cli.cmdline_fd, cli.control_fd]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+        );
     }
     if let Some(fd) = cli.cmdline_fd {
         match read_cmdline_fd(fd) {
@@ -139,13 +144,18 @@ fn main() -> ExitCode {
         }
     };
     let net = net_config(cli.net_fd, cli.tap, cli.mac);
+    let control = match (cli.control, cli.control_fd) {
+        (Some(path), _) => Some(ControlSocket::Path(path)),
+        (None, Some(fd)) => Some(ControlSocket::Listening(fd)),
+        (None, None) => None,
+    };
     let built = match (cli.restore, cli.kernel) {
         (Some(dir), _) => {
             let config = RestoreConfig {
                 dir,
                 console: cli.console,
                 net,
-                control: cli.control,
+                control,
             };
             match warm.take() {
                 Some(warm) => builder::restore_warm(&config, warm, start, &mut enter_jail),
@@ -161,7 +171,7 @@ fn main() -> ExitCode {
                 vcpus: cli.vcpus,
                 console: cli.console,
                 net,
-                control: cli.control,
+                control,
                 cpuid_cache: cli.cpuid_cache,
             };
             match warm {

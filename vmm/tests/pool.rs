@@ -238,11 +238,29 @@ fn a_pooled_vmm_resumes_a_snapshot_into_its_vm() {
     log.read_to_string(&mut handed).unwrap();
     assert!(handed.contains("the snapshot 16M and 1"), "{handed}");
 
+    // As the daemon hands a wake off: the control socket bound and listening already
+    // (`--control-fd`), so a ping can be on its way before the VMM has it.
     let (child, daemon) = pooled_in(Some(&ns), "16M", 1);
     let log = memfd("");
-    pool::send(&daemon, &restore, log.as_fd(), &[]).unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut early = UnixStream::connect(&sock).unwrap();
+    early.write_all(b"uk1 ping\n").unwrap();
+    let by_fd = VmmArgs {
+        control: None,
+        control_fd: Some(0),
+        ..restore.clone()
+    };
+    pool::send(&daemon, &by_fd, log.as_fd(), &[listener.as_fd()]).unwrap();
+    drop(listener);
     let _second = KillOnDrop(child);
-    assert_eq!(control(&sock, &Request::Ping), contract::control::Reply::Ok(vec![]));
+    early.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(early), &mut reply).unwrap();
+    assert_eq!(
+        contract::control::Reply::parse(&reply),
+        contract::control::Reply::Ok(vec![])
+    );
     assert_eq!(ns.get(), "web 2", "resumed with its state");
     assert_eq!(ns.get(), "web 3");
     let _ = std::fs::remove_dir_all(&dir);

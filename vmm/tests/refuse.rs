@@ -213,3 +213,13 @@ fn a_fifo_or_a_directory_is_refused_at_once_not_waited_on() {
     let err = refused(&dir.0, &[]);
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+#[test]
+fn a_control_fd_that_is_not_a_listening_socket_is_refused() {
+    // fd 0 is /dev/null here (run_with_limit), a file, not a socket that listens.
+    let err = refused(&image("hello"), &["--control-fd", "0"]);
+    assert!(
+        err.contains("control socket fd 0") && err.contains("not a listening unix stream socket"),
+        "{err}"
+    );
+}

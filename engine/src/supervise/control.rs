@@ -54,8 +54,9 @@ fn ours(e: &std::io::Error) -> bool {
 }
 
 /// Returns once the VMM answers a ping: its event loop runs, and so do its vCPUs. The
-/// socket exists from the VMM's first milliseconds, so this mostly waits inside connect
-/// and read, not in sleeps.
+/// daemon binds the socket before the spawn (`--control-fd`), so the first ping connects
+/// at once and waits in its read for the answer; a retry only follows a VMM that closed
+/// the socket (it ended).
 pub async fn until_running(path: &Path) {
     loop {
         if let Ok(Reply::Ok(_)) = request(path, &Request::Ping).await {

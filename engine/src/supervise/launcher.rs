@@ -1,7 +1,7 @@
 //! The real [`Launcher`]: `unikernel-vmm` processes watched through pidfds, their console
 //! followed from the VMM's console socket, readiness probed over TCP.
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -122,6 +122,18 @@ fn cmdline_memfd(cmdline: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(file.into())
 }
 
+/// Binds a VMM's control socket at `path` (replacing a stale one), owner-only, listening.
+fn bind_control(path: &Path) -> std::io::Result<OwnedFd> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(listener.into())
+}
+
 /// A task that ends with its owner.
 pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
@@ -185,6 +197,11 @@ impl Launcher for VmmLauncher {
                 Some(raw)
             }
         };
+        // Bound here, so that a ping can connect from the moment of the spawn (a wake's
+        // readiness is the first answer) rather than poll for the VMM's path to appear.
+        let control = bind_control(&self.state.control_socket(name)).map_err(|e| format!("control socket: {e}"))?;
+        let control_fd = control.as_raw_fd();
+        inherit.push(control);
         let mut args = VmmArgs {
             initrd: spec.initrd.clone(),
             cmdline_fd,
@@ -197,7 +214,7 @@ impl Launcher for VmmLauncher {
             memory: MemSize::from_bytes(spec.memory_bytes),
             vcpus: spec.vcpus,
             console: ConsoleTarget::Socket(self.state.console_socket(name)),
-            control: Some(self.state.control_socket(name)),
+            control_fd: Some(control_fd),
             // Inherited under its own number (see `Launch::tap`).
             net_fd: tap.as_ref().map(|(fd, _)| fd.as_raw_fd()),
             mac: tap.as_ref().map(|(_, mac)| *mac),
@@ -227,9 +244,14 @@ impl Launcher for VmmLauncher {
         let mut pooled = None;
         if let Some(warm) = warm {
             // The hand-off names descriptors by their place in `inherit`.
+            let place = |fd: Option<RawFd>| {
+                fd.and_then(|fd| inherit.iter().position(|o| o.as_raw_fd() == fd))
+                    .and_then(|i| RawFd::try_from(i).ok())
+            };
             let handoff = VmmArgs {
-                cmdline_fd: args.cmdline_fd.map(|_| 0),
-                net_fd: args.net_fd.map(|_| RawFd::from(args.cmdline_fd.is_some())),
+                cmdline_fd: place(args.cmdline_fd),
+                net_fd: place(args.net_fd),
+                control_fd: place(args.control_fd),
                 ..args.clone()
             };
             match warm.hand_off(&handoff, &stderr, &inherit) {
