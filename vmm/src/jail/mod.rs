@@ -6,8 +6,9 @@
 //! (`crate::seccomp`).
 //!
 //! In order, while the process is still single-threaded (unshare and setresuid must be):
-//! new mount, IPC and UTS namespaces; a root that is an empty read-only tmpfs (pivot_root,
-//! the old root detached), with only the VM's snapshot directory bound in at its own path;
+//! new mount, IPC and UTS namespaces; a root that is an empty read-only tmpfs (moved over
+//! the old root, then chroot; see `fs.rs` for why not pivot_root), with only the VM's
+//! snapshot directory bound in at its own path;
 //! no capability left in the bounding set; no supplementary groups; the VM's own uid and
 //! gid (which clears every capability); no_new_privs.
 //!
