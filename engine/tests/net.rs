@@ -173,3 +173,65 @@ fn sysctls_are_raised_once_and_logged_as_changes() {
         "the host's own value is untouched"
     );
 }
+
+#[test]
+fn a_tap_opened_again_carries_frames_once_it_runs() {
+    // A wake opens its service's tap again; the kernel brings the link's queue back
+    // asynchronously, and what the host sends before that is dropped (an ARP request,
+    // then a connection waits 1 s for the retry). After `wait_running`, nothing is.
+    let ns = Netns::new("reattach");
+    let (lost, waited) = ns.run(|| {
+        use std::os::fd::AsRawFd;
+        use unikerneld::net::tap;
+        const TAP: &str = "uk-reattach";
+        let fd = tap::create(TAP).unwrap();
+        for args in [
+            vec!["addr", "add", "10.9.0.1/24", "dev", TAP],
+            vec!["link", "set", TAP, "up"],
+            vec![
+                "neigh",
+                "replace",
+                "10.9.0.2",
+                "lladdr",
+                "52:54:00:00:00:02",
+                "dev",
+                TAP,
+                "nud",
+                "permanent",
+            ],
+        ] {
+            let out = Command::new("ip").args(&args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}");
+        }
+        drop(fd);
+        let socket = std::net::UdpSocket::bind("10.9.0.1:0").unwrap();
+        let (mut lost, mut waited) = (0, Vec::new());
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let fd = tap::create(TAP).unwrap();
+            // SAFETY: F_SETFL on an fd we own.
+            let set = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+            assert_eq!(set, 0);
+            let took = tap::wait_running(TAP, std::time::Duration::from_millis(100)).unwrap();
+            waited.push(took.expect("the tap runs again"));
+            socket.send_to(b"to the guest", "10.9.0.2:9").unwrap();
+            // The datagram as a frame on the tap (after its virtio-net header).
+            let deadline = Instant::now() + std::time::Duration::from_millis(200);
+            let mut got = false;
+            let mut frame = [0u8; 2048];
+            while !got && Instant::now() < deadline {
+                // SAFETY: reads into a buffer of the length given; the fd is open.
+                let n = unsafe { libc::read(fd.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len()) };
+                if n > 0 {
+                    got = frame[..n as usize].windows(12).any(|w| w == b"to the guest");
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+            }
+            lost += usize::from(!got);
+        }
+        (lost, waited)
+    });
+    assert_eq!(lost, 0, "datagrams lost after the tap ran again");
+    assert!(waited.iter().all(|d| *d < std::time::Duration::from_millis(100)));
+}

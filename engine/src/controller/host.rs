@@ -145,6 +145,10 @@ pub trait HostNet {
     /// The attachment of a service whose tap and address are in place (on standby): only
     /// the tap is opened again, for the VMM that resumes it; no netlink request.
     fn reopen(&mut self, service: &str) -> Result<Attachment, net::Error>;
+    /// Returns once the tap [`HostNet::reopen`] opened again carries frames (the kernel
+    /// brings a reattached link's queue back asynchronously); waits at most a few ms,
+    /// and says so when that was not enough.
+    fn settle(&self, _service: &str) {}
     /// Releases the address of `service` and forgets its tap at once; the returned future
     /// deletes the tap, which the kernel makes slow (~20 ms a link here): the controller
     /// runs it in the background, off the control loop. Its name stays taken until then.

@@ -89,6 +89,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Err(reason) => return self.start_failed(name, reason),
         };
         let setup = (t_net, t_spawn.elapsed());
+        if restore {
+            // The address goes out when the VM runs: by then the reopened tap must carry
+            // frames, or the first connection's ARP request is lost and retried after 1 s.
+            // Waited for here, while the VMM restores (it has almost always been ready).
+            self.net.settle(name);
+        }
         let id = self.next_vm;
         self.next_vm += 1;
         let mut vm = Vm {

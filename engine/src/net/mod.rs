@@ -12,6 +12,10 @@ pub mod tap;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+/// Longest a wake waits for its reopened tap to carry frames (see [`tap::wait_running`]).
+const REATTACH_LIMIT: Duration = Duration::from_millis(5);
 
 pub use contract::mac::MacAddr;
 pub use pool::AddressPool;
@@ -303,6 +307,20 @@ impl HostNetwork {
 }
 
 impl HostNet for HostNetwork {
+    fn settle(&self, service: &str) {
+        let Some(tap_name) = self.attached.get(service) else {
+            return;
+        };
+        match tap::wait_running(tap_name, REATTACH_LIMIT) {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!(
+                UNIKERNEL = %service,
+                "tap {tap_name} is not running {REATTACH_LIMIT:?} after it was opened again: frames to the guest may be lost until it is"
+            ),
+            Err(e) => tracing::warn!(UNIKERNEL = %service, "cannot look at tap {tap_name}: {e}"),
+        }
+    }
+
     async fn attach(&mut self, service: &str, explicit: Option<Ipv4Addr>) -> Result<Attachment, Error> {
         HostNetwork::attach(self, service, explicit).await
     }
