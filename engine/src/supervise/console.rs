@@ -71,15 +71,6 @@ fn clean(bytes: &[u8]) -> String {
 /// follower waits this long before taking it back (no busy tug of war).
 const RECONNECT_AFTER: Duration = Duration::from_millis(50);
 
-/// The daemon is out of something (descriptors, memory): not a reason to give up on a
-/// console, only to wait until there is room again.
-fn out_of_resources(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
-    )
-}
-
 /// Connects to the console socket: `attempts` tries 2 ms apart while it does not exist
 /// yet; while the daemon is out of descriptors, for as long as that lasts (the follower
 /// ends with its VM, which aborts it), saying so once.
@@ -95,7 +86,8 @@ async fn connect(service: &str, socket: &PathBuf, attempts: u32) -> Result<UnixS
                 }
                 return Ok(s);
             }
-            Err(e) if out_of_resources(&e) => {
+            // Not a reason to give up on a console, only to wait until there is room.
+            Err(e) if super::out_of_resources(&e) => {
                 if !said {
                     said = true;
                     tracing::warn!(

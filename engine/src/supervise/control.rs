@@ -39,18 +39,9 @@ pub async fn request(path: &Path, request: &Request) -> std::io::Result<Reply> {
 pub async fn ping(path: &Path) -> Liveness {
     match tokio::time::timeout(LIVENESS_LIMIT, request(path, &Request::Ping)).await {
         Ok(Ok(Reply::Ok(_))) => Liveness::Answered,
-        Ok(Err(e)) if ours(&e) => Liveness::NotChecked(e.to_string()),
+        Ok(Err(e)) if super::out_of_resources(&e) => Liveness::NotChecked(e.to_string()),
         _ => Liveness::Silent,
     }
-}
-
-/// Whether an error says this process (or the host) ran out of something: EMFILE, ENFILE,
-/// ENOMEM, ENOBUFS.
-fn ours(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
-    )
 }
 
 /// Returns once the VMM answers a ping: its event loop runs, and so do its vCPUs. The
