@@ -21,6 +21,20 @@ pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
 use std::fmt;
 use std::path::PathBuf;
 
+/// Binds a control socket at `path` (replacing a stale socket file), owner-only,
+/// listening: the VMM does for `--control PATH`, the daemon before it hands one over with
+/// `--control-fd`.
+pub fn bind(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// The protocol version every request starts with.
 pub const VERSION: &str = "uk1";
 

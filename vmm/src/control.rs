@@ -7,7 +7,6 @@
 //! device may touch guest memory or queues while they are saved.
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -29,15 +28,9 @@ use crate::vstate::vm::Vm;
 /// How long a client has to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Binds the control socket (replacing a stale one), owner-only.
+/// Binds the control socket (replacing a stale one), owner-only, for the event loop.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = contract::control::bind(path)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

@@ -122,18 +122,6 @@ fn cmdline_memfd(cmdline: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(file.into())
 }
 
-/// Binds a VMM's control socket at `path` (replacing a stale one), owner-only, listening.
-fn bind_control(path: &Path) -> std::io::Result<OwnedFd> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = std::os::unix::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    Ok(listener.into())
-}
-
 /// A task that ends with its owner.
 pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
@@ -199,7 +187,9 @@ impl Launcher for VmmLauncher {
         };
         // Bound here, so that a ping can connect from the moment of the spawn (a wake's
         // readiness is the first answer) rather than poll for the VMM's path to appear.
-        let control = bind_control(&self.state.control_socket(name)).map_err(|e| format!("control socket: {e}"))?;
+        let control: OwnedFd = contract::control::bind(&self.state.control_socket(name))
+            .map_err(|e| format!("control socket: {e}"))?
+            .into();
         let control_fd = control.as_raw_fd();
         inherit.push(control);
         let mut args = VmmArgs {
