@@ -69,6 +69,12 @@ pub struct VmmArgs {
     #[arg(long, value_name = "stdout|off|PATH|unix:PATH", default_value = "stdout")]
     pub console: ConsoleTarget,
 
+    /// Also send the console, line by line, as datagrams on this inherited unix datagram
+    /// socket, connected already (the daemon's console feed; frames: the contract crate's
+    /// `console` module). Needs --console unix:PATH, whose ring a later feed replays
+    #[arg(long, value_name = "N")]
+    pub console_feed_fd: Option<RawFd>,
+
     /// Give the guest a virtio-net NIC on this already-open tap fd (inherited; IFF_TAP|IFF_NO_PI|IFF_VNET_HDR)
     #[arg(long, value_name = "N", conflicts_with = "tap")]
     pub net_fd: Option<RawFd>,
@@ -145,6 +151,7 @@ impl VmmArgs {
             memory: MemSize::from_bytes(16 * MemSize::MIB),
             vcpus: 1,
             console: ConsoleTarget::Stdout,
+            console_feed_fd: None,
             net_fd: None,
             tap: None,
             mac: None,
@@ -193,6 +200,9 @@ impl VmmArgs {
             arg("vcpus", self.vcpus.to_string().into());
         }
         arg("console", console_arg(&self.console));
+        if let Some(fd) = self.console_feed_fd {
+            arg("console-feed-fd", fd.to_string().into());
+        }
         if let Some(fd) = self.net_fd {
             arg("net-fd", fd.to_string().into());
         }
@@ -268,6 +278,7 @@ mod tests {
             memory: "32M".parse().unwrap(),
             vcpus: 4,
             console: ConsoleTarget::Socket("/run/unikerneld/services/web/console.sock".into()),
+            console_feed_fd: Some(12),
             net_fd: Some(7),
             tap: None,
             mac: Some(MacAddr::derived("web")),

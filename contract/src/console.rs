@@ -87,6 +87,63 @@ pub fn parse_replay_header(line: &[u8]) -> Option<Replay> {
     (len <= RING_BYTES && words.next().is_none()).then_some(Replay { len, total })
 }
 
+/// The console feed (`--console-feed-fd`, or handed over later with the control request
+/// `console-feed`): the VMM sends its console output as datagrams on a connected unix
+/// datagram socket, one per line (or per [`FEED_CHUNK`] bytes of a longer one). The daemon
+/// receives the feeds of all its VMs on one socket of its own and tells them apart by the
+/// sender's address, so it holds no descriptor per VM for consoles. A datagram is a kind
+/// byte, the offset of its first byte in all the guest has written (u64, little endian),
+/// then the bytes: a receiver sees a gap (bytes the VMM could not send while the receiver
+/// was behind) as an offset past what it has.
+pub const FEED_HEADER: usize = 9;
+/// A run of output without a newline is sent once it is this long.
+pub const FEED_CHUNK: usize = 4096;
+/// The longest datagram: a replay of the whole ring.
+pub const FEED_MAX: usize = FEED_HEADER + RING_BYTES;
+
+/// What a feed datagram holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedKind {
+    /// Output as the guest writes it.
+    Live = 0,
+    /// Output written before the feed was given (the end of the ring), sent once when a
+    /// feed is installed: the receiver knows whether it logged it already.
+    Replay = 1,
+}
+
+/// One feed datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedFrame<'a> {
+    pub kind: FeedKind,
+    /// Where `bytes` start in all the guest has written.
+    pub offset: u64,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> FeedFrame<'a> {
+    /// The header that goes before the bytes.
+    pub fn header(kind: FeedKind, offset: u64) -> [u8; FEED_HEADER] {
+        let mut h = [0u8; FEED_HEADER];
+        h[0] = kind as u8;
+        h[1..].copy_from_slice(&offset.to_le_bytes());
+        h
+    }
+
+    /// Reads a datagram; `None` if it is not one (too short, unknown kind, or an offset
+    /// that would overflow).
+    pub fn parse(datagram: &'a [u8]) -> Option<FeedFrame<'a>> {
+        let (head, bytes) = (datagram.get(..FEED_HEADER)?, &datagram[FEED_HEADER..]);
+        let kind = match head[0] {
+            0 => FeedKind::Live,
+            1 => FeedKind::Replay,
+            _ => return None,
+        };
+        let offset = u64::from_le_bytes(head[1..].try_into().ok()?);
+        offset.checked_add(bytes.len() as u64)?;
+        Some(FeedFrame { kind, offset, bytes })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +172,25 @@ mod tests {
         assert_eq!(parse_replay_header(b"x\n"), None);
         assert_eq!(parse_replay_header(b"5 3\n"), None, "total below the replay");
         assert_eq!(parse_replay_header(format!("{}\n", RING_BYTES + 1).as_bytes()), None);
+    }
+
+    #[test]
+    fn feed_frames_round_trip_and_bad_ones_are_refused() {
+        let mut d = FeedFrame::header(FeedKind::Replay, 1 << 40).to_vec();
+        d.extend_from_slice(b"hello\n");
+        let f = FeedFrame::parse(&d).unwrap();
+        assert_eq!(
+            (f.kind, f.offset, f.bytes),
+            (FeedKind::Replay, 1 << 40, &b"hello\n"[..])
+        );
+        let empty = FeedFrame::header(FeedKind::Live, 7);
+        assert_eq!(FeedFrame::parse(&empty).unwrap().bytes, b"");
+        assert_eq!(FeedFrame::parse(&empty[..8]), None, "short");
+        let mut unknown = empty;
+        unknown[0] = 9;
+        assert_eq!(FeedFrame::parse(&unknown), None, "unknown kind");
+        let mut wraps = FeedFrame::header(FeedKind::Live, u64::MAX).to_vec();
+        wraps.push(b'x');
+        assert_eq!(FeedFrame::parse(&wraps), None, "offset past the end of u64");
     }
 }

@@ -35,6 +35,45 @@ pub fn bind(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixL
     Ok(listener)
 }
 
+/// Sends `bytes` on the stream `socket` with `passed` riding along (SCM_RIGHTS), without
+/// blocking and without SIGPIPE; how many bytes went.
+pub fn send_with_fd(
+    socket: std::os::fd::BorrowedFd<'_>,
+    bytes: &[u8],
+    passed: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // Room for one descriptor's control message, aligned as cmsghdr needs.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    assert!(space <= std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the fields set below point at buffers that
+    // outlive the call, and the control message is written within `control`.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), passed.as_raw_fd());
+        libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// The protocol version every request starts with.
 pub const VERSION: &str = "uk1";
 
@@ -62,6 +101,11 @@ pub enum Request {
     /// Pause, write a snapshot into the directory, then exit or resume. Answered
     /// `ok <memory bytes written> <milliseconds>`.
     Snapshot { dir: PathBuf, then: AfterSnapshot },
+    /// Send the console from now on to the datagram socket that rides with this request
+    /// (SCM_RIGHTS), first the output still in the VMM's ring as a replay
+    /// (`contract::console::FeedKind`): a daemon that adopts the VMM gets its console
+    /// without holding a connection to it. Answered `ok`.
+    ConsoleFeed,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,6 +130,7 @@ impl Request {
             "ping" => Ok(Request::Ping),
             "pause" => Ok(Request::Pause),
             "resume" => Ok(Request::Resume),
+            "console-feed" => Ok(Request::ConsoleFeed),
             "snapshot" => {
                 let (then, dir) = rest.split_once(' ').ok_or(ParseError::Snapshot)?;
                 let then = match then {
@@ -113,6 +158,7 @@ impl fmt::Display for Request {
             Request::Ping => write!(f, "{VERSION} ping"),
             Request::Pause => write!(f, "{VERSION} pause"),
             Request::Resume => write!(f, "{VERSION} resume"),
+            Request::ConsoleFeed => write!(f, "{VERSION} console-feed"),
             Request::Snapshot { dir, then } => {
                 let then = match then {
                     AfterSnapshot::Exit => "exit",
@@ -187,6 +233,7 @@ mod tests {
             Request::Ping,
             Request::Pause,
             Request::Resume,
+            Request::ConsoleFeed,
             Request::Snapshot {
                 dir: "/var/lib/unikerneld/snapshots/my web".into(),
                 then: AfterSnapshot::Exit,

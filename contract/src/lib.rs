@@ -5,8 +5,9 @@
 //! - [`args`]: the VMM's command line, typed both ways (argv -> [`args::VmmArgs`] -> argv).
 //! - [`cmdline`]: the guest's command line: kernel parameters, then ` -- ` and the app's.
 //! - [`exit`]: its exit statuses and its one-line error on stderr.
-//! - [`console`]: where the console goes and the replay protocol of the console socket.
-//! - [`control`]: the control socket's line protocol (pause, resume, snapshot).
+//! - [`console`]: where the console goes, the replay protocol of the console socket, and
+//!   the frames of the console feed the daemon reads.
+//! - [`control`]: the control socket's line protocol (pause, resume, snapshot, console feed).
 //! - [`pool`]: the warm pool's hand-off (a VMM created ahead of need gets what to run).
 //! - [`size`], [`mac`], [`tap`]: memory sizes, MAC addresses, and tap devices.
 //! - [`limits`]: bounds both sides check.

@@ -38,8 +38,9 @@ pub fn argv_bytes(program: &std::ffi::OsStr, args: &VmmArgs) -> Vec<u8> {
     encode(&argv)
 }
 
-/// At most this many descriptors ride with a hand-off (stderr, tap, command line).
-pub const MAX_FDS: usize = 4;
+/// At most this many descriptors ride with a hand-off (stderr, command line, control
+/// socket, tap, console feed).
+pub const MAX_FDS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -149,7 +150,7 @@ pub fn receive(socket: &UnixStream) -> Result<Option<Handoff>, Error> {
 }
 
 impl Handoff {
-    /// Turns the indexes `--net-fd`, `--cmdline-fd` and `--control-fd` hold into this process's fds (which
+    /// Turns the indexes `--net-fd`, `--cmdline-fd`, `--control-fd` and `--console-feed-fd` hold into this process's fds (which
     /// the caller then owns as raw fds, as if inherited); descriptors nothing names are
     /// closed.
     pub fn resolve(self) -> Result<(VmmArgs, OwnedFd), Error> {
@@ -167,6 +168,7 @@ impl Handoff {
         args.net_fd = args.net_fd.map(&mut take).transpose()?;
         args.cmdline_fd = args.cmdline_fd.map(&mut take).transpose()?;
         args.control_fd = args.control_fd.map(&mut take).transpose()?;
+        args.console_feed_fd = args.console_feed_fd.map(&mut take).transpose()?;
         Ok((args, stderr))
     }
 }
@@ -245,10 +247,12 @@ mod tests {
         let tap = tempfile();
         let cmdline = tempfile();
         let control = tempfile();
+        let feed = tempfile();
         let args = VmmArgs {
             net_fd: Some(1),
             cmdline_fd: Some(0),
             control_fd: Some(2),
+            console_feed_fd: Some(3),
             cmdline: String::new(),
             trace_boot: true,
             ..VmmArgs::new("/images/http".into())
@@ -261,11 +265,12 @@ mod tests {
                 std::os::fd::AsFd::as_fd(&cmdline),
                 std::os::fd::AsFd::as_fd(&tap),
                 std::os::fd::AsFd::as_fd(&control),
+                std::os::fd::AsFd::as_fd(&feed),
             ],
         )
         .unwrap();
         let got = receive(&vmm).unwrap().unwrap();
-        assert_eq!(got.fds.len(), 3);
+        assert_eq!(got.fds.len(), 4, "the most a hand-off carries, with stderr");
         let (resolved, stderr) = got.resolve().unwrap();
         assert_eq!(resolved.kernel, args.kernel);
         assert!(resolved.trace_boot);
@@ -281,6 +286,7 @@ mod tests {
             (resolved.net_fd, &tap),
             (resolved.cmdline_fd, &cmdline),
             (resolved.control_fd, &control),
+            (resolved.console_feed_fd, &feed),
         ] {
             let fd = fd.unwrap();
             assert_ne!(fd, file.as_raw_fd());

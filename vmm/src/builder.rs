@@ -4,6 +4,7 @@
 //! initrd) is checked and loaded into guest memory before KVM is asked for a VM.
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::cmdline;
 use crate::config::{ConsoleTarget, ControlSocket, RestoreConfig, VmConfig};
 use crate::control::{self, Controller};
 use crate::device_manager::{self, DeviceManager, Legacy, NetDevice};
+use crate::devices::legacy::console_socket::{feed_socket, ConsoleSocket};
 use crate::devices::legacy::serial::Serial;
 use crate::devices::virtio::transport::mmio::MMIO_LEN;
 use crate::devices::Bus;
@@ -52,6 +54,8 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot use the console feed (--console-feed-fd): {0}")]
+    ConsoleFeed(String),
     #[error("--vcpus must be between 1 and {max}, not {given}")]
     Vcpus { given: u8, max: u8 },
     #[error(transparent)]
@@ -164,6 +168,8 @@ pub struct Machine {
     /// Every device's fds, run on one thread once the VM starts.
     events: EventLoop,
     control: Option<UnixListener>,
+    /// The console socket, for the control request that hands it a new feed.
+    console: Option<ConsoleSocket>,
     vm: Arc<Vm>,
     mem: GuestMemoryMmap,
     origin: Origin,
@@ -179,6 +185,7 @@ struct Parts {
     exit: ExitRequest,
     events: EventLoop,
     control: Option<UnixListener>,
+    console: Option<ConsoleSocket>,
     vm: Vm,
     mem: GuestMemoryMmap,
     origin: Origin,
@@ -197,6 +204,7 @@ impl Machine {
             exit: p.exit,
             events: p.events,
             control: p.control,
+            console: p.console,
             vm: Arc::new(p.vm),
             mem: p.mem,
             origin: p.origin,
@@ -221,24 +229,47 @@ fn bind_control(socket: Option<&ControlSocket>) -> Result<Option<UnixListener>, 
         .transpose()
 }
 
-fn console_out(target: &ConsoleTarget, events: &mut EventLoop) -> Result<Box<dyn Write + Send>, Error> {
+/// The serial port's sink, and the console socket behind it if it is one (a feed, given
+/// now or later, goes there).
+fn console_out(
+    target: &ConsoleTarget,
+    feed: Option<RawFd>,
+    events: &mut EventLoop,
+) -> Result<(Box<dyn Write + Send>, Option<ConsoleSocket>), Error> {
+    let feed_error = |e: std::io::Error| Error::ConsoleFeed(e.to_string());
+    if let (Some(_), false) = (feed, matches!(target, ConsoleTarget::Socket(_))) {
+        return Err(Error::ConsoleFeed("it needs --console unix:PATH".into()));
+    }
     Ok(match target {
-        ConsoleTarget::Stdout => Box::new(std::io::stdout()),
-        ConsoleTarget::Off => Box::new(std::io::sink()),
-        ConsoleTarget::Socket(path) => Box::new(
-            crate::devices::legacy::console_socket::ConsoleSocket::bind(path, events).map_err(|source| {
-                Error::Console {
-                    path: path.clone(),
-                    source,
-                }
-            })?,
-        ),
-        ConsoleTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(
-            |source| Error::Console {
+        ConsoleTarget::Stdout => (Box::new(std::io::stdout()), None),
+        ConsoleTarget::Off => (Box::new(std::io::sink()), None),
+        ConsoleTarget::Socket(path) => {
+            let socket = ConsoleSocket::bind(path, events).map_err(|source| Error::Console {
                 path: path.clone(),
                 source,
-            },
-        )?),
+            })?;
+            if let Some(fd) = feed {
+                // SAFETY: named on our command line and inherited for us alone.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                socket
+                    .set_feed(feed_socket(fd).map_err(feed_error)?)
+                    .map_err(feed_error)?;
+            }
+            (Box::new(socket.clone()), Some(socket))
+        }
+        ConsoleTarget::File(path) => (
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| Error::Console {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+            None,
+        ),
     })
 }
 
@@ -356,7 +387,7 @@ fn build_on(config: &VmConfig, warm: Option<Warm>, start: Instant) -> Result<Mac
     let mut trace = BootTrace::new(start);
     check_vcpus(config.vcpus)?;
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
-    let console = console_out(&config.console, &mut events)?;
+    let (console, console_socket) = console_out(&config.console, config.console_feed, &mut events)?;
     let control = bind_control(config.control.as_ref())?;
 
     // A cold start loads the guest before it asks KVM for anything: a bad image is
@@ -415,6 +446,7 @@ fn build_on(config: &VmConfig, warm: Option<Warm>, start: Instant) -> Result<Mac
         exit,
         events,
         control,
+        console: console_socket,
         vm,
         mem,
         origin: Origin::Anonymous,
@@ -457,7 +489,7 @@ fn restore_on(
     let mut trace = BootTrace::new(start);
     let opened = snapshot::open(&config.dir)?;
     let mut events = EventLoop::new().map_err(|e| Error::Threads(format!("cannot create the event loop: {e}")))?;
-    let console = console_out(&config.console, &mut events)?;
+    let (console, console_socket) = console_out(&config.console, config.console_feed, &mut events)?;
     let control = bind_control(config.control.as_ref())?;
     let kvm = match warm {
         Some(_) => None,
@@ -536,6 +568,7 @@ fn restore_on(
         exit,
         events,
         control,
+        console: console_socket,
         vm,
         mem,
         origin,
@@ -575,6 +608,7 @@ impl Machine {
                 self.origin.clone(),
                 self.legacy.clone(),
                 self.net.clone(),
+                self.console.clone(),
             );
             control::register(&mut self.events, listener, controller)
                 .map_err(|e| Error::Threads(format!("cannot serve the control socket: {e}")))?;

@@ -30,6 +30,8 @@ pub struct VmConfig {
     pub memory: MemSize,
     pub vcpus: u8,
     pub console: ConsoleTarget,
+    /// The console feed's socket (`--console-feed-fd`; needs a console socket).
+    pub console_feed: Option<std::os::fd::RawFd>,
     pub net: Option<NetConfig>,
     /// The control socket (pause, resume, snapshot), if any.
     pub control: Option<ControlSocket>,
@@ -42,6 +44,7 @@ pub struct VmConfig {
 pub struct RestoreConfig {
     pub dir: PathBuf,
     pub console: ConsoleTarget,
+    pub console_feed: Option<std::os::fd::RawFd>,
     /// Required when the snapshot has a NIC; its MAC is the snapshot's.
     pub net: Option<NetConfig>,
     pub control: Option<ControlSocket>,

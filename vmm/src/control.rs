@@ -5,8 +5,8 @@
 //! says nothing cannot hold the loop (the socket is the daemon's, in its state directory,
 //! mode 0600). While a snapshot is written the loop is busy, which is what we want: no
 //! device may touch guest memory or queues while they are saved.
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::device_manager::{Legacy, NetDevice};
+use crate::devices::legacy::console_socket::{feed_socket, ConsoleSocket};
 use crate::event_loop::{EventLoop, Next};
 use crate::snapshot::{self, memory::Origin, DevicesState, MemoryInfo, NetState, Snapshot};
 use crate::vstate::memory::GuestMemoryMmap;
@@ -79,6 +80,8 @@ pub struct Controller {
     pub origin: Origin,
     pub legacy: Legacy,
     pub net: Option<NetDevice>,
+    /// The console socket (`--console unix:PATH`), which takes a new feed.
+    pub console: Option<ConsoleSocket>,
     paused: bool,
 }
 
@@ -94,6 +97,7 @@ impl Controller {
         origin: Origin,
         legacy: Legacy,
         net: Option<NetDevice>,
+        console: Option<ConsoleSocket>,
     ) -> Self {
         Controller {
             handles,
@@ -102,6 +106,7 @@ impl Controller {
             origin,
             legacy,
             net,
+            console,
             paused: false,
         }
     }
@@ -171,10 +176,27 @@ impl Controller {
         Ok(vec![written.to_string(), start.elapsed().as_millis().to_string()])
     }
 
-    /// Serves one request; `true` when the process must end after the reply.
-    fn serve(&mut self, request: Request) -> (Result<Vec<String>, String>, bool) {
+    /// Installs the feed that came with a `console-feed` request.
+    fn console_feed(&mut self, fds: Vec<OwnedFd>) -> Result<Vec<String>, String> {
+        let console = self
+            .console
+            .as_ref()
+            .ok_or("this VMM's console is not a socket (--console unix:PATH)")?;
+        let fd = fds
+            .into_iter()
+            .next()
+            .ok_or("console-feed needs its socket sent with the request (SCM_RIGHTS)")?;
+        let socket = feed_socket(fd).map_err(|e| e.to_string())?;
+        console.set_feed(socket).map_err(|e| format!("console feed: {e}"))?;
+        Ok(Vec::new())
+    }
+
+    /// Serves one request (`fds`: what came with it); `true` when the process must end
+    /// after the reply.
+    fn serve(&mut self, request: Request, fds: Vec<OwnedFd>) -> (Result<Vec<String>, String>, bool) {
         match request {
             Request::Ping => (Ok(Vec::new()), false),
+            Request::ConsoleFeed => (self.console_feed(fds), false),
             Request::Pause => (self.pause().map(|()| Vec::new()), false),
             Request::Resume => (self.resume().map(|()| Vec::new()), false),
             Request::Snapshot { dir, then } => {
@@ -194,13 +216,12 @@ impl Controller {
     fn answer(&mut self, stream: UnixStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-        let mut line = String::new();
-        let read = BufReader::new((&stream).take(MAX_LINE as u64)).read_line(&mut line);
-        let (result, exit) = match read {
-            Ok(0) => return,
-            Ok(_) => match Request::parse(&line) {
-                Ok(request) => self.serve(request),
-                Err(e) => (Err(e.to_string()), false),
+        let (result, exit) = match read_request(&stream) {
+            Ok((line, _)) if line.is_empty() => return,
+            Ok((line, fds)) => match std::str::from_utf8(&line).map(Request::parse) {
+                Ok(Ok(request)) => self.serve(request, fds),
+                Ok(Err(e)) => (Err(e.to_string()), false),
+                Err(_) => (Err("cannot read the request: not UTF-8".into()), false),
             },
             Err(e) => (Err(format!("cannot read the request: {e}")), false),
         };
@@ -211,6 +232,37 @@ impl Controller {
             std::process::exit(i32::from(ExitStatus::Saved.code()));
         }
     }
+}
+
+/// Reads one request line (at most [`MAX_LINE`] bytes, up to its newline) and the
+/// descriptor that may ride with it (one: more are closed by the kernel).
+fn read_request(stream: &UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut line = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 512];
+    while !line.contains(&b'\n') && line.len() < MAX_LINE {
+        let mut raw = [-1 as RawFd; 1];
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: the iovec points into `buf`, which may hold any bytes and outlives the
+        // call.
+        let (n, count) =
+            unsafe { stream.recv_with_fds(&mut iov, &mut raw) }.map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        // SAFETY: the first `count` entries are descriptors the kernel just gave us.
+        fds.extend(raw[..count].iter().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&buf[..n]);
+    }
+    if let Some(end) = line.iter().position(|&b| b == b'\n') {
+        line.truncate(end + 1);
+    }
+    line.truncate(MAX_LINE);
+    Ok((line, fds))
 }
 
 /// Serves `listener` on the event loop.

@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         }
     } else {
         jail::close_inherited(
-            &[cli.net_fd, cli.cmdline_fd, cli.control_fd]
+            &[cli.net_fd, cli.cmdline_fd, cli.control_fd, cli.console_feed_fd]
                 .into_iter()
                 .flatten()
                 .collect::<Vec<_>>(),
@@ -154,6 +154,7 @@ fn main() -> ExitCode {
             let config = RestoreConfig {
                 dir,
                 console: cli.console,
+                console_feed: cli.console_feed_fd,
                 net,
                 control,
             };
@@ -170,6 +171,7 @@ fn main() -> ExitCode {
                 memory: cli.memory,
                 vcpus: cli.vcpus,
                 console: cli.console,
+                console_feed: cli.console_feed_fd,
                 net,
                 control,
                 cpuid_cache: cli.cpuid_cache,

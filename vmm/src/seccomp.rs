@@ -109,6 +109,11 @@ const EVENT_LOOP: &[libc::c_long] = &[
     libc::SYS_accept4,
     libc::SYS_read,
     libc::SYS_recvfrom,
+    // A control request's line and the descriptor that may come with it (a console feed).
+    libc::SYS_recvmsg,
+    // Checking that what came is a connected datagram socket.
+    libc::SYS_getsockopt,
+    libc::SYS_getpeername,
     libc::SYS_setsockopt,
     libc::SYS_timerfd_settime,
     libc::SYS_openat,

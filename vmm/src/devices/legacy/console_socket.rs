@@ -4,10 +4,15 @@
 //! `"<n> <total>\n"` followed by those `n` replayed bytes, then the live output. One client at a
 //! time: a new connection replaces the old one. Writes never block the vCPU: bytes a
 //! client is too slow to take are dropped for that client (the ring still has them).
+//!
+//! Next to the socket, the output can go to a console feed (`contract::console`): the
+//! daemon's datagram socket, which gets each line as the guest ends it. A feed the
+//! receiver cannot take right now keeps its bytes for the next try (up to the ring's
+//! size; past that the oldest go, and the offsets show the receiver the gap).
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +21,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::event_loop::{EventLoop, Next};
 
 pub use contract::console::RING_BYTES;
+use contract::console::{FeedFrame, FeedKind, FEED_CHUNK};
 
 #[derive(Default)]
 struct Hub {
@@ -23,6 +29,114 @@ struct Hub {
     /// Bytes the guest has written in all.
     written: u64,
     client: Option<UnixStream>,
+    feed: Option<Feed>,
+}
+
+/// Output on its way to the console feed.
+struct Feed {
+    socket: UnixDatagram,
+    /// Bytes not sent yet: the current line, or what the receiver could not take.
+    pending: Vec<u8>,
+    /// Where `pending` starts in all the guest has written.
+    pending_at: u64,
+}
+
+impl Feed {
+    /// Sends what is pending as one live frame. `false` when the receiver is gone (the
+    /// daemon ended: a new one hands over a new feed).
+    fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let header = FeedFrame::header(FeedKind::Live, self.pending_at);
+        match send_frame(&self.socket, &header, &self.pending) {
+            Ok(()) => {
+                self.pending_at += self.pending.len() as u64;
+                self.pending.clear();
+                true
+            }
+            // The receiver's queue is full: try again with the next output.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(_) => false,
+        }
+    }
+
+    fn take(&mut self, data: &[u8], written: u64) -> bool {
+        if self.pending.is_empty() {
+            self.pending_at = written - data.len() as u64;
+        }
+        self.pending.extend_from_slice(data);
+        // Bounded: a receiver that takes nothing for long loses the oldest bytes, not
+        // the VMM's memory.
+        let over = self.pending.len().saturating_sub(RING_BYTES);
+        if over > 0 {
+            self.pending.drain(..over);
+            self.pending_at += over as u64;
+        }
+        if data.contains(&b'\n') || self.pending.len() >= FEED_CHUNK {
+            return self.flush();
+        }
+        true
+    }
+}
+
+/// One datagram of header and bytes, without blocking and without SIGPIPE. Sent with
+/// `send` (no address: the seccomp filters allow nothing else) from one buffer.
+fn send_frame(socket: &UnixDatagram, header: &[u8], bytes: &[u8]) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(header.len() + bytes.len());
+    frame.extend_from_slice(header);
+    frame.extend_from_slice(bytes);
+    // SAFETY: the pointer and length describe `frame`, valid for the call.
+    let n = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Takes `fd` as a feed socket: a unix datagram socket, connected (sends carry no
+/// address). Anything else is refused.
+pub fn feed_socket(fd: OwnedFd) -> io::Result<UnixDatagram> {
+    let refused = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the console feed must be a connected unix datagram socket",
+        )
+    };
+    let int = |option| -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(value)
+        } else {
+            Err(refused())
+        }
+    };
+    if int(libc::SO_DOMAIN)? != libc::AF_UNIX || int(libc::SO_TYPE)? != libc::SOCK_DGRAM {
+        return Err(refused());
+    }
+    let socket = UnixDatagram::from(fd);
+    socket.peer_addr().map_err(|_| refused())?;
+    Ok(socket)
 }
 
 impl Hub {
@@ -105,15 +219,45 @@ impl ConsoleSocket {
     }
 }
 
+impl ConsoleSocket {
+    /// Sends the output to `socket` from now on (see [`feed_socket`]), first what the ring
+    /// holds as a replay frame. A feed given before the guest runs has nothing to replay.
+    pub fn set_feed(&self, socket: UnixDatagram) -> io::Result<()> {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if !hub.ring.is_empty() {
+            let replay: Vec<u8> = hub.ring.iter().copied().collect();
+            let header = FeedFrame::header(FeedKind::Replay, hub.written - replay.len() as u64);
+            send_frame(&socket, &header, &replay)?;
+        }
+        hub.feed = Some(Feed {
+            socket,
+            pending: Vec::new(),
+            pending_at: hub.written,
+        });
+        Ok(())
+    }
+}
+
 impl Write for ConsoleSocket {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         hub.push(data);
         hub.send(data);
+        let written = hub.written;
+        if let Some(feed) = &mut hub.feed {
+            if !feed.take(data, written) {
+                hub.feed = None;
+            }
+        }
         Ok(data.len())
     }
 
+    /// Sends a line the guest has not ended yet to the feed (the VMM is about to end).
     fn flush(&mut self) -> io::Result<()> {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = &mut hub.feed {
+            feed.flush();
+        }
         Ok(())
     }
 }
@@ -164,6 +308,94 @@ mod tests {
         hub.push(&vec![b'z'; RING_BYTES + 10]);
         assert!(hub.ring.iter().all(|b| *b == b'z'));
         assert_eq!(hub.ring.len(), RING_BYTES);
+    }
+
+    /// The frames waiting on the receiving end of a feed.
+    fn frames(rx: &UnixDatagram) -> Vec<(FeedKind, u64, Vec<u8>)> {
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; contract::console::FEED_MAX];
+        let mut out = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            let f = FeedFrame::parse(&buf[..n]).unwrap();
+            out.push((f.kind, f.offset, f.bytes.to_vec()));
+        }
+        out
+    }
+
+    fn console_without_socket() -> ConsoleSocket {
+        ConsoleSocket {
+            hub: Arc::new(Mutex::new(Hub::default())),
+        }
+    }
+
+    #[test]
+    fn the_feed_gets_whole_lines_with_their_offsets_and_a_late_feed_a_replay() {
+        let mut console = console_without_socket();
+        // Written before any feed: in the ring only.
+        console.write_all(b"early\n").unwrap();
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        console.set_feed(tx).unwrap();
+        assert_eq!(frames(&rx), vec![(FeedKind::Replay, 0, b"early\n".to_vec())]);
+        // Byte by byte, as the UART writes: nothing until the line ends.
+        for b in b"one\ntw" {
+            console.write_all(&[*b]).unwrap();
+        }
+        assert_eq!(frames(&rx), vec![(FeedKind::Live, 6, b"one\n".to_vec())]);
+        // The end of the VMM sends the unended line.
+        console.flush().unwrap();
+        assert_eq!(frames(&rx), vec![(FeedKind::Live, 10, b"tw".to_vec())]);
+        // A long line goes in chunks.
+        console.write_all(&vec![b'x'; FEED_CHUNK]).unwrap();
+        assert_eq!(frames(&rx).len(), 1);
+    }
+
+    #[test]
+    fn a_full_receiver_delays_lines_and_a_gone_one_drops_the_feed() {
+        let mut console = console_without_socket();
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        // Nobody reads: the sender's buffer fills after ~200 frames of a kilobyte.
+        console.set_feed(tx).unwrap();
+        let mut sent = 0u64;
+        let line = vec![b'y'; 1000];
+        let mut lines = 0;
+        while lines < 1000 {
+            let mut l = line.clone();
+            l.push(b'\n');
+            console.write_all(&l).unwrap();
+            sent += l.len() as u64;
+            lines += 1;
+        }
+        // Read everything that arrived; then one more line flushes what waited.
+        let got = frames(&rx);
+        console.write_all(b"last\n").unwrap();
+        let more = frames(&rx);
+        assert!(got.len() < lines, "the receiver's buffer filled: {} frames", got.len());
+        assert!(more[0].2.len() > 5, "what waited went with the next line");
+        let all: Vec<_> = got.iter().chain(more.iter()).collect();
+        // Offsets run on without overlap; a gap is only where the pending bound dropped.
+        let mut next = all[0].1;
+        for (_, offset, bytes) in &all {
+            assert!(*offset >= next, "no byte twice");
+            next = offset + bytes.len() as u64;
+        }
+        assert_eq!(next, sent + 5, "the last frame ends at the last byte written");
+        assert!(all.last().unwrap().2.ends_with(b"last\n"));
+        // The receiver goes: the feed is dropped, the guest's writes go on.
+        drop(rx);
+        console.write_all(b"after\n").unwrap();
+        assert!(console.hub.lock().unwrap().feed.is_none());
+    }
+
+    #[test]
+    fn only_a_connected_datagram_socket_is_a_feed() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(feed_socket(OwnedFd::from(a)).is_err(), "a stream socket");
+        let unconnected = UnixDatagram::unbound().unwrap();
+        assert!(feed_socket(OwnedFd::from(unconnected)).is_err(), "not connected");
+        let (c, _d) = UnixDatagram::pair().unwrap();
+        assert!(feed_socket(OwnedFd::from(c)).is_ok());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(feed_socket(OwnedFd::from(file)).is_err(), "not a socket");
     }
 
     #[test]
