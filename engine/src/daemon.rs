@@ -18,6 +18,7 @@ use crate::dbus::{self, Published, Request, Shared, SyncReply};
 use crate::net::{sysctl, AddressPool, HostNetwork, Mode};
 use crate::source::git::{Follower, GitConfig, Outcome};
 use crate::state_dir::StateDir;
+use crate::supervise::feed::ConsoleHub;
 use crate::supervise::launcher::{AbortOnDrop, VmmLauncher};
 use crate::watch::{self, Change};
 use std::os::unix::fs::DirBuilderExt;
@@ -82,11 +83,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if jail.is_none() {
         warn!("not running as root: VMMs run unjailed, as this user (seccomp filters only)");
     }
-    // The pool starts VMMs on demand only, after adoption's sweep has run.
-    let launcher = VmmLauncher::new(config.vmm.clone(), state.clone(), scopes, jail).with_warm_pool(config.warm_pool);
-    let (tx, events) = mpsc::unbounded_channel();
-    let controller = Controller::new(config.config_dir.clone(), state, launcher, net, tx)
+    // Before anything in it is touched: a second daemon stops here.
+    let lock = state
+        .lock()
         .map_err(|e| anyhow::anyhow!("state directory {}: {e}", config.state_dir.display()))?;
+    // The hub's queue of console frames is the sysctl's value when the hub is made.
+    sysctl::apply(&[sysctl::CONSOLE_FEED_QUEUE]);
+    let hub = ConsoleHub::bind(&state.console_feed_socket())
+        .map_err(|e| anyhow::anyhow!("console hub {}: {e}", state.console_feed_socket().display()))?;
+    // The pool starts VMMs on demand only, after adoption's sweep has run.
+    let launcher =
+        VmmLauncher::new(config.vmm.clone(), state.clone(), scopes, jail, hub).with_warm_pool(config.warm_pool);
+    let (tx, events) = mpsc::unbounded_channel();
+    let controller = Controller::new(config.config_dir.clone(), state, lock, launcher, net, tx);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let shutdown = async move {

@@ -163,6 +163,11 @@ impl StateDir {
         self.root.join("cpuid")
     }
 
+    /// Where the daemon reads every VM's console feed (`supervise::feed`).
+    pub fn console_feed_socket(&self) -> PathBuf {
+        self.root.join("console-feed.sock")
+    }
+
     pub fn console_socket(&self, name: &str) -> PathBuf {
         self.service_dir(name).join("console.sock")
     }

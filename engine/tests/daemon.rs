@@ -218,6 +218,13 @@ fn restarting_the_daemon_restarts_no_vm() {
 fn a_burst_of_100_files_converges_to_exactly_the_final_state() {
     let mut d = Daemon::new("burst");
     d.start();
+    let fds = |d: &Daemon| {
+        std::fs::read_dir(format!("/proc/{}/fd", d.daemon_pid()))
+            .unwrap()
+            .count()
+    };
+    d.wait_for("started", LONG, |_| true);
+    let idle_fds = fds(&d);
     let decl = |i: usize, mem: &str| {
         format!(
             "unikernel \"s{i}\" {{\n    image \"{}\"\n    cmdline \"name=s{i}\"\n    memory \"{mem}\"\n    net {{}}\n}}\n",
@@ -243,6 +250,10 @@ fn a_burst_of_100_files_converges_to_exactly_the_final_state() {
         let want = if i < 75 { 20 << 20 } else { 16 << 20 };
         assert_eq!(x.memory_bytes, want, "{}", x.name);
     }
+    // One descriptor per VM (its pidfd): consoles come in on the one hub socket. A few
+    // more may be in flight (a liveness ping, a tap being made).
+    let grown = fds(&d).saturating_sub(idle_fds);
+    assert!(grown <= 50 + 8, "the daemon holds {grown} more fds for 50 VMs");
     let mut want: Vec<String> = s.services.iter().map(|x| format!("uk-{}", x.name)).collect();
     want.sort();
     d.taps_become(&want.iter().map(String::as_str).collect::<Vec<_>>());

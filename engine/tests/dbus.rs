@@ -312,6 +312,23 @@ fn nobody_can_read_but_not_change_or_own_the_name() {
     let (code, out, err) = ctl(&bus, &["logs", "web"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listening"), "{out}");
+    // A new daemon adopts the VM and hands its VMM a console feed over the control
+    // socket: the VMM replays its ring into it, so the console lines are there again.
+    let mut d = d;
+    d.kill_daemon();
+    d.start_with(&[("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)]);
+    assert_eq!(d.running("web").pid, pid, "adopted");
+    // The hand-over runs next to the adoption: give it a moment.
+    let deadline = std::time::Instant::now() + LONG;
+    let (code, out, err) = loop {
+        let got = ctl(&bus, &["logs", "web"]);
+        if got.1.contains("listening") || std::time::Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((code, out.trim()), (0, "http: web listening on port 80"), "{err}");
+    assert!(!d.log_text().contains("takes no console feed"), "{}", d.log_text());
     // Status still works for them, without the console lines.
     let (code, out, err) = ctl_as_nobody(&bus, &["status", "web"]);
     assert_eq!(code, 0, "{err}");

@@ -175,19 +175,19 @@ pub struct Controller<L: Launcher, N: HostNet> {
 }
 
 impl<L: Launcher, N: HostNet> Controller<L, N> {
-    /// Takes the state directory for this daemon alone (see [`StateDir::lock`]).
+    /// `lock`: the state directory, taken for this daemon alone ([`StateDir::lock`]).
     pub fn new(
         config_dir: PathBuf,
         state_dir: StateDir,
+        lock: std::fs::File,
         launcher: L,
         net: N,
         events: mpsc::UnboundedSender<Event>,
-    ) -> std::io::Result<Self> {
-        let lock = state_dir.lock()?;
+    ) -> Self {
         // A file that fails to parse now keeps what it declared before the restart.
         let mut loader = Loader::default();
         loader.seed(&config_dir, state_dir.declarations());
-        Ok(Controller {
+        Controller {
             config_dir,
             loader,
             launcher,
@@ -209,7 +209,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             pings: std::sync::Arc::new(tokio::sync::Semaphore::new(repair::PINGS_AT_ONCE)),
             unchecked_warned: None,
             _lock: lock,
-        })
+        }
     }
 
     pub fn config_dir(&self) -> &std::path::Path {

@@ -50,6 +50,11 @@ pub fn wanted(vms: usize, mode: &Mode) -> Vec<(&'static str, u64)> {
     out
 }
 
+/// The console hub's queue: every VM's console lines come in on one datagram socket, and
+/// the kernel's default (10 frames queued) would have VMMs hold lines back whenever a
+/// few hundred guests print at once.
+pub const CONSOLE_FEED_QUEUE: (&str, u64) = ("net.unix.max_dgram_qlen", 4096);
+
 /// Raises each key to its wanted value; returns (and logs) what changed.
 pub fn apply(wanted: &[(&str, u64)]) -> Vec<Change> {
     let mut changes = Vec::new();

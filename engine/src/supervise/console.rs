@@ -1,7 +1,8 @@
-//! A guest's console, read from its VMM's console socket (`--console unix:PATH`): each
-//! line goes to the journal with the field UNIKERNEL=<name> and into a bounded ring that
-//! status and `logs` show. After a daemon restart the VMM replays its recent output; that
-//! replay fills the ring but is not logged again.
+//! A guest's console lines: each goes to the journal with the field UNIKERNEL=<name> and
+//! into a bounded ring that status and `logs` show ([`LineSink`]). They come from the
+//! console hub (`super::feed`); [`follow`] reads them from a VMM's console socket instead
+//! (`--console unix:PATH`), for an adopted VMM older than the feed. After a daemon restart
+//! the VMM replays its recent output; that replay fills the ring but is not logged again.
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use tokio::net::UnixStream;
 /// Lines kept per service.
 pub const RING_LINES: usize = 200;
 /// Longest line kept (a guest is untrusted: no unbounded line buffers).
-const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 /// A replay header is two decimal numbers and a newline ("65536 18446744073709551615\n").
 const MAX_HEADER: u64 = 64;
 
@@ -120,7 +121,7 @@ pub async fn follow(
     socket: PathBuf,
     ring: ConsoleRing,
     log_replay: bool,
-    mut first_line: Option<tokio::sync::oneshot::Sender<()>>,
+    first_line: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     // The VMM binds the socket before the guest runs; give it a moment to appear.
     let mut stream = match connect(&service, &socket, 500).await {
@@ -135,7 +136,7 @@ pub async fn follow(
     // header says where we start.
     let mut seen: Option<u64> = None;
     let mut last_takeover: Option<tokio::time::Instant> = None;
-    let mut budget = LineBudget::new();
+    let mut sink = LineSink::new(service.clone(), ring, first_line);
     loop {
         // One per VM for its whole life: guests print lines, not megabytes, and the
         // default 8 KiB was half of all the daemon keeps per service.
@@ -186,28 +187,7 @@ pub async fn follow(
             consumed += n as u64;
             let replayed = replay_left > 0;
             replay_left = replay_left.saturating_sub(n);
-            let text = clean(&line);
-            if !replayed || log_rest_of_replay {
-                match budget.take() {
-                    Verdict::Log { dropped: 0 } => {
-                        tracing::info!(target: "console", UNIKERNEL = %service, "{text}")
-                    }
-                    Verdict::Log { dropped } => {
-                        tracing::warn!(
-                            UNIKERNEL = %service,
-                            "{dropped} console lines were not logged (more than {} lines/s); `unikernelctl logs` has the last {}",
-                            LineBudget::PER_SEC,
-                            RING_LINES
-                        );
-                        tracing::info!(target: "console", UNIKERNEL = %service, "{text}");
-                    }
-                    Verdict::Drop => {}
-                }
-            }
-            ring.push(text);
-            if let Some(tx) = first_line.take() {
-                let _ = tx.send(());
-            }
+            sink.line(&line, !replayed || log_rest_of_replay);
         }
         seen = Some(match replay.total {
             Some(_) => consumed,
@@ -223,6 +203,58 @@ pub async fn follow(
         };
         last_takeover = Some(tokio::time::Instant::now());
         stream = again;
+    }
+}
+
+/// Where one service's console lines go: the journal (rate-limited by a [`LineBudget`]),
+/// its ring, and the signal of its first line.
+pub struct LineSink {
+    service: String,
+    ring: ConsoleRing,
+    budget: LineBudget,
+    first_line: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LineSink {
+    pub fn new(service: String, ring: ConsoleRing, first_line: Option<tokio::sync::oneshot::Sender<()>>) -> Self {
+        LineSink {
+            service,
+            ring,
+            budget: LineBudget::new(),
+            first_line,
+        }
+    }
+
+    /// One line (its newline, if any, is dropped): into the ring, and to the journal when
+    /// `log`.
+    pub fn line(&mut self, bytes: &[u8], log: bool) {
+        let text = clean(bytes);
+        let service = &self.service;
+        if log {
+            match self.budget.take() {
+                Verdict::Log { dropped: 0 } => {
+                    tracing::info!(target: "console", UNIKERNEL = %service, "{text}")
+                }
+                Verdict::Log { dropped } => {
+                    tracing::warn!(
+                        UNIKERNEL = %service,
+                        "{dropped} console lines were not logged (more than {} lines/s); `unikernelctl logs` has the last {}",
+                        LineBudget::PER_SEC,
+                        RING_LINES
+                    );
+                    tracing::info!(target: "console", UNIKERNEL = %service, "{text}");
+                }
+                Verdict::Drop => {}
+            }
+        }
+        self.ring.push(text);
+        if let Some(tx) = self.first_line.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.service
     }
 }
 

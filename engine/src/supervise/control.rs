@@ -5,7 +5,8 @@ use std::time::Duration;
 use contract::control::{Reply, Request};
 
 use crate::controller::host::Liveness;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::os::fd::{AsFd, OwnedFd};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
 /// A snapshot of a 1 GiB guest that touched all its memory takes about a second here;
@@ -20,6 +21,29 @@ pub const LIVENESS_LIMIT: Duration = Duration::from_secs(5);
 pub async fn request(path: &Path, request: &Request) -> std::io::Result<Reply> {
     let mut stream = UnixStream::connect(path).await?;
     stream.write_all(format!("{request}\n").as_bytes()).await?;
+    reply(stream).await
+}
+
+/// Sends one request with `fd` riding along (SCM_RIGHTS), and reads its reply.
+pub async fn request_with_fd(path: &Path, request: &Request, fd: OwnedFd) -> std::io::Result<Reply> {
+    let stream = UnixStream::connect(path).await?;
+    let line = format!("{request}\n");
+    loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || {
+            contract::control::send_with_fd(stream.as_fd(), line.as_bytes(), fd.as_fd())
+        }) {
+            // A short line on a fresh connection goes whole.
+            Ok(n) if n == line.len() => break,
+            Ok(_) => return Err(std::io::Error::other("the request was sent in part")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    reply(stream).await
+}
+
+async fn reply(stream: UnixStream) -> std::io::Result<Reply> {
     let mut line = String::new();
     let mut reader = BufReader::new(stream);
     tokio::time::timeout(REPLY_LIMIT, reader.read_line(&mut line))

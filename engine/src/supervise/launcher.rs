@@ -1,5 +1,6 @@
 //! The real [`Launcher`]: `unikernel-vmm` processes watched through pidfds, their console
-//! followed from the VMM's console socket, readiness probed over TCP.
+//! read from the daemon's console hub (an older VMM's, adopted, from its console socket),
+//! readiness probed over TCP.
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::console::{self, ConsoleRing};
+use super::feed::{Attachment, ConsoleHub};
 use super::probe;
 use super::process::{Ended, Launch, Process};
 use super::uids::{UidLease, UidPool};
@@ -34,16 +36,25 @@ pub struct VmmLauncher {
     uids: Option<Arc<UidPool>>,
     /// VMMs started ahead of need (`--warm-pool`).
     warm: Option<WarmPool>,
+    /// Where every VM's console comes in.
+    hub: ConsoleHub,
 }
 
 impl VmmLauncher {
-    pub fn new(vmm: PathBuf, state: StateDir, scopes: Option<Scopes>, uids: Option<Arc<UidPool>>) -> VmmLauncher {
+    pub fn new(
+        vmm: PathBuf,
+        state: StateDir,
+        scopes: Option<Scopes>,
+        uids: Option<Arc<UidPool>>,
+        hub: ConsoleHub,
+    ) -> VmmLauncher {
         VmmLauncher {
             vmm,
             state,
             scopes,
             uids,
             warm: None,
+            hub,
         }
     }
 
@@ -60,23 +71,15 @@ impl VmmLauncher {
         self
     }
 
-    fn follow(
+    fn vmm(
         &self,
         name: &str,
         process: Process,
         uid: Option<UidLease>,
-        console: ConsoleRing,
-        fresh: bool,
+        feed: Option<Attachment>,
+        first_line: Option<oneshot::Receiver<()>>,
         restored: bool,
     ) -> Vmm {
-        let (first_line_tx, first_line_rx) = oneshot::channel();
-        let follower = tokio::spawn(console::follow(
-            name.to_string(),
-            self.state.console_socket(name),
-            console,
-            fresh,
-            Some(first_line_tx),
-        ));
         Vmm {
             name: name.to_string(),
             state: self.state.clone(),
@@ -84,8 +87,9 @@ impl VmmLauncher {
             log: self.state.vmm_log(name),
             control: self.state.control_socket(name),
             restored,
-            console: Some(AbortOnDrop(follower)),
-            first_line: Some(first_line_rx),
+            feed,
+            follower: None,
+            first_line,
             scopes: self.scopes.clone(),
             _uid: uid,
             from_pool: false,
@@ -140,7 +144,10 @@ pub struct Vmm {
     control: PathBuf,
     /// Resumed from a snapshot: it serves as soon as it runs.
     restored: bool,
-    console: Option<AbortOnDrop>,
+    /// Its place on the console hub.
+    feed: Option<Attachment>,
+    /// Adopted: handing it a feed, or following an older VMM's console socket instead.
+    follower: Option<AbortOnDrop>,
     first_line: Option<oneshot::Receiver<()>>,
     scopes: Option<Scopes>,
     /// Its jail's uid, free again once this VM is dropped.
@@ -192,6 +199,14 @@ impl Launcher for VmmLauncher {
             .into();
         let control_fd = control.as_raw_fd();
         inherit.push(control);
+        // The VMM's end of its console feed; the daemon keeps no descriptor for it.
+        let (first_line_tx, first_line) = oneshot::channel();
+        let (feed_fd, feed) = self
+            .hub
+            .attach(name, request.console.clone(), true, Some(first_line_tx))
+            .map_err(|e| format!("console feed: {e}"))?;
+        let console_feed_fd = feed_fd.as_raw_fd();
+        inherit.push(feed_fd);
         let mut args = VmmArgs {
             initrd: spec.initrd.clone(),
             cmdline_fd,
@@ -204,6 +219,7 @@ impl Launcher for VmmLauncher {
             memory: MemSize::from_bytes(spec.memory_bytes),
             vcpus: spec.vcpus,
             console: ConsoleTarget::Socket(self.state.console_socket(name)),
+            console_feed_fd: Some(console_feed_fd),
             control_fd: Some(control_fd),
             // Inherited under its own number (see `Launch::tap`).
             net_fd: tap.as_ref().map(|(fd, _)| fd.as_raw_fd()),
@@ -242,6 +258,7 @@ impl Launcher for VmmLauncher {
                 cmdline_fd: place(args.cmdline_fd),
                 net_fd: place(args.net_fd),
                 control_fd: place(args.control_fd),
+                console_feed_fd: place(args.console_feed_fd),
                 ..args.clone()
             };
             match warm.hand_off(&handoff, &stderr, &inherit) {
@@ -263,7 +280,14 @@ impl Launcher for VmmLauncher {
         if let Some(scopes) = &self.scopes {
             scopes.place(name, process.pid, spec.limits);
         }
-        let mut vmm = self.follow(name, process, uid, request.console, true, request.restore.is_some());
+        let mut vmm = self.vmm(
+            name,
+            process,
+            uid,
+            Some(feed),
+            Some(first_line),
+            request.restore.is_some(),
+        );
         vmm.from_pool = from_pool;
         Ok(vmm)
     }
@@ -280,8 +304,30 @@ impl Launcher for VmmLauncher {
             .uids
             .as_ref()
             .and_then(|pool| super::uids::uid_of(process.pid).and_then(|uid| pool.claim(uid)));
-        // The VMM replays its recent output: into the ring, not to the journal again.
-        Some(self.follow(name, process, uid, console, false, false))
+        // The VMM replays its recent output into the feed: into the ring, not to the
+        // journal again.
+        let (first_line_tx, first_line) = oneshot::channel();
+        let (fd, feed) = match self.hub.attach(name, console.clone(), false, Some(first_line_tx)) {
+            Ok(attached) => attached,
+            Err(e) => {
+                tracing::warn!(UNIKERNEL = %name, "console feed: {e}; its console is not read");
+                return Some(self.vmm(name, process, uid, None, None, false));
+            }
+        };
+        let mut vmm = self.vmm(name, process, uid, Some(feed), Some(first_line), false);
+        let (service, control, socket) = (name.to_string(), vmm.control.clone(), self.state.console_socket(name));
+        vmm.follower = Some(AbortOnDrop(tokio::spawn(async move {
+            match super::control::request_with_fd(&control, &contract::control::Request::ConsoleFeed, fd).await {
+                Ok(contract::control::Reply::Ok(_)) => {}
+                // A VMM older than the feed: follow its console socket, as it expects.
+                Ok(contract::control::Reply::Err(e)) => {
+                    tracing::info!(UNIKERNEL = %service, "the VMM takes no console feed ({e}): following its console socket");
+                    console::follow(service, socket, console, false, None).await;
+                }
+                Err(e) => tracing::warn!(UNIKERNEL = %service, "cannot hand the VMM a console feed: {e}"),
+            }
+        })));
+        Some(vmm)
     }
 
     fn pool_gauge(&self) -> Option<super::warm::PoolGauge> {
@@ -419,17 +465,22 @@ impl VmProcess for Vmm {
 
     fn ended(&mut self) -> BoxFuture<Exit> {
         let wait = self.process.wait();
-        let console = self.console.take();
+        let feed = self.feed.take();
+        let follower = self.follower.take();
         let log = self.log.clone();
         let socket = self.state.console_socket(&self.name);
         Box::pin(async move {
             let ended = wait.await.unwrap_or(Ended::Unknown);
-            // The guest's last words are what status shows for a crash: let the follower
-            // read them to the console's end. A VMM refused before it made its console
+            // The guest's last words are what status shows for a crash: read them to the
+            // console's end. The feed has them queued already. A follower (an older
+            // VMM's socket) reads to its end; a VMM refused before it made its console
             // socket (a bad image or snapshot) has none to read: no wait, so the cold boot
             // that follows a snapshot that does not restore starts at once.
-            if let Some(mut c) = console.filter(|_| socket.exists()) {
+            if let Some(mut c) = follower.filter(|_| socket.exists()) {
                 let _ = tokio::time::timeout(CONSOLE_DRAIN, &mut c.0).await;
+            }
+            if let Some(feed) = feed {
+                feed.finish();
             }
             let reason = vmm_error(&log);
             Exit { ended, reason }

@@ -2,6 +2,7 @@
 pub mod backoff;
 pub mod console;
 pub mod control;
+pub mod feed;
 pub mod launcher;
 pub mod probe;
 pub mod process;

@@ -53,14 +53,15 @@ impl Harness {
     ) -> (Controller<FakeLauncher, FakeNet>, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = StateDir::new(&root.join("run")).unwrap();
+        let lock = state.lock().unwrap();
         let ctl = Controller::new(
             root.join("etc"),
             state,
+            lock,
             FakeLauncher(host.clone()),
             FakeNet(host.clone()),
             tx,
-        )
-        .unwrap();
+        );
         (ctl, rx)
     }
 

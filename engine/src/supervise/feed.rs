@@ -1,0 +1,365 @@
+//! The console feeds of every VM, read on one socket (frames: `contract::console`).
+//!
+//! For each VM the daemon makes a datagram socket connected to its hub, hands it to the
+//! VMM (`--console-feed-fd`, or the control request `console-feed` for a VMM it adopts)
+//! and closes its own copy: the daemon holds no descriptor per VM for consoles, where a
+//! connection per console was one of the three per VM that capped a host at ~6,600 VMs
+//! under a 20,000-fd limit. Frames are told apart by the sender's address: the kernel
+//! gives each VM's socket a unique one (autobind) before the VMM gets it, and the VMM
+//! cannot change it (a bound socket stays bound; its seccomp filters allow no bind).
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use contract::console::{FeedFrame, FeedKind, FEED_MAX};
+use tokio::sync::oneshot;
+
+use super::console::{ConsoleRing, LineSink, MAX_LINE};
+
+/// The daemon's end of every console feed.
+#[derive(Clone)]
+pub struct ConsoleHub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Tells the reading task when frames wait.
+    socket: tokio::net::UnixDatagram,
+    /// The same socket (a dup), read without asking tokio: the end of a VM must read
+    /// what is queued now, whether or not the reactor has seen it yet.
+    reader: UnixDatagram,
+    path: PathBuf,
+    routes: Mutex<Routes>,
+}
+
+struct Routes {
+    by_sender: HashMap<Box<[u8]>, FeedLines>,
+    /// One frame at a time.
+    buf: Vec<u8>,
+}
+
+/// One VM's console as the hub reads it: frames (which its VMM, and so a guest that took
+/// it over, controls) into lines.
+pub struct FeedLines {
+    sink: LineSink,
+    /// Whether a replay (output from before the feed) is new to the journal.
+    log_replay: bool,
+    /// The offset of the next byte expected; `None` before the first frame.
+    next: Option<u64>,
+    /// The line read so far.
+    partial: Vec<u8>,
+    /// The line so far is (partly) a replay the journal must not get again.
+    partial_is_replay: bool,
+}
+
+impl FeedLines {
+    pub fn new(service: &str, ring: ConsoleRing, log_replay: bool, first_line: Option<oneshot::Sender<()>>) -> Self {
+        FeedLines {
+            sink: LineSink::new(service.to_string(), ring, first_line),
+            log_replay,
+            next: None,
+            partial: Vec::new(),
+            partial_is_replay: false,
+        }
+    }
+
+    pub fn take(&mut self, frame: FeedFrame<'_>) {
+        let end = frame.offset + frame.bytes.len() as u64;
+        let mut bytes = frame.bytes;
+        match self.next {
+            // What the hub had already (a replay overlapping what came live).
+            Some(next) if end <= next => return,
+            Some(next) if frame.offset < next => bytes = &bytes[(next - frame.offset) as usize..],
+            Some(next) if frame.offset > next => {
+                tracing::warn!(
+                    UNIKERNEL = %self.sink.service(),
+                    "{} bytes of console output were lost on the way to the daemon (it did not read them in time); the VMM's console socket has the last 64 KiB",
+                    frame.offset - next
+                );
+                self.end_line();
+            }
+            _ => {}
+        }
+        self.next = Some(end);
+        let replay = frame.kind == FeedKind::Replay && !self.log_replay;
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                let room = MAX_LINE - self.partial.len();
+                let (now, rest) = piece.split_at(piece.len().min(room));
+                self.partial.extend_from_slice(now);
+                self.partial_is_replay |= replay;
+                piece = rest;
+                if self.partial.ends_with(b"\n") || self.partial.len() == MAX_LINE {
+                    self.end_line();
+                }
+            }
+        }
+    }
+
+    /// Ends the line read so far (a newline came, it is as long as a line may be, or the
+    /// VM ended).
+    pub fn end_line(&mut self) {
+        if !self.partial.is_empty() {
+            self.sink.line(&self.partial, !self.partial_is_replay);
+        }
+        self.partial.clear();
+        self.partial_is_replay = false;
+    }
+}
+
+fn lock(m: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Routes {
+    /// Reads every frame waiting on `socket` into its route.
+    fn drain(&mut self, socket: &UnixDatagram) -> io::Result<()> {
+        loop {
+            match socket.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    let name = std::os::linux::net::SocketAddrExt::as_abstract_name(&from);
+                    let (Some(name), Some(frame)) = (name, FeedFrame::parse(&self.buf[..n])) else {
+                        continue;
+                    };
+                    // A frame of a VM whose end was already read has nowhere to go.
+                    if let Some(route) = self.by_sender.get_mut(name) {
+                        route.take(frame);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A VM's place on the hub; [`Attachment::finish`] reads its last lines.
+pub struct Attachment {
+    shared: Arc<Shared>,
+    sender: Box<[u8]>,
+}
+
+impl ConsoleHub {
+    /// Binds the hub at `path` (replacing a stale socket, owner-only) and reads it on a
+    /// task of the current runtime. The queue of frames it can hold is the netns's
+    /// `net.unix.max_dgram_qlen` when it is made (the daemon raises that first). A socket
+    /// someone still reads is not replaced: this runs before the daemon locks its state
+    /// directory, and a second daemon must not take the first one's consoles.
+    pub fn bind(path: &Path) -> io::Result<ConsoleHub> {
+        use std::os::unix::fs::PermissionsExt;
+        if UnixDatagram::unbound().and_then(|probe| probe.connect(path)).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process reads console feeds here (another unikerneld on this state directory?)",
+            ));
+        }
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let socket = UnixDatagram::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        socket.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            reader: socket.try_clone()?,
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            path: path.to_path_buf(),
+            routes: Mutex::new(Routes {
+                by_sender: HashMap::new(),
+                buf: vec![0; FEED_MAX],
+            }),
+        });
+        tokio::spawn(read(shared.clone()));
+        Ok(ConsoleHub { shared })
+    }
+
+    /// A new feed for `service`: the socket to hand to its VMM (the daemon keeps no copy)
+    /// and its place on the hub. `log_replay`: whether output the VMM wrote before the
+    /// feed (its replay) is new to the journal. `first_line` fires on its first line.
+    pub fn attach(
+        &self,
+        service: &str,
+        ring: ConsoleRing,
+        log_replay: bool,
+        first_line: Option<oneshot::Sender<()>>,
+    ) -> io::Result<(OwnedFd, Attachment)> {
+        let socket = UnixDatagram::unbound()?;
+        autobind(&socket)?;
+        let address = socket.local_addr()?;
+        let sender: Box<[u8]> = std::os::linux::net::SocketAddrExt::as_abstract_name(&address)
+            .ok_or_else(|| io::Error::other("autobind gave no abstract address"))?
+            .into();
+        socket.connect(&self.shared.path)?;
+        let route = FeedLines::new(service, ring, log_replay, first_line);
+        lock(&self.shared.routes).by_sender.insert(sender.clone(), route);
+        Ok((
+            socket.into(),
+            Attachment {
+                shared: self.shared.clone(),
+                sender,
+            },
+        ))
+    }
+}
+
+/// Binds `socket` to an abstract address the kernel picks, unique on the host.
+fn autobind(socket: &UnixDatagram) -> io::Result<()> {
+    let addr = libc::sockaddr_un {
+        sun_family: libc::AF_UNIX as libc::sa_family_t,
+        sun_path: [0; 108],
+    };
+    // SAFETY: an address of just the family asks for autobind; `addr` outlives the call.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+async fn read(shared: Arc<Shared>) {
+    loop {
+        if let Err(e) = shared.socket.readable().await {
+            tracing::error!("console hub: {e}; consoles are no longer read");
+            return;
+        }
+        // WouldBlock from the closure is what clears tokio's readiness (unless more came
+        // meanwhile).
+        let drained = shared.socket.try_io(tokio::io::Interest::READABLE, || {
+            lock(&shared.routes)
+                .drain(&shared.reader)
+                .and(Err::<(), io::Error>(io::ErrorKind::WouldBlock.into()))
+        });
+        match drained {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                tracing::warn!("console hub: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Attachment {
+    /// The VMM has ended: reads what it sent (every frame is queued before its end) and
+    /// the line it did not end, and leaves the hub.
+    pub fn finish(self) {
+        let mut routes = lock(&self.shared.routes);
+        let _ = routes.drain(&self.shared.reader);
+        if let Some(mut route) = routes.by_sender.remove(&self.sender) {
+            route.end_line();
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        lock(&self.shared.routes).by_sender.remove(&self.sender);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::console::FeedFrame;
+
+    fn send(fd: &UnixDatagram, kind: FeedKind, offset: u64, bytes: &[u8]) {
+        let mut d = FeedFrame::header(kind, offset).to_vec();
+        d.extend_from_slice(bytes);
+        fd.send(&d).unwrap();
+    }
+
+    fn hub(tag: &str) -> (ConsoleHub, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("uk-hub-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (ConsoleHub::bind(&dir.join("feed.sock")).unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn lines_reach_their_own_service_and_the_end_reads_the_last_one() {
+        let (hub, dir) = hub("route");
+        let (a_ring, b_ring) = (ConsoleRing::default(), ConsoleRing::default());
+        let (first_tx, first_rx) = oneshot::channel();
+        let (a_fd, a) = hub.attach("a", a_ring.clone(), true, Some(first_tx)).unwrap();
+        let (b_fd, b) = hub.attach("b", b_ring.clone(), true, None).unwrap();
+        let (a_fd, b_fd) = (UnixDatagram::from(a_fd), UnixDatagram::from(b_fd));
+        send(&a_fd, FeedKind::Live, 0, b"a one\nst");
+        send(&b_fd, FeedKind::Live, 0, b"b one\n");
+        send(&a_fd, FeedKind::Live, 8, b"ill a\nno end");
+        tokio::time::timeout(std::time::Duration::from_secs(2), first_rx)
+            .await
+            .expect("the first line is signalled")
+            .unwrap();
+        drop(a_fd);
+        a.finish();
+        assert_eq!(a_ring.tail(10), vec!["a one", "still a", "no end"]);
+        b.finish();
+        assert_eq!(b_ring.tail(10), vec!["b one"]);
+        assert!(lock(&hub.shared.routes).by_sender.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replay_fills_the_ring_and_overlaps_and_gaps_are_sorted_out() {
+        let (hub, dir) = hub("replay");
+        let ring = ConsoleRing::default();
+        let (fd, at) = hub.attach("a", ring.clone(), false, None).unwrap();
+        let fd = UnixDatagram::from(fd);
+        // An adopted VMM: its ring (from byte 100) as a replay, then live output, one
+        // frame of which repeats what the replay had.
+        send(&fd, FeedKind::Replay, 100, b"old\nnew");
+        send(&fd, FeedKind::Live, 104, b"new");
+        send(&fd, FeedKind::Live, 107, b" line\n");
+        // 10 bytes lost on the way (the queue was full), then more.
+        send(&fd, FeedKind::Live, 123, b"after\n");
+        // Past a line's bound: split.
+        let long = vec![b'x'; MAX_LINE + 3];
+        send(&fd, FeedKind::Live, 129, &long);
+        at.finish();
+        let lines = ring.tail(10);
+        assert_eq!(&lines[..3], ["old", "new line", "after"]);
+        assert_eq!((lines[3].len(), lines[4].as_str()), (MAX_LINE, "xxx"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hub_in_use_is_not_replaced_and_a_stale_one_is() {
+        let (hub, dir) = hub("in-use");
+        let path = dir.join("feed.sock");
+        let err = ConsoleHub::bind(&path).err().expect("refused while the first reads");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        drop(hub);
+        // Its reading task still holds the socket until the runtime ends: a stale file is
+        // what a daemon that ended leaves.
+        std::fs::remove_file(&path).unwrap();
+        drop(UnixDatagram::bind(&path).unwrap());
+        ConsoleHub::bind(&path).expect("a stale socket file is replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn frames_from_a_socket_the_hub_did_not_make_go_nowhere() {
+        let (hub, dir) = hub("stranger");
+        let ring = ConsoleRing::default();
+        let (_fd, at) = hub.attach("a", ring.clone(), true, None).unwrap();
+        let stranger = UnixDatagram::unbound().unwrap();
+        stranger.connect(dir.join("feed.sock")).unwrap();
+        send(&stranger, FeedKind::Live, 0, b"forged\n");
+        // Not a frame at all.
+        stranger.send(b"x").unwrap();
+        at.finish();
+        assert!(ring.tail(10).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
