@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 secs=${FUZZ_SECS:-20}
-targets=${FUZZ_TARGETS:-"kdl kernel_loader snapshot_state virtio_net console_header"}
+targets=${FUZZ_TARGETS:-"kdl kernel_loader snapshot_state virtio_net console_header console_feed"}
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     rustup toolchain install nightly --profile minimal
@@ -28,6 +28,10 @@ for image in hello hello-lx hello-bz hello-mb; do
 done
 python3 fuzz/seeds/virtio_net.py "$seeds/virtio_net/driver-init-tx-rx"
 printf '42 1000\n\0\0\0\0\0\0\0\0' >"$seeds/console_header/header"
+# Two 64-byte frames: a replay at 0, then live output from its end.
+python3 -c 'import sys, struct
+f = lambda kind, at, text: bytes([1, kind]) + struct.pack("<Q", at) + text.ljust(54, b"x")
+sys.stdout.buffer.write(f(1, 0, b"old\n") + f(0, 54, b"new\nline"))' >"$seeds/console_feed/frames"
 
 cargo +nightly fuzz build -O
 # The kdl target reads declarations on libFuzzer's main thread: give it the stack the
