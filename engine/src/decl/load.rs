@@ -156,9 +156,9 @@ impl Loader {
     /// Seeds the last good content of files (kept by an earlier daemon): a file that fails
     /// now keeps the services it declared then, across the daemon's restart.
     pub fn seed(&mut self, dir: &Path, files: Vec<(OsString, String)>) {
-        for (name, text) in files {
+        let parsed = in_parallel(&files, |(name, text)| parse_file(&dir.join(name), text));
+        for ((name, text), (specs, diags)) in files.into_iter().zip(parsed) {
             let path = dir.join(&name);
-            let (specs, diags) = parse_file(&path, &text);
             if !diags.iter().any(DeclError::is_error) {
                 self.content.insert(path.clone(), contract::fnv1a(text.as_bytes()));
                 self.files.insert(path, (specs, Arc::new(text)));
@@ -290,31 +290,7 @@ impl Loader {
     /// there are many (a cold start reads every file: 10,000 took ~140 ms on one thread
     /// here), on this one when there are few (a reload after an edit names one).
     fn look_all(&self, files: &[PathBuf]) -> Vec<Look> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_READERS));
-        if threads < 2 || files.len() < READ_IN_PARALLEL_FROM {
-            return files.iter().map(|path| self.look(path)).collect();
-        }
-        let share = files.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = files
-                .chunks(share)
-                .map(|part| {
-                    let thread = std::thread::Builder::new()
-                        .name("declarations".into())
-                        .spawn_scoped(scope, move || part.iter().map(|p| self.look(p)).collect::<Vec<_>>());
-                    (part, thread)
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|(part, thread)| match thread.map(|t| t.join()) {
-                    Ok(Ok(looks)) => looks,
-                    // No thread to be had (the host is out of them), or it failed: this
-                    // one reads that part.
-                    _ => part.iter().map(|p| self.look(p)).collect(),
-                })
-                .collect()
-        })
+        in_parallel(files, |path| self.look(path))
     }
 
     /// What `path` holds now, compared with what was last seen of it.
@@ -365,6 +341,36 @@ impl Loader {
         loaded.diagnostics.extend(clashes);
         loaded.specs = self.merged.specs();
     }
+}
+
+/// `f` of each item, in order: on up to [`MAX_READERS`] threads when there are at least
+/// [`READ_IN_PARALLEL_FROM`] items, else on this one. A part whose thread cannot be had
+/// (the host is out of them) or fails is done on this thread.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_READERS));
+    if threads < 2 || items.len() < READ_IN_PARALLEL_FROM {
+        return items.iter().map(&f).collect();
+    }
+    let share = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = items
+            .chunks(share)
+            .map(|part| {
+                let thread = std::thread::Builder::new()
+                    .name("declarations".into())
+                    .spawn_scoped(scope, move || part.iter().map(f).collect::<Vec<_>>());
+                (part, thread)
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|(part, thread)| match thread.map(|t| t.join()) {
+                Ok(Ok(done)) => done,
+                _ => part.iter().map(f).collect(),
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -513,5 +519,32 @@ mod tests {
         let loaded = loader.load_changed(dir, &named(&["a.kdl"]));
         assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
         assert!(loaded.failed_files.is_empty());
+    }
+
+    #[test]
+    fn a_seed_of_many_files_keeps_each_ones_last_good_specs() {
+        // Enough files to be parsed on several threads; each is broken on disk now.
+        let dir = Dir::new("seed");
+        let dir = &dir.0;
+        let n = READ_IN_PARALLEL_FROM + 8;
+        let saved: Vec<(OsString, String)> = (0..n)
+            .map(|i| {
+                (
+                    OsString::from(format!("s{i:02}.kdl")),
+                    decl(&format!("s{i:02}"), &format!("{}M", 16 + i)),
+                )
+            })
+            .collect();
+        for (name, _) in &saved {
+            std::fs::write(dir.join(name), decl("x", "lots")).unwrap();
+        }
+        let mut loader = Loader::default();
+        loader.seed(dir, saved);
+        let loaded = loader.load_dir(dir);
+        assert_eq!(loaded.failed_files.len(), n, "every file is reported");
+        assert_eq!(loaded.specs.len(), n, "and keeps what it declared before");
+        for i in 0..n {
+            assert_eq!(loaded.specs[&format!("s{i:02}")].memory_bytes, (16 + i as u64) << 20);
+        }
     }
 }
