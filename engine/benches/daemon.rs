@@ -1,7 +1,9 @@
 //! The daemon at scale, with real VMs in a namespace of its own:
 //! (b) N new services from empty (default 200): wall time, and p50/p99 of file write -> running;
 //! (c) with M VMs running (default 1000), the next VM's start vs the first's (median of 15 each);
-//! (d) daemon CPU over 30 s idle with M VMs, daemon RSS, VM RSS.
+//! (d) daemon CPU over 30 s idle with M VMs, daemon RSS, fds and threads, VM RSS, and
+//! the host memory per VM (MemTotal - MemAvailable, as `free` counts used, before the
+//! daemon starts and with M VMs).
 //! Needs the release VMM: `cargo build --release -p unikernel-vmm` first.
 //! UK_BENCH_BURST, UK_BENCH_VMS and UK_BENCH_IDLE_SECS change the sizes;
 //! UK_BENCH_FILL_PORTS=0 fills with services without a host port (all but v0).
@@ -106,14 +108,15 @@ fn main() {
     let burst = env_or("UK_BENCH_BURST", 200);
     let vms = env_or("UK_BENCH_VMS", 1000);
     let idle = env_or("UK_BENCH_IDLE_SECS", 30) as u64;
-    // Without host ports the daemon holds 2 fds per VM, not 3: room for ~9,900 VMs under
-    // a hard RLIMIT_NOFILE of 20,000.
+    // The daemon holds 1 fd per VM (its pidfd) and 1 more per host port: without host
+    // ports, room for ~19,900 VMs under a hard RLIMIT_NOFILE of 20,000.
     let fill_ports = env_or("UK_BENCH_FILL_PORTS", 1) != 0;
     let mut d = Daemon::new("dbench");
     // A few fds per VM: raise the limit as the unit's LimitNOFILE= does for the packaged
     // daemon, where this process may (it needs CAP_SYS_RESOURCE past its hard limit).
     let nofile = raise_nofile(1 << 20);
-    println!("RLIMIT_NOFILE for the daemon: {nofile} (3 per VM with a host port)");
+    println!("RLIMIT_NOFILE for the daemon: {nofile} (1 per VM, 2 with a host port)");
+    let used_before = host_used_mib();
     d.start();
 
     // (c) the first VM, on an empty, quiet host.
@@ -283,6 +286,32 @@ fn main() {
         rss_kib(pid) as f64 / 1024.0,
         pct(&vm_rss, 0.5)
     );
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
+        .unwrap_or_default();
+    let used = host_used_mib();
+    println!(
+        "    daemon fds {fds} ({:.2} per VM), threads {threads}; host memory used {used_before:.0} MiB before, {used:.0} MiB with {} VMs: {:.2} MiB per VM",
+        fds as f64 / vm_pids.len().max(1) as f64,
+        vm_pids.len(),
+        (used - used_before) / vm_pids.len().max(1) as f64
+    );
+}
+
+/// What `free` shows as used: MemTotal - MemAvailable, in MiB.
+fn host_used_mib() -> f64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field("MemTotal:") - field("MemAvailable:")) / 1024.0
 }
 
 /// Raises this process's RLIMIT_NOFILE (inherited by the daemon) towards `want`; returns
