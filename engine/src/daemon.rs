@@ -281,18 +281,18 @@ pub async fn serve<L: Launcher, N: HostNet>(
         }
     };
     try_watch(&mut watcher);
-    // The targets of symlinked declaration files, and the watch on them.
-    let mut targets: (
-        std::collections::BTreeSet<std::path::PathBuf>,
-        Option<notify::RecommendedWatcher>,
-    ) = Default::default();
-    let follow_targets = |t: &mut (
-        std::collections::BTreeSet<std::path::PathBuf>,
-        Option<notify::RecommendedWatcher>,
-    )| {
-        let now = watch::symlink_targets(&config_dir);
-        if now != t.0 {
+    // The targets of symlinked declaration files, and the watch on them. `names`: the
+    // files a reload named (only they can have changed), or `None` for a look at all.
+    let mut targets: (watch::SymlinkTargets, Option<notify::RecommendedWatcher>) = Default::default();
+    let follow_targets = |t: &mut (watch::SymlinkTargets, Option<notify::RecommendedWatcher>),
+                          names: Option<&HashSet<OsString>>| {
+        let changed = match names {
+            Some(names) => t.0.update(&config_dir, names),
+            None => t.0.rescan(&config_dir),
+        };
+        if changed {
             t.1 = None;
+            let now = t.0.targets();
             if !now.is_empty() {
                 match watch::watch_targets(&now, changed_tx.clone()) {
                     Ok(w) => t.1 = Some(w),
@@ -301,13 +301,12 @@ pub async fn serve<L: Launcher, N: HostNet>(
                     ),
                 }
             }
-            t.0 = now;
         }
     };
 
     ctl.adopt().await;
     ctl.converge().await;
-    follow_targets(&mut targets);
+    follow_targets(&mut targets, None);
     grow(ctl.service_count());
 
     // The D-Bus API reads what the loop publishes and sends it requests.
@@ -386,11 +385,19 @@ pub async fn serve<L: Launcher, N: HostNet>(
             }
             _ = sleep_until(deadline) => {
                 match pending.take() {
-                    Some((Scope::Names(names), since)) => ctl.reload_changed(&names, since).await,
-                    Some((Scope::Stamps, _)) => ctl.converge().await,
-                    Some((Scope::All, _)) | None => ctl.reload().await,
+                    Some((Scope::Names(names), since)) => {
+                        ctl.reload_changed(&names, since).await;
+                        follow_targets(&mut targets, Some(&names));
+                    }
+                    Some((Scope::Stamps, _)) => {
+                        ctl.converge().await;
+                        follow_targets(&mut targets, None);
+                    }
+                    Some((Scope::All, _)) | None => {
+                        ctl.reload().await;
+                        follow_targets(&mut targets, None);
+                    }
                 };
-                follow_targets(&mut targets);
                 check_worktree(&mut worktree_busy);
             }
             Some(event) = events.recv() => ctl.handle(event).await,
@@ -442,7 +449,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
             _ = resync.tick() => {
                 try_watch(&mut watcher);
                 ctl.resync().await;
-                follow_targets(&mut targets);
+                follow_targets(&mut targets, None);
                 check_worktree(&mut worktree_busy);
             }
             _ = hup.recv() => {
@@ -459,7 +466,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 }
                 SourceEvent::Git(outcome, done) => {
                     apply_outcome(&mut ctl, outcome).await;
-                    follow_targets(&mut targets);
+                    follow_targets(&mut targets, None);
                     // `sync` answers once status.json and D-Bus say what it applied (a
                     // publish just before would otherwise hold this one back a period).
                     grow(ctl.service_count());
