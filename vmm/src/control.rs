@@ -46,23 +46,11 @@ pub fn inherited(fd: RawFd) -> io::Result<UnixListener> {
             "not a listening unix stream socket (bind and listen before handing it over)",
         )
     };
-    let int = |option| -> io::Result<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`; a bad fd is an error.
-        let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&raw mut value).cast(), &mut len) };
-        if rc == 0 {
-            return Ok(value);
-        }
-        let e = io::Error::last_os_error();
-        Err(if e.raw_os_error() == Some(libc::ENOTSOCK) {
-            refused()
-        } else {
-            e
-        })
-    };
-    let (domain, kind, listening) = (int(libc::SO_DOMAIN)?, int(libc::SO_TYPE)?, int(libc::SO_ACCEPTCONN)?);
-    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM || listening == 0 {
+    // SAFETY: only borrowed for the checks; a bad fd makes them fail.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if !crate::sockopt::is_unix(borrowed, libc::SOCK_STREAM)?
+        || crate::sockopt::int(borrowed, libc::SO_ACCEPTCONN)? == 0
+    {
         return Err(refused());
     }
     // SAFETY: named on our command line and inherited for us alone; checked above to be

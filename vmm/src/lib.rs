@@ -17,6 +17,7 @@ pub mod loader;
 pub mod pool;
 pub mod seccomp;
 pub mod snapshot;
+pub mod sockopt;
 pub mod vstate;
 pub mod watchdog;
 

@@ -11,7 +11,7 @@
 //! size; past that the oldest go, and the offsets show the receiver the gap).
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::event_loop::{EventLoop, Next};
+use crate::sockopt::send_nonblocking;
 
 pub use contract::console::RING_BYTES;
 use contract::console::{FeedFrame, FeedKind, FEED_CHUNK};
@@ -81,26 +82,12 @@ impl Feed {
     }
 }
 
-/// One datagram of header and bytes, without blocking and without SIGPIPE. Sent with
-/// `send` (no address: the seccomp filters allow nothing else) from one buffer.
+/// One datagram of header and bytes, from one buffer (see `sockopt::send_nonblocking`).
 fn send_frame(socket: &UnixDatagram, header: &[u8], bytes: &[u8]) -> io::Result<()> {
     let mut frame = Vec::with_capacity(header.len() + bytes.len());
     frame.extend_from_slice(header);
     frame.extend_from_slice(bytes);
-    // SAFETY: the pointer and length describe `frame`, valid for the call.
-    let n = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    send_nonblocking(socket.as_fd(), &frame).map(drop)
 }
 
 /// Takes `fd` as a feed socket: a unix datagram socket, connected (sends carry no
@@ -112,26 +99,7 @@ pub fn feed_socket(fd: OwnedFd) -> io::Result<UnixDatagram> {
             "the console feed must be a connected unix datagram socket",
         )
     };
-    let int = |option| -> io::Result<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw mut value).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(value)
-        } else {
-            Err(refused())
-        }
-    };
-    if int(libc::SO_DOMAIN)? != libc::AF_UNIX || int(libc::SO_TYPE)? != libc::SOCK_DGRAM {
+    if !crate::sockopt::is_unix(fd.as_fd(), libc::SOCK_DGRAM)? {
         return Err(refused());
     }
     let socket = UnixDatagram::from(fd);
@@ -153,7 +121,7 @@ impl Hub {
         let Some(client) = &self.client else { return };
         let mut rest = data;
         while !rest.is_empty() {
-            match send_nonblocking(client, rest) {
+            match send_nonblocking(client.as_fd(), rest) {
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -163,24 +131,6 @@ impl Hub {
                 }
             }
         }
-    }
-}
-
-fn send_nonblocking(s: &UnixStream, data: &[u8]) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the pointer and length describe `data`, valid for the call.
-    let n = unsafe {
-        libc::send(
-            s.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
