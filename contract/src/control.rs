@@ -36,42 +36,24 @@ pub fn bind(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixL
 }
 
 /// Sends `bytes` on the stream `socket` with `passed` riding along (SCM_RIGHTS), without
-/// blocking and without SIGPIPE; how many bytes went.
+/// SIGPIPE (a non-blocking socket does not block); how many bytes went. For a socket the
+/// caller holds in another type (tokio's).
 pub fn send_with_fd(
     socket: std::os::fd::BorrowedFd<'_>,
     bytes: &[u8],
     passed: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
-    // Room for one descriptor's control message, aligned as cmsghdr needs.
-    let mut control = [0u64; 4];
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    assert!(space <= std::mem::size_of_val(&control));
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; the fields set below point at buffers that
-    // outlive the call, and the control message is written within `control`.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), passed.as_raw_fd());
-        libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    struct Borrowed<'a>(std::os::fd::BorrowedFd<'a>);
+    impl ScmSocket for Borrowed<'_> {
+        fn socket_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
     }
+    Borrowed(socket)
+        .send_with_fd(bytes, passed.as_raw_fd())
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
 /// The protocol version every request starts with.
