@@ -449,6 +449,8 @@ pub async fn serve<L: Launcher, N: HostNet>(
             _ = resync.tick() => {
                 try_watch(&mut watcher);
                 ctl.resync().await;
+                // Its liveness counts change no status: the metrics get them here.
+                shared.write().unwrap_or_else(|p| p.into_inner()).stats = ctl.stats().clone();
                 follow_targets(&mut targets, None);
                 check_worktree(&mut worktree_busy);
             }

@@ -484,17 +484,37 @@ fn a_config_dir_deleted_and_made_again_is_watched_again_at_once() {
 #[test]
 fn a_vmm_stopped_with_sigstop_is_found_and_replaced() {
     let mut d = Daemon::new("sigstop");
-    d.args = vec!["--resync".into(), "1".into()];
+    d.args = vec![
+        "--resync".into(),
+        "1".into(),
+        "--metrics".into(),
+        "127.0.0.1:9634".into(),
+    ];
     d.start();
     d.declare("web.kdl", &http_decl("web", 8080, ""));
     let web = d.running("web");
     assert_eq!(d.get(8080).unwrap().1.trim(), "web 1");
+    let checks = |by: &str| -> u64 {
+        let (_, body) = d.ns.run(|| http_get("127.0.0.1:9634")).unwrap();
+        let series = format!("unikerneld_liveness_checks_total{{by=\"{by}\"}} ");
+        let line = body.lines().find_map(|l| l.strip_prefix(series.as_str()));
+        line.unwrap_or_else(|| panic!("no {series} in {body}")).parse().unwrap()
+    };
+    // Its event loop's heartbeats (after 1, 2, 4 s) answer the checks of every resync: the
+    // VMM is not pinged.
+    std::thread::sleep(Duration::from_secs(3));
+    let pinged = checks("ping");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(checks("ping"), pinged, "a VMM heard from lately was pinged");
+    assert!(checks("heartbeat") >= 2);
     let pid = web.pid.unwrap();
     // SAFETY: kill(2) on the VMM this test's daemon started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    // Its heartbeats stop: after 20 s unheard it is pinged, misses two, and is replaced.
     let s = d.wait_for("a new VMM", LONG, |s| {
         s.services[0].state == State::Running && s.services[0].pid.is_some_and(|p| p != pid)
     });
+    assert!(checks("ping") >= pinged + 2);
     let err = s.services[0].last_error.clone().unwrap_or_default();
     assert!(err.contains("stopped answering"), "{err}");
     assert!(!alive(pid), "the stopped VMM was killed");

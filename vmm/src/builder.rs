@@ -614,9 +614,11 @@ impl Machine {
                 .map_err(|e| Error::Threads(format!("cannot serve the control socket: {e}")))?;
         }
         // Only the boot vCPU is watched: the others may legitimately wait for INIT/SIPI.
+        let console = self.console.clone();
+        let heartbeat = move || console.iter().for_each(|c| c.heartbeat());
         let Machine { mut events, .. } = self;
         crate::watchdog::install()
-            .and_then(|()| crate::watchdog::watch_current_thread(&mut events))
+            .and_then(|()| crate::watchdog::watch_current_thread(&mut events, heartbeat))
             .unwrap_or_else(|e| crate::log_warn!("no watchdog for halted guests: {e}"));
         events
             .spawn_filtered(filters.as_ref().map(|f| f.event_loop.clone()))

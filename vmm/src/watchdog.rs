@@ -17,8 +17,9 @@ use crate::event_loop::{EventLoop, Next};
 
 /// When the boot vCPU is first looked at.
 pub const PERIOD: Duration = Duration::from_secs(1);
-/// The longest wait between two looks.
-pub const MAX_PERIOD: Duration = Duration::from_secs(16);
+/// The longest wait between two looks. Each look also sends the console feed's heartbeat
+/// (the supervisor's proof that the event loop runs), so this is the feed's promise.
+pub const MAX_PERIOD: Duration = contract::console::FEED_HEARTBEAT_EVERY;
 
 /// The signal that interrupts KVM_RUN. Real-time, so it never collides with job control.
 pub fn kick_signal() -> libc::c_int {
@@ -35,8 +36,8 @@ pub fn install() -> std::io::Result<()> {
 }
 
 /// Kicks the calling thread (the boot vCPU's) from the event loop's timer: after
-/// [`PERIOD`], then at doubling intervals up to [`MAX_PERIOD`].
-pub fn watch_current_thread(events: &mut EventLoop) -> std::io::Result<()> {
+/// [`PERIOD`], then at doubling intervals up to [`MAX_PERIOD`]; `on_look` runs at each.
+pub fn watch_current_thread(events: &mut EventLoop, mut on_look: impl FnMut() + Send + 'static) -> std::io::Result<()> {
     // SAFETY: pthread_self has no preconditions.
     let target = unsafe { libc::pthread_self() };
     let mut timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
@@ -49,6 +50,7 @@ pub fn watch_current_thread(events: &mut EventLoop) -> std::io::Result<()> {
         let _ = timer.wait();
         // SAFETY: the target is the boot vCPU thread, which lives until the process exits.
         unsafe { libc::pthread_kill(target, kick_signal()) };
+        on_look();
         period = (period * 2).min(MAX_PERIOD);
         if let Err(e) = timer.reset(period, None) {
             crate::log_warn!("watchdog timer: {e}; halted guests are no longer noticed");

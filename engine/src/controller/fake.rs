@@ -35,6 +35,8 @@ pub struct Behaviour {
     pub snapshot_error: Option<String>,
     /// Its VMM stops answering (SIGSTOP, a hang) once ready.
     pub hangs: bool,
+    /// Its VMM sends heartbeats (while it does not hang).
+    pub heartbeats: bool,
 }
 
 impl Default for Behaviour {
@@ -47,6 +49,7 @@ impl Default for Behaviour {
             restore_fails: false,
             snapshot_error: None,
             hangs: false,
+            heartbeats: false,
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct HostState {
     /// Liveness pings cannot be made (the daemon is out of descriptors), with this error.
     pub pings_fail: Option<String>,
     pub pings_in_flight: usize,
+    /// Pings made in all.
+    pub pings: usize,
     pub most_pings_in_flight: usize,
 }
 
@@ -219,6 +224,13 @@ impl VmProcess for FakeVm {
         self.host.get().limits.push((self.vmm.name.clone(), *limits));
     }
 
+    fn heard_lately(&self) -> bool {
+        let host = self.host.get();
+        host.behaviour
+            .get(&self.vmm.name)
+            .is_some_and(|b| b.heartbeats && !b.hangs)
+    }
+
     fn responsive(&self) -> BoxFuture<Liveness> {
         let host = self.host.get();
         let behaviour = host.behaviour.get(&self.vmm.name);
@@ -230,6 +242,7 @@ impl VmProcess for FakeVm {
             {
                 let mut h = host.get();
                 h.pings_in_flight += 1;
+                h.pings += 1;
                 h.most_pings_in_flight = h.most_pings_in_flight.max(h.pings_in_flight);
             }
             let answer = match unchecked {

@@ -108,6 +108,11 @@ pub trait VmProcess: 'static {
     /// is stopped (SIGSTOP) or hung. A VMM without a control socket (started by an older
     /// daemon) counts as answering.
     fn responsive(&self) -> BoxFuture<Liveness>;
+    /// Whether the VMM said by itself, lately, that its event loop runs (a heartbeat on
+    /// its console feed): as good as an answered ping, and it costs no connection.
+    fn heard_lately(&self) -> bool {
+        false
+    }
     /// Asks the VMM to save the VM into `dir` and end (standby). The VMM then ends with
     /// [`contract::exit::ExitStatus::Saved`].
     fn snapshot(&self, dir: std::path::PathBuf) -> BoxFuture<Result<Saved, String>>;

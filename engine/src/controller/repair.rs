@@ -55,14 +55,21 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     }
 
     /// Pings every running VM's VMM over its control socket (off the loop; the answers
-    /// come back as events). A VMM stopped with SIGSTOP, or hung, holds its guest and its
-    /// host port hostage while looking alive to a pidfd: it is found here.
-    pub(super) fn check_liveness(&self) {
-        for (name, svc) in &self.services {
-            let Some(vm) = svc.vm.as_ref() else { continue };
+    /// come back as events), unless it was heard from lately. A VMM stopped with SIGSTOP,
+    /// or hung, holds its guest and its host port hostage while looking alive to a pidfd:
+    /// it is found here.
+    pub(super) fn check_liveness(&mut self) {
+        for (name, svc) in &mut self.services {
+            let Some(vm) = svc.vm.as_mut() else { continue };
             if svc.state != State::Running || svc.standby.saving {
                 continue;
             }
+            if vm.process.heard_lately() {
+                vm.unanswered = 0;
+                self.stats.heard += 1;
+                continue;
+            }
+            self.stats.pinged += 1;
             let ping = vm.process.responsive();
             let (tx, name, id) = (self.events.clone(), name.clone(), vm.id);
             let pings = self.pings.clone();

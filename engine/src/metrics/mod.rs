@@ -29,6 +29,10 @@ pub struct Stats {
     pub pooled_starts: u64,
     /// Pooled VMMs ready when the metrics were read.
     pub pool_ready: u64,
+    /// Liveness checks of running VMMs a heartbeat answered (no connection made).
+    pub heard: u64,
+    /// Liveness checks that pinged the VMM over its control socket.
+    pub pinged: u64,
 }
 
 impl Default for Stats {
@@ -39,6 +43,8 @@ impl Default for Stats {
             host: Histogram::new(HOST_BOUNDS),
             pooled_starts: 0,
             pool_ready: 0,
+            heard: 0,
+            pinged: 0,
         }
     }
 }
@@ -225,6 +231,18 @@ pub fn render(snapshot: &Snapshot, stats: &Stats, daemon: Process, vm_memory: &[
         "Starts and wakes that took a VMM from the warm pool.",
     );
     let _ = writeln!(out, "unikerneld_warm_pool_starts_total {}", stats.pooled_starts);
+    header(
+        &mut out,
+        "unikerneld_liveness_checks_total",
+        "counter",
+        "Liveness checks of running VMMs, by how they were answered: a recent heartbeat on the console feed, or a ping over the control socket.",
+    );
+    let _ = writeln!(
+        out,
+        "unikerneld_liveness_checks_total{{by=\"heartbeat\"}} {}",
+        stats.heard
+    );
+    let _ = writeln!(out, "unikerneld_liveness_checks_total{{by=\"ping\"}} {}", stats.pinged);
     header(&mut out, "unikerneld_threads", "gauge", "The daemon's threads.");
     let _ = writeln!(out, "unikerneld_threads {}", daemon.threads);
     header(

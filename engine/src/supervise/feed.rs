@@ -12,7 +12,9 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use contract::console::{FeedFrame, FeedKind, FEED_MAX};
 use tokio::sync::oneshot;
@@ -33,12 +35,22 @@ struct Shared {
     reader: UnixDatagram,
     path: PathBuf,
     routes: Mutex<Routes>,
+    /// What heartbeat times count from.
+    epoch: Instant,
 }
 
 struct Routes {
-    by_sender: HashMap<Box<[u8]>, FeedLines>,
+    by_sender: HashMap<Box<[u8]>, Route>,
     /// One frame at a time.
     buf: Vec<u8>,
+    epoch: Instant,
+}
+
+struct Route {
+    lines: FeedLines,
+    /// When its last heartbeat came: milliseconds after the hub's epoch, plus one (0:
+    /// none yet). Shared with its [`Attachment`], read without the routes' lock.
+    heard: Arc<AtomicU64>,
 }
 
 /// One VM's console as the hub reads it: frames (which its VMM, and so a guest that took
@@ -67,6 +79,10 @@ impl FeedLines {
     }
 
     pub fn take(&mut self, frame: FeedFrame<'_>) {
+        if frame.kind == FeedKind::Heartbeat {
+            // Says nothing of the output (its offset may count bytes still on their way).
+            return;
+        }
         let end = frame.offset + frame.bytes.len() as u64;
         let mut bytes = frame.bytes;
         match self.next {
@@ -126,8 +142,14 @@ impl Routes {
                         continue;
                     };
                     // A frame of a VM whose end was already read has nowhere to go.
-                    if let Some(route) = self.by_sender.get_mut(name) {
-                        route.take(frame);
+                    let Some(route) = self.by_sender.get_mut(name) else {
+                        continue;
+                    };
+                    if frame.kind == FeedKind::Heartbeat {
+                        let at = self.epoch.elapsed().as_millis() as u64 + 1;
+                        route.heard.store(at, Ordering::Relaxed);
+                    } else {
+                        route.lines.take(frame);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -142,6 +164,7 @@ impl Routes {
 pub struct Attachment {
     shared: Arc<Shared>,
     sender: Box<[u8]>,
+    heard: Arc<AtomicU64>,
 }
 
 impl ConsoleHub {
@@ -165,6 +188,7 @@ impl ConsoleHub {
         let socket = UnixDatagram::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         socket.set_nonblocking(true)?;
+        let epoch = Instant::now();
         let shared = Arc::new(Shared {
             reader: socket.try_clone()?,
             socket: tokio::net::UnixDatagram::from_std(socket)?,
@@ -172,7 +196,9 @@ impl ConsoleHub {
             routes: Mutex::new(Routes {
                 by_sender: HashMap::new(),
                 buf: vec![0; FEED_MAX],
+                epoch,
             }),
+            epoch,
         });
         tokio::spawn(read(shared.clone()));
         Ok(ConsoleHub { shared })
@@ -195,13 +221,18 @@ impl ConsoleHub {
             .ok_or_else(|| io::Error::other("autobind gave no abstract address"))?
             .into();
         socket.connect(&self.shared.path)?;
-        let route = FeedLines::new(service, ring, log_replay, first_line);
+        let heard = Arc::new(AtomicU64::new(0));
+        let route = Route {
+            lines: FeedLines::new(service, ring, log_replay, first_line),
+            heard: heard.clone(),
+        };
         lock(&self.shared.routes).by_sender.insert(sender.clone(), route);
         Ok((
             socket.into(),
             Attachment {
                 shared: self.shared.clone(),
                 sender,
+                heard,
             },
         ))
     }
@@ -258,7 +289,32 @@ impl Attachment {
         let mut routes = lock(&self.shared.routes);
         let _ = routes.drain(&self.shared.reader);
         if let Some(mut route) = routes.by_sender.remove(&self.sender) {
-            route.end_line();
+            route.lines.end_line();
+        }
+    }
+
+    /// Its VMM's heartbeats as the hub hears them (kept after [`Attachment::finish`]).
+    pub fn heartbeats(&self) -> Heartbeats {
+        Heartbeats {
+            heard: self.heard.clone(),
+            epoch: self.shared.epoch,
+        }
+    }
+}
+
+/// When a VMM's last heartbeat reached the hub.
+#[derive(Clone)]
+pub struct Heartbeats {
+    heard: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Heartbeats {
+    /// Whether the VMM sent a heartbeat in the last `window` (its event loop runs).
+    pub fn heard_within(&self, window: Duration) -> bool {
+        match self.heard.load(Ordering::Relaxed) {
+            0 => false,
+            at => (self.epoch.elapsed().as_millis() as u64 + 1).saturating_sub(at) <= window.as_millis() as u64,
         }
     }
 }
@@ -307,6 +363,32 @@ mod tests {
         b.finish();
         assert_eq!(b_ring.tail(10), vec!["b one"]);
         assert!(lock(&hub.shared.routes).by_sender.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_is_heard_and_is_not_output() {
+        let (hub, dir) = hub("beat");
+        let ring = ConsoleRing::default();
+        let (fd, at) = hub.attach("a", ring.clone(), true, None).unwrap();
+        let fd = UnixDatagram::from(fd);
+        let beats = at.heartbeats();
+        assert!(!beats.heard_within(Duration::from_secs(60)), "nothing heard yet");
+        send(&fd, FeedKind::Live, 0, b"par");
+        // Counts the bytes of the unended line the VMM still holds: no gap, no line end.
+        send(&fd, FeedKind::Heartbeat, 7, b"");
+        send(&fd, FeedKind::Live, 3, b"tial\n");
+        for _ in 0..200 {
+            if beats.heard_within(Duration::from_secs(60)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(beats.heard_within(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!beats.heard_within(Duration::from_millis(10)), "an old heartbeat");
+        at.finish();
+        assert_eq!(ring.tail(10), vec!["partial"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

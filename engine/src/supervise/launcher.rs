@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::console::{self, ConsoleRing};
-use super::feed::{Attachment, ConsoleHub};
+use super::feed::{Attachment, ConsoleHub, Heartbeats};
 use super::probe;
 use super::process::{Ended, Launch, Process};
 use super::uids::{UidLease, UidPool};
@@ -87,6 +87,7 @@ impl VmmLauncher {
             log: self.state.vmm_log(name),
             control: self.state.control_socket(name),
             restored,
+            heartbeats: feed.as_ref().map(Attachment::heartbeats),
             feed,
             follower: None,
             first_line,
@@ -146,6 +147,8 @@ pub struct Vmm {
     restored: bool,
     /// Its place on the console hub.
     feed: Option<Attachment>,
+    /// Its VMM's heartbeats on that feed.
+    heartbeats: Option<Heartbeats>,
     /// Adopted: handing it a feed, or following an older VMM's console socket instead.
     follower: Option<AbortOnDrop>,
     first_line: Option<oneshot::Receiver<()>>,
@@ -387,7 +390,15 @@ fn service_of(cmdline: &[u8], services: &Path) -> Option<String> {
     (!name.contains('/')).then(|| name.to_string())
 }
 
+/// A VMM whose feed heartbeat (sent at least every `FEED_HEARTBEAT_EVERY`) came this
+/// recently is not pinged: one lost heartbeat costs a ping, not a restart.
+const HEARD_WITHIN: Duration = contract::console::FEED_HEARTBEAT_EVERY.saturating_add(Duration::from_secs(4));
+
 impl VmProcess for Vmm {
+    fn heard_lately(&self) -> bool {
+        self.heartbeats.as_ref().is_some_and(|h| h.heard_within(HEARD_WITHIN))
+    }
+
     fn responsive(&self) -> BoxFuture<Liveness> {
         let control = self.control.clone();
         Box::pin(async move {

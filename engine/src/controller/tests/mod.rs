@@ -742,6 +742,43 @@ async fn liveness_pings_are_bounded_and_a_ping_the_daemon_cannot_make_kills_noth
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_vmm_heard_from_lately_is_not_pinged_and_one_that_falls_silent_is() {
+    let mut h = Harness::new("heard").await;
+    let beats = Behaviour {
+        heartbeats: true,
+        ..Behaviour::default()
+    };
+    for i in 0..10 {
+        // Half send heartbeats (a VMM with a console feed); half are older VMMs.
+        if i % 2 == 0 {
+            h.host.behave(&format!("s{i}"), beats.clone());
+        }
+        h.write(&format!("s{i}.kdl"), &decl(&format!("s{i}"), ""));
+    }
+    h.ctl().reload().await;
+    h.run_for(Duration::from_secs(2)).await;
+    h.ctl().resync().await;
+    h.run_for(Duration::from_secs(1)).await;
+    assert_eq!(h.host.get().pings, 5, "only the VMMs not heard from are pinged");
+    // A heartbeating VMM is stopped: its heartbeats stop, it is pinged, and restarted.
+    let first = h.pid("s0").unwrap();
+    h.host.behave(
+        "s0",
+        Behaviour {
+            hangs: true,
+            ..beats.clone()
+        },
+    );
+    for _ in 0..2 {
+        h.ctl().resync().await;
+        h.run_for(Duration::from_secs(6)).await;
+    }
+    assert_eq!(h.host.get().pings, 5 + 6 + 6);
+    assert!(h.host.get().signals.contains(&(first, Signal::Kill)));
+    assert_ne!(h.pid("s0"), Some(first), "a new VM runs");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_host_out_of_resources_is_retried_every_second_and_never_failed() {
     let mut h = Harness::new("exhausted").await;
     h.host.behave(

@@ -188,6 +188,23 @@ impl ConsoleSocket {
     }
 }
 
+impl ConsoleSocket {
+    /// Tells the feed's receiver that the event loop (whose timer calls this) runs. A
+    /// full receiver misses this one; it asks over the control socket when it hears none.
+    pub fn heartbeat(&self) {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let written = hub.written;
+        if let Some(feed) = &hub.feed {
+            let header = FeedFrame::header(FeedKind::Heartbeat, written);
+            match send_frame(&feed.socket, &header, &[]) {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(_) => hub.feed = None,
+            }
+        }
+    }
+}
+
 impl Write for ConsoleSocket {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
@@ -291,6 +308,9 @@ mod tests {
             console.write_all(&[*b]).unwrap();
         }
         assert_eq!(frames(&rx), vec![(FeedKind::Live, 6, b"one\n".to_vec())]);
+        // A heartbeat says how much was written, pending bytes included, and sends none.
+        console.heartbeat();
+        assert_eq!(frames(&rx), vec![(FeedKind::Heartbeat, 12, Vec::new())]);
         // The end of the VMM sends the unended line.
         console.flush().unwrap();
         assert_eq!(frames(&rx), vec![(FeedKind::Live, 10, b"tw".to_vec())]);
