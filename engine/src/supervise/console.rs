@@ -256,6 +256,11 @@ impl LineSink {
     pub fn service(&self) -> &str {
         &self.service
     }
+
+    /// Whether someone waits for its first line (a start's readiness).
+    pub fn awaits_first_line(&self) -> bool {
+        self.first_line.is_some()
+    }
 }
 
 /// How many console lines per second of one service go to the journal: a steady rate

@@ -28,8 +28,6 @@ pub struct ConsoleHub {
 }
 
 struct Shared {
-    /// Tells the reading task when frames wait.
-    socket: tokio::net::UnixDatagram,
     /// The same socket (a dup), read without asking tokio: the end of a VM must read
     /// what is queued now, whether or not the reactor has seen it yet.
     reader: UnixDatagram,
@@ -37,13 +35,23 @@ struct Shared {
     routes: Mutex<Routes>,
     /// What heartbeat times count from.
     epoch: Instant,
+    /// Wakes the reading task from a pause between reads: a VM attached.
+    attached: tokio::sync::Notify,
 }
+
+/// While no VM waits for its first line, the hub is read at most this often: heartbeats
+/// (one per VMM every 16 s: 625 a second at 10,000 VMs) and running guests' lines then
+/// cost the daemon a wakeup per batch, not per datagram (~50 us each on this nested host,
+/// more than pinging every VMM cost). A VM's last lines are read at its end, unpaused.
+const READ_BATCH: Duration = Duration::from_millis(100);
 
 struct Routes {
     by_sender: HashMap<Box<[u8]>, Route>,
     /// One frame at a time.
     buf: Vec<u8>,
     epoch: Instant,
+    /// Routes whose first line someone waits for.
+    awaiting: usize,
 }
 
 struct Route {
@@ -116,6 +124,11 @@ impl FeedLines {
         }
     }
 
+    /// Whether someone waits for its first line (a start's readiness).
+    pub fn awaits_first_line(&self) -> bool {
+        self.sink.awaits_first_line()
+    }
+
     /// Ends the line read so far (a newline came, it is as long as a line may be, or the
     /// VM ended).
     pub fn end_line(&mut self) {
@@ -149,7 +162,11 @@ impl Routes {
                         let at = self.epoch.elapsed().as_millis() as u64 + 1;
                         route.heard.store(at, Ordering::Relaxed);
                     } else {
+                        let awaited = route.lines.awaits_first_line();
                         route.lines.take(frame);
+                        if awaited && !route.lines.awaits_first_line() {
+                            self.awaiting -= 1;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -157,6 +174,14 @@ impl Routes {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn remove(&mut self, sender: &[u8]) -> Option<Route> {
+        let route = self.by_sender.remove(sender)?;
+        if route.lines.awaits_first_line() {
+            self.awaiting -= 1;
+        }
+        Some(route)
     }
 }
 
@@ -191,16 +216,17 @@ impl ConsoleHub {
         let epoch = Instant::now();
         let shared = Arc::new(Shared {
             reader: socket.try_clone()?,
-            socket: tokio::net::UnixDatagram::from_std(socket)?,
             path: path.to_path_buf(),
             routes: Mutex::new(Routes {
                 by_sender: HashMap::new(),
                 buf: vec![0; FEED_MAX],
                 epoch,
+                awaiting: 0,
             }),
             epoch,
+            attached: tokio::sync::Notify::new(),
         });
-        tokio::spawn(read(shared.clone()));
+        tokio::spawn(read(shared.clone(), socket));
         Ok(ConsoleHub { shared })
     }
 
@@ -226,7 +252,14 @@ impl ConsoleHub {
             lines: FeedLines::new(service, ring, log_replay, first_line),
             heard: heard.clone(),
         };
-        lock(&self.shared.routes).by_sender.insert(sender.clone(), route);
+        let mut routes = lock(&self.shared.routes);
+        routes.awaiting += usize::from(route.lines.awaits_first_line());
+        if let Some(old) = routes.by_sender.insert(sender.clone(), route) {
+            // The kernel gave a gone socket's address again, and the route outlived it.
+            routes.awaiting -= usize::from(old.lines.awaits_first_line());
+        }
+        drop(routes);
+        self.shared.attached.notify_one();
         Ok((
             socket.into(),
             Attachment {
@@ -259,25 +292,47 @@ fn autobind(socket: &UnixDatagram) -> io::Result<()> {
     }
 }
 
-async fn read(shared: Arc<Shared>) {
+/// Reads the hub on `socket` (`reader` is a dup of it): at once while a first line is
+/// awaited, else in batches at most every [`READ_BATCH`], the socket out of the reactor in
+/// between. Epoll reports every datagram as a new edge, so a socket left registered wakes
+/// the daemon per datagram whether or not anyone reads it.
+async fn read(shared: Arc<Shared>, socket: UnixDatagram) {
+    use tokio::io::unix::AsyncFd;
+    let mut socket = socket;
     loop {
-        if let Err(e) = shared.socket.readable().await {
-            tracing::error!("console hub: {e}; consoles are no longer read");
-            return;
-        }
-        // WouldBlock from the closure is what clears tokio's readiness (unless more came
-        // meanwhile).
-        let drained = shared.socket.try_io(tokio::io::Interest::READABLE, || {
-            lock(&shared.routes)
-                .drain(&shared.reader)
-                .and(Err::<(), io::Error>(io::ErrorKind::WouldBlock.into()))
-        });
-        match drained {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
-                tracing::warn!("console hub: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let watched = match AsyncFd::try_with_interest(socket, tokio::io::Interest::READABLE) {
+            Ok(w) => w,
+            Err(e) => {
+                let (inner, e) = e.into_parts();
+                tracing::warn!("console hub: cannot watch it: {e}");
+                socket = inner;
+                tokio::time::sleep(READ_BATCH).await;
+                continue;
             }
-            _ => {}
+        };
+        loop {
+            let mut ready = match watched.readable().await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!("console hub: {e}; consoles are no longer read");
+                    return;
+                }
+            };
+            let drained = lock(&shared.routes).drain(&shared.reader);
+            // Read to EAGAIN: anything newer is a new edge, not lost.
+            ready.clear_ready();
+            if let Err(e) = drained {
+                tracing::warn!("console hub: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if lock(&shared.routes).awaiting == 0 {
+                break;
+            }
+        }
+        socket = watched.into_inner();
+        tokio::select! {
+            () = tokio::time::sleep(READ_BATCH) => {}
+            () = shared.attached.notified() => {}
         }
     }
 }
@@ -288,7 +343,7 @@ impl Attachment {
     pub fn finish(self) {
         let mut routes = lock(&self.shared.routes);
         let _ = routes.drain(&self.shared.reader);
-        if let Some(mut route) = routes.by_sender.remove(&self.sender) {
+        if let Some(mut route) = routes.remove(&self.sender) {
             route.lines.end_line();
         }
     }
@@ -321,7 +376,7 @@ impl Heartbeats {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        lock(&self.shared.routes).by_sender.remove(&self.sender);
+        lock(&self.shared.routes).remove(&self.sender);
     }
 }
 
@@ -350,6 +405,8 @@ mod tests {
         let (a_fd, a) = hub.attach("a", a_ring.clone(), true, Some(first_tx)).unwrap();
         let (b_fd, b) = hub.attach("b", b_ring.clone(), true, None).unwrap();
         let (a_fd, b_fd) = (UnixDatagram::from(a_fd), UnixDatagram::from(b_fd));
+        // a's first line is awaited: the hub reads without pausing until it comes.
+        assert_eq!(lock(&hub.shared.routes).awaiting, 1);
         send(&a_fd, FeedKind::Live, 0, b"a one\nst");
         send(&b_fd, FeedKind::Live, 0, b"b one\n");
         send(&a_fd, FeedKind::Live, 8, b"ill a\nno end");
@@ -357,6 +414,14 @@ mod tests {
             .await
             .expect("the first line is signalled")
             .unwrap();
+        assert_eq!(lock(&hub.shared.routes).awaiting, 0);
+        // One still awaited when its VM ends is not awaited any more.
+        let (_c_fd, c) = hub
+            .attach("c", ConsoleRing::default(), true, Some(oneshot::channel().0))
+            .unwrap();
+        assert_eq!(lock(&hub.shared.routes).awaiting, 1);
+        c.finish();
+        assert_eq!(lock(&hub.shared.routes).awaiting, 0);
         drop(a_fd);
         a.finish();
         assert_eq!(a_ring.tail(10), vec!["a one", "still a", "no end"]);
