@@ -300,7 +300,10 @@ async fn read(shared: Arc<Shared>, socket: UnixDatagram) {
     use tokio::io::unix::AsyncFd;
     let mut socket = socket;
     loop {
-        let watched = match AsyncFd::try_with_interest(socket, tokio::io::Interest::READABLE) {
+        // SAFETY: a UnixDatagram owns its fd, open and the same until it is dropped, which
+        // is after `into_inner` (or with the AsyncFd).
+        let registered = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
+        let watched = match registered {
             Ok(w) => w,
             Err(e) => {
                 let (inner, e) = e.into_parts();
