@@ -125,7 +125,8 @@ pub fn declaration_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         })
         .map(|e| e.path())
         .collect();
-    files.sort();
+    // One directory: byte order is name order, without `Path`'s component-wise compare.
+    files.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
     Ok(files)
 }
 
