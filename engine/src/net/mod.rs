@@ -100,6 +100,8 @@ pub struct HostNetwork {
     taps: std::collections::HashSet<String>,
     /// Taps being deleted in the background: their names are not handed out meanwhile.
     deleting: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// A new tap's index in one ioctl, not a netlink round trip.
+    probe: tap::LinkProbe,
 }
 
 impl HostNetwork {
@@ -127,6 +129,7 @@ impl HostNetwork {
             attached: HashMap::new(),
             taps: std::collections::HashSet::new(),
             deleting: Default::default(),
+            probe: tap::LinkProbe::new().map_err(Error::Probe)?,
         })
     }
 
@@ -144,7 +147,11 @@ impl HostNetwork {
         let mut steps = Steps::new();
         let tap_fd = tap::create(&tap_name)?;
         steps.done("tap");
-        let index = self.nl.link_index(&tap_name).await?;
+        let index = self
+            .probe
+            .index(&tap_name)
+            .map_err(Error::Probe)?
+            .ok_or_else(|| netlink::Error::NoSuchLink(tap_name.clone()))?;
         steps.done("index");
         let mac = MacAddr::derived(service);
         match &self.mode {
@@ -174,14 +181,15 @@ impl HostNetwork {
                 // The guest's gateway is this tap's MAC. A fixed one per service means a
                 // tap set up again (deleted behind our back, or after a reboot) is the
                 // gateway a guest resumed from a snapshot still has in its ARP cache.
-                self.nl.set_up_with_mac(index, host_mac(service).bytes()).await?;
-                steps.done("up");
-                self.nl
-                    .replace_route_v4(address, 32, index, Some(self.pool.gateway()))
-                    .await?;
-                steps.done("route");
-                self.nl.replace_neighbour(index, address, mac.bytes()).await?;
-                steps.done("neighbour");
+                // Up, the route, the neighbour: sent together, answered together. The
+                // kernel handles one socket's requests in order, so the link is up
+                // before its route is added; three round trips cost one.
+                futures_util::try_join!(
+                    self.nl.set_up_with_mac(index, host_mac(service).bytes()),
+                    self.nl.replace_route_v4(address, 32, index, Some(self.pool.gateway())),
+                    self.nl.replace_neighbour(index, address, mac.bytes()),
+                )?;
+                steps.done("up, route, neighbour");
             }
         }
         steps.log_if_slow(service, &tap_name);
@@ -259,7 +267,7 @@ impl HostNetwork {
 
     /// Every attached service whose tap is gone, down, or (routed) without its /32 route.
     pub async fn drift(&mut self) -> Result<Vec<(String, Drift)>, Error> {
-        let probe = tap::LinkProbe::new().map_err(Error::Probe)?;
+        let probe = &self.probe;
         let routes = match self.mode {
             Mode::Routed => Some(self.nl.host_routes_v4().await?),
             Mode::Bridged { .. } => None,

@@ -74,6 +74,25 @@ impl LinkProbe {
         Ok(LinkProbe(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
+    /// The index of the link `name` (SIOCGIFINDEX), `None` if there is none.
+    pub fn index(&self, name: &str) -> io::Result<Option<u32>> {
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Ok(None);
+        }
+        let mut req = [0u8; 40];
+        req[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: SIOCGIFINDEX reads the name from and writes the index into a struct
+        // ifreq, which `req` is laid out as (40 bytes on 64-bit Linux).
+        if unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SIOCGIFINDEX, req.as_mut_ptr()) } < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(u32::from_ne_bytes([req[16], req[17], req[18], req[19]])))
+    }
+
     /// `None` if no link has that name, else its index and whether it is up.
     pub fn state(&self, name: &str) -> io::Result<Option<Link>> {
         if name.is_empty() || name.len() > MAX_NAME {
