@@ -28,10 +28,11 @@ for image in hello hello-lx hello-bz hello-mb; do
 done
 python3 fuzz/seeds/virtio_net.py "$seeds/virtio_net/driver-init-tx-rx"
 printf '42 1000\n\0\0\0\0\0\0\0\0' >"$seeds/console_header/header"
-# Two 64-byte frames: a replay at 0, then live output from its end.
+# Where the last daemon read to (byte 2: offset 32), then two 64-byte frames: a replay at
+# 0, then live output from its end.
 python3 -c 'import sys, struct
 f = lambda kind, at, text: bytes([1, kind]) + struct.pack("<Q", at) + text.ljust(54, b"x")
-sys.stdout.buffer.write(f(1, 0, b"old\n") + f(0, 54, b"new\nline"))' >"$seeds/console_feed/frames"
+sys.stdout.buffer.write(bytes([2]) + f(1, 0, b"old\n") + f(0, 54, b"new\nline"))' >"$seeds/console_feed/frames"
 
 cargo +nightly fuzz build -O
 # The kdl target reads declarations on libFuzzer's main thread: give it the stack the

@@ -490,6 +490,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
         }
     }
     publish_now(&mut ctl);
+    ctl.leave_console_read_to();
     drop(bus);
     drop(metrics_task);
     Ok(())

@@ -31,6 +31,16 @@ pub struct VmRecord {
     pub boot_ms: Option<f64>,
 }
 
+/// How far a daemon that ended read a running VM's console: the offset where the first
+/// line it had not read to the end starts. The next daemon logs the VMM's replay from
+/// there, so what the guest wrote while no daemon ran reaches the journal, once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleReadTo {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub offset: u64,
+}
+
 /// A service on standby: no process, a snapshot, and the tap and address it keeps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StandbyRecord {
@@ -182,6 +192,26 @@ impl StateDir {
 
     pub fn prepare(&self, name: &str) -> io::Result<()> {
         std::fs::create_dir_all(self.service_dir(name))
+    }
+
+    /// Written by a daemon as it ends, for the next one (see [`ConsoleReadTo`]).
+    pub fn write_console_read_to(&self, read_to: &std::collections::BTreeMap<String, ConsoleReadTo>) -> io::Result<()> {
+        let json = serde_json::to_vec(read_to).map_err(io::Error::other)?;
+        write_atomic(&self.root.join("console-read-to.json"), &json)
+    }
+
+    /// What the last daemon wrote, read once: the file goes with it, since it says nothing
+    /// true once this daemon reads the consoles (a later daemon gets this one's).
+    pub fn take_console_read_to(&self) -> std::collections::HashMap<String, ConsoleReadTo> {
+        let path = self.root.join("console-read-to.json");
+        let Ok(data) = std::fs::read(&path) else {
+            return Default::default();
+        };
+        let _ = std::fs::remove_file(&path);
+        serde_json::from_slice(&data).unwrap_or_else(|e| {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            Default::default()
+        })
     }
 
     pub fn write_record(&self, name: &str, record: &VmRecord) -> io::Result<()> {

@@ -482,6 +482,42 @@ fn a_config_dir_deleted_and_made_again_is_watched_again_at_once() {
 }
 
 #[test]
+fn what_a_guest_writes_while_no_daemon_runs_reaches_the_journal_once() {
+    let mut d = Daemon::new("journal");
+    d.start();
+    d.declare("web.kdl", &http_decl("web", 8080, ""));
+    let web = d.running("web");
+    let guest = format!("{}:80", web.address.unwrap());
+    let said = |d: &Daemon, what: &str| d.log_text().matches(&format!("http: said {what}")).count();
+    let heard = d.ns.run({
+        let guest = guest.clone();
+        move || http_get_with(&guest, "X-Say: before\r\n")
+    });
+    assert_eq!(heard.unwrap().0, 200);
+    d.wait_for("the first line logged", LONG, |_| said(&d, "before") == 1);
+    d.stop_daemon();
+    // No daemon runs: the guest writes, the VMM keeps it in its ring.
+    let heard = d.ns.run(move || http_get_with(&guest, "X-Say: while-away\r\n"));
+    assert_eq!(heard.unwrap().0, 200);
+    d.start();
+    assert_eq!(d.running("web").pid, web.pid, "adopted");
+    d.wait_for("the line written meanwhile logged", LONG, |_| {
+        said(&d, "while-away") == 1
+    });
+    // The replay also held the lines the first daemon logged: not logged again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(said(&d, "before"), 1, "{}", d.log_text());
+    assert_eq!(said(&d, "while-away"), 1);
+    assert_eq!(d.log_text().matches("listening on port").count(), 1);
+    // The file is read once: a daemon killed later (no word left) logs no replay again.
+    d.kill_daemon();
+    d.start();
+    d.running("web");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(said(&d, "while-away"), 1, "{}", d.log_text());
+}
+
+#[test]
 fn a_vmm_stopped_with_sigstop_is_found_and_replaced() {
     let mut d = Daemon::new("sigstop");
     d.args = vec![

@@ -5,13 +5,15 @@
 use contract::console::FeedFrame;
 use libfuzzer_sys::fuzz_target;
 use unikerneld::supervise::console::{ConsoleRing, RING_LINES};
-use unikerneld::supervise::feed::FeedLines;
+use unikerneld::supervise::feed::{FeedLines, NOT_LOGGED};
 
 fuzz_target!(|data: &[u8]| {
     let ring = ConsoleRing::default();
-    let mut lines = FeedLines::new("fuzz", ring.clone(), false, None);
+    // The first byte: where an earlier daemon read to (255: it did not say).
+    let Some((&first, mut rest)) = data.split_first() else { return };
+    let log_from = if first == 255 { NOT_LOGGED } else { u64::from(first) * 16 };
+    let mut lines = FeedLines::new("fuzz", ring.clone(), log_from, None);
     // Datagrams: a length byte (times 64, so long lines happen), then that many bytes.
-    let mut rest = data;
     while let Some((&len, tail)) = rest.split_first() {
         let len = (usize::from(len) * 64).min(tail.len());
         let (datagram, after) = tail.split_at(len);

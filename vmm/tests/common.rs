@@ -255,10 +255,15 @@ impl Drop for Netns {
 
 /// One HTTP/1.1 GET on a fresh connection; returns (status, body). The client closes.
 pub fn http_get(addr: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, "")
+}
+
+/// [`http_get`] with more header lines (each ending in `\r\n`).
+pub fn http_get_with(addr: &str, headers: &str) -> std::io::Result<(u16, String)> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: guest\r\n\r\n")?;
+    stream.write_all(format!("GET / HTTP/1.1\r\nHost: guest\r\n{headers}\r\n").as_bytes())?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;

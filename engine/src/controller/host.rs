@@ -86,6 +86,9 @@ pub trait Launcher {
     /// daemon that died before recording it); returns (service, pid) of each.
     fn sweep(&mut self, keep: &std::collections::HashSet<u32>) -> Vec<(String, u32)>;
 
+    /// Reads every console output that has arrived (the daemon is about to end).
+    fn read_consoles(&mut self) {}
+
     /// A live view of the warm pool (VMMs started ahead of need), if there is one.
     fn pool_gauge(&self) -> Option<crate::supervise::warm::PoolGauge> {
         None
@@ -112,6 +115,11 @@ pub trait VmProcess: 'static {
     /// its console feed): as good as an answered ping, and it costs no connection.
     fn heard_lately(&self) -> bool {
         false
+    }
+    /// Where the first console line the daemon has not read to its end starts (the next
+    /// daemon logs the VMM's replay from there); `None` if not known.
+    fn console_read_to(&self) -> Option<u64> {
+        None
     }
     /// Asks the VMM to save the VM into `dir` and end (standby). The VMM then ends with
     /// [`contract::exit::ExitStatus::Saved`].

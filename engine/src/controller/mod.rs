@@ -589,6 +589,32 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         &self.source
     }
 
+    /// As the daemon ends (its VMs run on): how far it read each running VM's console,
+    /// for the next daemon's journal.
+    pub fn leave_console_read_to(&mut self) {
+        self.launcher.read_consoles();
+        let read_to: BTreeMap<String, crate::state_dir::ConsoleReadTo> = self
+            .services
+            .iter()
+            .filter_map(|(name, svc)| {
+                let vm = svc.vm.as_ref()?;
+                let offset = vm.process.console_read_to()?;
+                let process = &vm.process;
+                Some((
+                    name.clone(),
+                    crate::state_dir::ConsoleReadTo {
+                        pid: process.pid(),
+                        start_ticks: process.start_ticks(),
+                        offset,
+                    },
+                ))
+            })
+            .collect();
+        if let Err(e) = self.state_dir.write_console_read_to(&read_to) {
+            warn!("cannot save how far the consoles were read ({e}): the next daemon logs none of what the guests write meanwhile");
+        }
+    }
+
     pub fn stats(&self) -> &crate::metrics::Stats {
         &self.stats
     }

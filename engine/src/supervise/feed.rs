@@ -65,24 +65,37 @@ struct Route {
 /// it over, controls) into lines.
 pub struct FeedLines {
     sink: LineSink,
-    /// Whether a replay (output from before the feed) is new to the journal.
-    log_replay: bool,
+    /// Replayed output (from before the feed) that starts before this offset is in the
+    /// journal already (0: none of it; `NOT_LOGGED`: take all of it as logged).
+    log_from: u64,
     /// The offset of the next byte expected; `None` before the first frame.
     next: Option<u64>,
-    /// The line read so far.
+    /// The line read so far, and where it starts.
     partial: Vec<u8>,
-    /// The line so far is (partly) a replay the journal must not get again.
+    line_start: u64,
+    /// The line so far is (partly) a replay.
     partial_is_replay: bool,
+    /// Where the first line not ended yet starts: output before it has reached the ring
+    /// (and the journal, or was in it already). `UNKNOWN` before the first frame of an
+    /// adopted VM. Shared with its [`Attachment`].
+    read_to: Arc<AtomicU64>,
 }
 
+/// [`FeedLines`]'s `log_from` when no earlier daemon said how far its journal got.
+pub const NOT_LOGGED: u64 = u64::MAX;
+const UNKNOWN: u64 = u64::MAX;
+
 impl FeedLines {
-    pub fn new(service: &str, ring: ConsoleRing, log_replay: bool, first_line: Option<oneshot::Sender<()>>) -> Self {
+    /// `log_from`: see the field (0 for a VM the daemon starts itself).
+    pub fn new(service: &str, ring: ConsoleRing, log_from: u64, first_line: Option<oneshot::Sender<()>>) -> Self {
         FeedLines {
             sink: LineSink::new(service.to_string(), ring, first_line),
-            log_replay,
+            log_from,
             next: None,
             partial: Vec::new(),
+            line_start: 0,
             partial_is_replay: false,
+            read_to: Arc::new(AtomicU64::new(if log_from == NOT_LOGGED { UNKNOWN } else { log_from })),
         }
     }
 
@@ -108,20 +121,26 @@ impl FeedLines {
             _ => {}
         }
         self.next = Some(end);
-        let replay = frame.kind == FeedKind::Replay && !self.log_replay;
+        let replay = frame.kind == FeedKind::Replay;
+        let mut at = end - bytes.len() as u64;
         for piece in bytes.split_inclusive(|&b| b == b'\n') {
             let mut piece = piece;
             while !piece.is_empty() {
+                if self.partial.is_empty() {
+                    self.line_start = at;
+                }
                 let room = MAX_LINE - self.partial.len();
                 let (now, rest) = piece.split_at(piece.len().min(room));
                 self.partial.extend_from_slice(now);
                 self.partial_is_replay |= replay;
+                at += now.len() as u64;
                 piece = rest;
                 if self.partial.ends_with(b"\n") || self.partial.len() == MAX_LINE {
                     self.end_line();
                 }
             }
         }
+        self.note_read_to();
     }
 
     /// Whether someone waits for its first line (a start's readiness).
@@ -133,10 +152,20 @@ impl FeedLines {
     /// VM ended).
     pub fn end_line(&mut self) {
         if !self.partial.is_empty() {
-            self.sink.line(&self.partial, !self.partial_is_replay);
+            // A replayed line an earlier daemon logged goes to the ring alone.
+            let logged_before = self.partial_is_replay && self.line_start < self.log_from;
+            self.sink.line(&self.partial, !logged_before);
         }
         self.partial.clear();
         self.partial_is_replay = false;
+        self.note_read_to();
+    }
+
+    fn note_read_to(&self) {
+        if let Some(next) = self.next {
+            let to = next - self.partial.len() as u64;
+            self.read_to.store(to, Ordering::Relaxed);
+        }
     }
 }
 
@@ -190,6 +219,7 @@ pub struct Attachment {
     shared: Arc<Shared>,
     sender: Box<[u8]>,
     heard: Arc<AtomicU64>,
+    read_to: Arc<AtomicU64>,
 }
 
 impl ConsoleHub {
@@ -230,14 +260,22 @@ impl ConsoleHub {
         Ok(ConsoleHub { shared })
     }
 
+    /// Reads what has arrived now, whatever the batch (the daemon is about to end).
+    pub fn read_now(&self) {
+        if let Err(e) = lock(&self.shared.routes).drain(&self.shared.reader) {
+            tracing::warn!("console hub: {e}");
+        }
+    }
+
     /// A new feed for `service`: the socket to hand to its VMM (the daemon keeps no copy)
-    /// and its place on the hub. `log_replay`: whether output the VMM wrote before the
-    /// feed (its replay) is new to the journal. `first_line` fires on its first line.
+    /// and its place on the hub. `log_from`: replayed output (written before the feed)
+    /// from this offset on is new to the journal (0 for a VM this daemon starts,
+    /// [`NOT_LOGGED`] when no earlier daemon said). `first_line` fires on its first line.
     pub fn attach(
         &self,
         service: &str,
         ring: ConsoleRing,
-        log_replay: bool,
+        log_from: u64,
         first_line: Option<oneshot::Sender<()>>,
     ) -> io::Result<(OwnedFd, Attachment)> {
         let socket = UnixDatagram::unbound()?;
@@ -248,8 +286,10 @@ impl ConsoleHub {
             .into();
         socket.connect(&self.shared.path)?;
         let heard = Arc::new(AtomicU64::new(0));
+        let lines = FeedLines::new(service, ring, log_from, first_line);
+        let read_to = lines.read_to.clone();
         let route = Route {
-            lines: FeedLines::new(service, ring, log_replay, first_line),
+            lines,
             heard: heard.clone(),
         };
         let mut routes = lock(&self.shared.routes);
@@ -266,6 +306,7 @@ impl ConsoleHub {
                 shared: self.shared.clone(),
                 sender,
                 heard,
+                read_to,
             },
         ))
     }
@@ -351,23 +392,31 @@ impl Attachment {
         }
     }
 
-    /// Its VMM's heartbeats as the hub hears them (kept after [`Attachment::finish`]).
-    pub fn heartbeats(&self) -> Heartbeats {
-        Heartbeats {
+    /// What the hub hears of its VMM (kept after [`Attachment::finish`]).
+    pub fn watch(&self) -> FeedWatch {
+        FeedWatch {
             heard: self.heard.clone(),
+            read_to: self.read_to.clone(),
             epoch: self.shared.epoch,
         }
     }
 }
 
-/// When a VMM's last heartbeat reached the hub.
+/// When a VMM's last heartbeat reached the hub, and how far its console was read.
 #[derive(Clone)]
-pub struct Heartbeats {
+pub struct FeedWatch {
     heard: Arc<AtomicU64>,
+    read_to: Arc<AtomicU64>,
     epoch: Instant,
 }
 
-impl Heartbeats {
+impl FeedWatch {
+    /// Where the first console line not read to its end starts (the next daemon logs
+    /// replayed output from there); `None` if not known.
+    pub fn read_to(&self) -> Option<u64> {
+        Some(self.read_to.load(Ordering::Relaxed)).filter(|&at| at != UNKNOWN)
+    }
+
     /// Whether the VMM sent a heartbeat in the last `window` (its event loop runs).
     pub fn heard_within(&self, window: Duration) -> bool {
         match self.heard.load(Ordering::Relaxed) {
@@ -405,8 +454,8 @@ mod tests {
         let (hub, dir) = hub("route");
         let (a_ring, b_ring) = (ConsoleRing::default(), ConsoleRing::default());
         let (first_tx, first_rx) = oneshot::channel();
-        let (a_fd, a) = hub.attach("a", a_ring.clone(), true, Some(first_tx)).unwrap();
-        let (b_fd, b) = hub.attach("b", b_ring.clone(), true, None).unwrap();
+        let (a_fd, a) = hub.attach("a", a_ring.clone(), 0, Some(first_tx)).unwrap();
+        let (b_fd, b) = hub.attach("b", b_ring.clone(), 0, None).unwrap();
         let (a_fd, b_fd) = (UnixDatagram::from(a_fd), UnixDatagram::from(b_fd));
         // a's first line is awaited: the hub reads without pausing until it comes.
         assert_eq!(lock(&hub.shared.routes).awaiting, 1);
@@ -420,7 +469,7 @@ mod tests {
         assert_eq!(lock(&hub.shared.routes).awaiting, 0);
         // One still awaited when its VM ends is not awaited any more.
         let (_c_fd, c) = hub
-            .attach("c", ConsoleRing::default(), true, Some(oneshot::channel().0))
+            .attach("c", ConsoleRing::default(), 0, Some(oneshot::channel().0))
             .unwrap();
         assert_eq!(lock(&hub.shared.routes).awaiting, 1);
         c.finish();
@@ -438,9 +487,9 @@ mod tests {
     async fn a_heartbeat_is_heard_and_is_not_output() {
         let (hub, dir) = hub("beat");
         let ring = ConsoleRing::default();
-        let (fd, at) = hub.attach("a", ring.clone(), true, None).unwrap();
+        let (fd, at) = hub.attach("a", ring.clone(), 0, None).unwrap();
         let fd = UnixDatagram::from(fd);
-        let beats = at.heartbeats();
+        let beats = at.watch();
         assert!(!beats.heard_within(Duration::from_secs(60)), "nothing heard yet");
         send(&fd, FeedKind::Live, 0, b"par");
         // Counts the bytes of the unended line the VMM still holds: no gap, no line end.
@@ -460,11 +509,62 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// What the journal (tracing) got while `f` ran.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf(Arc::new(Mutex::new(Vec::new())));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_replay_is_logged_from_where_the_last_daemon_read_to() {
+        let frame = |kind, offset, bytes: &'static [u8]| FeedFrame { kind, offset, bytes };
+        let ring = ConsoleRing::default();
+        // The last daemon read to byte 8 ("three" starts there), then went away.
+        let mut lines = FeedLines::new("a", ring.clone(), 8, None);
+        assert_eq!(lines.read_to.load(Ordering::Relaxed), 8);
+        let log = logged(|| {
+            lines.take(frame(FeedKind::Replay, 0, b"one\ntwo\nthree\nfo"));
+            lines.take(frame(FeedKind::Live, 16, b"ur\n"));
+        });
+        assert_eq!(ring.tail(10), ["one", "two", "three", "four"]);
+        assert!(!log.contains("one") && !log.contains("two"), "logged twice: {log}");
+        assert!(log.contains("three") && log.contains("four"), "{log}");
+        assert_eq!(lines.read_to.load(Ordering::Relaxed), 19);
+        // Without a word from the last daemon, a replay is taken as logged.
+        let mut lines = FeedLines::new("b", ConsoleRing::default(), NOT_LOGGED, None);
+        assert_eq!(lines.read_to.load(Ordering::Relaxed), UNKNOWN);
+        let log = logged(|| lines.take(frame(FeedKind::Replay, 0, b"old\npart")));
+        assert!(!log.contains("old"), "{log}");
+        assert_eq!(
+            lines.read_to.load(Ordering::Relaxed),
+            4,
+            "the unended line is not read yet"
+        );
+    }
+
     #[tokio::test]
     async fn a_replay_fills_the_ring_and_overlaps_and_gaps_are_sorted_out() {
         let (hub, dir) = hub("replay");
         let ring = ConsoleRing::default();
-        let (fd, at) = hub.attach("a", ring.clone(), false, None).unwrap();
+        let (fd, at) = hub.attach("a", ring.clone(), NOT_LOGGED, None).unwrap();
         let fd = UnixDatagram::from(fd);
         // An adopted VMM: its ring (from byte 100) as a replay, then live output, one
         // frame of which repeats what the replay had.
@@ -502,7 +602,7 @@ mod tests {
     async fn frames_from_a_socket_the_hub_did_not_make_go_nowhere() {
         let (hub, dir) = hub("stranger");
         let ring = ConsoleRing::default();
-        let (_fd, at) = hub.attach("a", ring.clone(), true, None).unwrap();
+        let (_fd, at) = hub.attach("a", ring.clone(), 0, None).unwrap();
         let stranger = UnixDatagram::unbound().unwrap();
         stranger.connect(dir.join("feed.sock")).unwrap();
         send(&stranger, FeedKind::Live, 0, b"forged\n");

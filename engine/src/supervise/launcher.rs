@@ -13,13 +13,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::console::{self, ConsoleRing};
-use super::feed::{Attachment, ConsoleHub, Heartbeats};
+use super::feed::{Attachment, ConsoleHub, FeedWatch};
 use super::probe;
 use super::process::{Ended, Launch, Process};
 use super::uids::{UidLease, UidPool};
 use super::warm::{Shape, WarmPool};
 use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Liveness, Readiness, Signal, VmProcess};
-use crate::state_dir::{StateDir, VmRecord};
+use crate::state_dir::{ConsoleReadTo, StateDir, VmRecord};
 use crate::systemd::scope::Scopes;
 use std::sync::Arc;
 
@@ -38,6 +38,8 @@ pub struct VmmLauncher {
     warm: Option<WarmPool>,
     /// Where every VM's console comes in.
     hub: ConsoleHub,
+    /// How far the last daemon read each VM's console (taken at the first adoption).
+    read_to: Option<std::collections::HashMap<String, ConsoleReadTo>>,
 }
 
 impl VmmLauncher {
@@ -55,6 +57,7 @@ impl VmmLauncher {
             uids,
             warm: None,
             hub,
+            read_to: None,
         }
     }
 
@@ -87,7 +90,7 @@ impl VmmLauncher {
             log: self.state.vmm_log(name),
             control: self.state.control_socket(name),
             restored,
-            heartbeats: feed.as_ref().map(Attachment::heartbeats),
+            watch: feed.as_ref().map(Attachment::watch),
             feed,
             follower: None,
             first_line,
@@ -147,8 +150,8 @@ pub struct Vmm {
     restored: bool,
     /// Its place on the console hub.
     feed: Option<Attachment>,
-    /// Its VMM's heartbeats on that feed.
-    heartbeats: Option<Heartbeats>,
+    /// Its VMM's heartbeats and console progress on that feed.
+    watch: Option<FeedWatch>,
     /// Adopted: handing it a feed, or following an older VMM's console socket instead.
     follower: Option<AbortOnDrop>,
     first_line: Option<oneshot::Receiver<()>>,
@@ -206,7 +209,7 @@ impl Launcher for VmmLauncher {
         let (first_line_tx, first_line) = oneshot::channel();
         let (feed_fd, feed) = self
             .hub
-            .attach(name, request.console.clone(), true, Some(first_line_tx))
+            .attach(name, request.console.clone(), 0, Some(first_line_tx))
             .map_err(|e| format!("console feed: {e}"))?;
         let console_feed_fd = feed_fd.as_raw_fd();
         inherit.push(feed_fd);
@@ -307,10 +310,16 @@ impl Launcher for VmmLauncher {
             .uids
             .as_ref()
             .and_then(|pool| super::uids::uid_of(process.pid).and_then(|uid| pool.claim(uid)));
-        // The VMM replays its recent output into the feed: into the ring, not to the
-        // journal again.
+        // The VMM replays its recent output into the feed: into the ring, and to the
+        // journal from where the last daemon stopped reading (what the guest wrote while
+        // no daemon ran), if it said; else none of it (no line is logged twice).
+        let read_to = self.read_to.get_or_insert_with(|| self.state.take_console_read_to());
+        let log_from = read_to
+            .remove(name)
+            .filter(|r| (r.pid, r.start_ticks) == (record.pid, record.start_ticks))
+            .map_or(super::feed::NOT_LOGGED, |r| r.offset);
         let (first_line_tx, first_line) = oneshot::channel();
-        let (fd, feed) = match self.hub.attach(name, console.clone(), false, Some(first_line_tx)) {
+        let (fd, feed) = match self.hub.attach(name, console.clone(), log_from, Some(first_line_tx)) {
             Ok(attached) => attached,
             Err(e) => {
                 tracing::warn!(UNIKERNEL = %name, "console feed: {e}; its console is not read");
@@ -331,6 +340,10 @@ impl Launcher for VmmLauncher {
             }
         })));
         Some(vmm)
+    }
+
+    fn read_consoles(&mut self) {
+        self.hub.read_now();
     }
 
     fn pool_gauge(&self) -> Option<super::warm::PoolGauge> {
@@ -396,7 +409,11 @@ const HEARD_WITHIN: Duration = contract::console::FEED_HEARTBEAT_EVERY.saturatin
 
 impl VmProcess for Vmm {
     fn heard_lately(&self) -> bool {
-        self.heartbeats.as_ref().is_some_and(|h| h.heard_within(HEARD_WITHIN))
+        self.watch.as_ref().is_some_and(|h| h.heard_within(HEARD_WITHIN))
+    }
+
+    fn console_read_to(&self) -> Option<u64> {
+        self.watch.as_ref().and_then(FeedWatch::read_to)
     }
 
     fn responsive(&self) -> BoxFuture<Liveness> {

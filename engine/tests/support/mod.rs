@@ -163,6 +163,16 @@ impl Daemon {
         let _ = std::fs::remove_file(self.state.join("status.json"));
     }
 
+    /// Stops the daemon as systemd does (SIGTERM) and waits for it; its VMs run on.
+    pub fn stop_daemon(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on the daemon this test started (`ip netns exec` execs it).
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "the daemon ended with {status}");
+        let _ = std::fs::remove_file(self.state.join("status.json"));
+    }
+
     pub fn daemon_pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

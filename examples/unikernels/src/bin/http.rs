@@ -170,6 +170,7 @@ impl phy::Device for NetDev {
 // ---- HTTP ---------------------------------------------------------------------------
 
 /// Per connection: how far into "\r\n\r\n" we are, and whether the client asked to close.
+/// A header `X-Say: TEXT` (up to 16 bytes) prints `http: said TEXT` on the console.
 #[derive(Clone, Copy, Default)]
 struct Conn {
     matched: u8,
@@ -193,6 +194,13 @@ impl Conn {
                 let line = &self.line[..usize::from(self.line_len)];
                 if line.eq_ignore_ascii_case(b"connection: close\r") {
                     self.close = true;
+                }
+                // A line on the console on request (tests of the host's console path).
+                if line.len() > 7 && line[..7].eq_ignore_ascii_case(b"x-say: ") {
+                    let text = &line[7..];
+                    console::write_str("http: said ");
+                    console::write_bytes(text.strip_suffix(b"\r").unwrap_or(text));
+                    console::write_str("\n");
                 }
                 self.line_len = 0;
             } else if usize::from(self.line_len) < self.line.len() {
