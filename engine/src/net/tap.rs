@@ -74,55 +74,42 @@ impl LinkProbe {
         Ok(LinkProbe(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    /// The index of the link `name` (SIOCGIFINDEX), `None` if there is none.
-    pub fn index(&self, name: &str) -> io::Result<Option<u32>> {
+    /// One ioctl that reads a link's name from and writes its answer into a struct
+    /// ifreq: the 4 bytes after the name, `None` if no link has that name.
+    fn ask(&self, name: &str, request: libc::c_ulong) -> io::Result<Option<[u8; 4]>> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Ok(None);
         }
         let mut req = [0u8; 40];
         req[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: SIOCGIFINDEX reads the name from and writes the index into a struct
-        // ifreq, which `req` is laid out as (40 bytes on 64-bit Linux).
-        if unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SIOCGIFINDEX, req.as_mut_ptr()) } < 0 {
+        // SAFETY: SIOCGIFFLAGS and SIOCGIFINDEX read the name from and write their answer
+        // into a struct ifreq, which `req` is laid out as (40 bytes on 64-bit Linux).
+        if unsafe { libc::ioctl(self.0.as_raw_fd(), request, req.as_mut_ptr()) } < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
                 Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
                 _ => Err(e),
             };
         }
-        Ok(Some(u32::from_ne_bytes([req[16], req[17], req[18], req[19]])))
+        Ok(Some([req[16], req[17], req[18], req[19]]))
+    }
+
+    /// The index of the link `name` (SIOCGIFINDEX), `None` if there is none.
+    pub fn index(&self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.ask(name, libc::SIOCGIFINDEX)?.map(u32::from_ne_bytes))
     }
 
     /// `None` if no link has that name, else its index and whether it is up.
     pub fn state(&self, name: &str) -> io::Result<Option<Link>> {
-        if name.is_empty() || name.len() > MAX_NAME {
+        let Some(flags) = self.ask(name, libc::SIOCGIFFLAGS)? else {
             return Ok(None);
-        }
-        // struct ifreq: the name, then a union whose first member here is the flags.
-        let mut req = [0u8; 40];
-        req[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into a struct
-        // ifreq, which `req` is laid out as (40 bytes on 64-bit Linux).
-        if unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SIOCGIFFLAGS, req.as_mut_ptr()) } < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
-                _ => Err(e),
-            };
-        }
-        let flags = i16::from_ne_bytes([req[16], req[17]]);
-        req[16..].fill(0);
-        // SAFETY: SIOCGIFINDEX reads the name from and writes the index into the same
-        // struct ifreq.
-        if unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SIOCGIFINDEX, req.as_mut_ptr()) } < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
-                _ => Err(e),
-            };
-        }
+        };
+        let flags = i16::from_ne_bytes([flags[0], flags[1]]);
+        let Some(index) = self.index(name)? else {
+            return Ok(None);
+        };
         Ok(Some(Link {
-            index: u32::from_ne_bytes([req[16], req[17], req[18], req[19]]),
+            index,
             up: flags & libc::IFF_UP as i16 != 0,
             running: flags & libc::IFF_RUNNING as i16 != 0,
         }))
