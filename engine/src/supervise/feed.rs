@@ -33,8 +33,6 @@ struct Shared {
     reader: UnixDatagram,
     path: PathBuf,
     routes: Mutex<Routes>,
-    /// What heartbeat times count from.
-    epoch: Instant,
     /// Wakes the reading task from a pause between reads: a VM attached.
     attached: tokio::sync::Notify,
 }
@@ -49,6 +47,7 @@ struct Routes {
     by_sender: HashMap<Box<[u8]>, Route>,
     /// One frame at a time.
     buf: Vec<u8>,
+    /// What heartbeat times count from.
     epoch: Instant,
     /// Routes whose first line someone waits for.
     awaiting: usize,
@@ -218,8 +217,7 @@ impl Routes {
 pub struct Attachment {
     shared: Arc<Shared>,
     sender: Box<[u8]>,
-    heard: Arc<AtomicU64>,
-    read_to: Arc<AtomicU64>,
+    watch: FeedWatch,
 }
 
 impl ConsoleHub {
@@ -253,7 +251,6 @@ impl ConsoleHub {
                 epoch,
                 awaiting: 0,
             }),
-            epoch,
             attached: tokio::sync::Notify::new(),
         });
         tokio::spawn(read(shared.clone(), socket));
@@ -298,6 +295,7 @@ impl ConsoleHub {
             // The kernel gave a gone socket's address again, and the route outlived it.
             routes.awaiting -= usize::from(old.lines.awaits_first_line());
         }
+        let epoch = routes.epoch;
         drop(routes);
         self.shared.attached.notify_one();
         Ok((
@@ -305,8 +303,7 @@ impl ConsoleHub {
             Attachment {
                 shared: self.shared.clone(),
                 sender,
-                heard,
-                read_to,
+                watch: FeedWatch { heard, read_to, epoch },
             },
         ))
     }
@@ -394,11 +391,7 @@ impl Attachment {
 
     /// What the hub hears of its VMM (kept after [`Attachment::finish`]).
     pub fn watch(&self) -> FeedWatch {
-        FeedWatch {
-            heard: self.heard.clone(),
-            read_to: self.read_to.clone(),
-            epoch: self.shared.epoch,
-        }
+        self.watch.clone()
     }
 }
 
