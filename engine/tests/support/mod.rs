@@ -261,12 +261,15 @@ impl Daemon {
             .args(["-n", &self.ns.name, "-o", "link", "show"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        let mut taps: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split(": ").nth(1))
             .map(|n| n.split('@').next().unwrap().to_string())
             .filter(|n| n.starts_with("uk-"))
-            .collect()
+            .collect();
+        // By name: `ip link` lists by creation, which a burst's starts do not fix.
+        taps.sort();
+        taps
     }
 
     /// Pids of every VM the state directory records.
