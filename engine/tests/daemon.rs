@@ -28,15 +28,23 @@ fn add_edit_remove_converge_and_untouched_services_keep_their_vm() {
     assert!(d.get(8081).unwrap().1.starts_with("api "));
     assert_eq!(web.source_line, 1);
     assert!(web.source_file.ends_with("web.kdl"));
-    // Each start says where its time went: the host's part and the VMM's own phases.
+    // Each start says where its time went: the daemon's part, its spawn step by step, and
+    // the VMM's own phases.
     let log = d.log_text();
     let started = log
         .lines()
         .find(|l| l.contains("running (booted in") && l.contains("web"))
         .unwrap_or_else(|| panic!("no start line for web in:\n{log}"));
     for phase in [
+        "daemon ",
+        "daemon CPU ",
         "network ",
+        "tap ",
         "spawn ",
+        "log file ",
+        "command line ",
+        "control socket ",
+        "console feed ",
         "in the VMM: loaded ",
         "vm ",
         "cpuid ",

@@ -46,6 +46,7 @@ fn a_start_takes_a_pooled_vmm_of_its_shape_and_the_pool_refills() {
     let pooled_starts: Vec<&str> = log.lines().filter(|l| l.contains("from the warm pool")).collect();
     assert_eq!(pooled_starts.len(), 1, "{log}");
     assert!(pooled_starts[0].contains("running (booted in"), "{log}");
+    assert!(pooled_starts[0].contains("hand-off "), "{log}");
     assert!(
         pooled_starts[0].contains("UNIKERNEL=b") || pooled_starts[0].contains("\"b\""),
         "{log}"
@@ -89,7 +90,9 @@ fn no_pool_is_kept_with_warm_pool_0() {
     d.running("a");
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.pooled().is_empty());
-    assert!(!d.log_text().contains("from the warm pool"));
+    let log = d.log_text();
+    assert!(!log.contains("from the warm pool"));
+    assert!(log.contains("fork and exec "), "{log}");
 }
 
 #[test]

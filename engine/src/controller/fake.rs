@@ -346,6 +346,7 @@ impl HostNet for FakeNet {
             address: explicit.unwrap_or(Ipv4Addr::new(10, 200, 0, 2)),
             prefix: 16,
             gateway: Ipv4Addr::new(10, 200, 0, 1),
+            steps: None,
         })
     }
 
@@ -371,6 +372,7 @@ impl HostNet for FakeNet {
             address: Ipv4Addr::new(10, 200, 0, 2),
             prefix: 16,
             gateway: Ipv4Addr::new(10, 200, 0, 1),
+            steps: None,
         })
     }
 

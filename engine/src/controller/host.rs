@@ -127,6 +127,11 @@ pub trait VmProcess: 'static {
     /// Applies changed resource limits to the running VMM (its systemd scope), in place.
     /// Failures are the launcher's to report: limits never stop a VM.
     fn apply_limits(&self, limits: &crate::decl::LimitsSpec);
+    /// Where the launcher's spawn of it spent its time, step by step ("log file 0.02 ms,
+    /// ..."); `None` for an adopted VMM.
+    fn spawn_steps(&self) -> Option<String> {
+        None
+    }
     /// Where the VMM's own start went, phase by phase (`--trace-boot`'s "started" line),
     /// once it entered the guest; `None` when it does not say.
     fn start_phases(&self) -> Option<String> {

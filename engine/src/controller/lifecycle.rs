@@ -7,9 +7,10 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::host::{HostNet, LaunchRequest, Launcher, Readiness, Signal, VmProcess};
-use super::service::{Service, Vm};
+use super::service::{Service, StartCost, Vm};
 use super::{Controller, Event, OperatorError, STOP_GRACE};
 use crate::status::State;
+use crate::steps::thread_cpu;
 use crate::supervise::backoff::{self, Decision};
 use crate::supervise::process::Ended;
 use contract::exit::ExitStatus;
@@ -47,6 +48,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     pub(super) async fn start_vm(&mut self, name: &str, restore: bool) {
         let Some(svc) = self.services.get_mut(name) else { return };
         let t0 = Instant::now();
+        let cpu0 = thread_cpu();
         svc.timer += 1;
         svc.standby.restored = restore;
         svc.standby.saving = false;
@@ -61,7 +63,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 .ok(),
             _ => None,
         };
-        let attachment = match (explicit, reopened) {
+        let mut attachment = match (explicit, reopened) {
             (_, Some(a)) => Some(a),
             (Some(address), None) => match self.net.attach(name, address).await {
                 Ok(a) => Some(a),
@@ -75,6 +77,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         }
         let Some(svc) = self.services.get_mut(name) else { return };
         let net = attachment.as_ref().map(|a| (a.address, a.tap_name.clone()));
+        let network_steps = attachment.as_mut().and_then(|a| a.steps.take());
         let snapshot = restore.then(|| self.state_dir.snapshot_dir(name));
         let request = LaunchRequest {
             name,
@@ -88,7 +91,13 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Ok(p) => p,
             Err(reason) => return self.start_failed(name, reason),
         };
-        let setup = (t_net, t_spawn.elapsed());
+        let mut setup = StartCost {
+            network: t_net,
+            network_steps,
+            spawn: t_spawn.elapsed(),
+            daemon: Duration::ZERO,
+            daemon_cpu: Duration::ZERO,
+        };
         if restore {
             // The address goes out when the VM runs: by then the reopened tap must carry
             // frames, or the first connection's ARP request is lost and retried after 1 s.
@@ -109,7 +118,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             tasks: Vec::new(),
             unrecorded: None,
             unanswered: 0,
-            setup,
+            setup: StartCost::default(),
             noticed: self.noticed,
         };
         if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
@@ -119,15 +128,19 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             let _ = vm.process.signal(Signal::Kill);
             vm.unrecorded = Some(format!("cannot record the VM in the state directory: {e}"));
         }
+        self.watch_vm(name, &mut vm);
+        setup.daemon = t0.elapsed();
+        setup.daemon_cpu = thread_cpu().saturating_sub(cpu0);
         info!(
             UNIKERNEL = %name,
-            "{} VM pid {} (network {:.1} ms, spawn {:.1} ms)",
+            "{} VM pid {} (network {:.1} ms, spawn {:.1} ms, daemon {:.1} ms)",
             if restore { "resuming" } else { "booting" },
             vm.process.pid(),
             t_net.as_secs_f64() * 1e3,
-            (t0.elapsed() - t_net).as_secs_f64() * 1e3
+            setup.spawn.as_secs_f64() * 1e3,
+            setup.daemon.as_secs_f64() * 1e3,
         );
-        self.watch_vm(name, &mut vm);
+        vm.setup = setup;
         if let Some(svc) = self.services.get_mut(name) {
             svc.vm = Some(vm);
         }
@@ -344,8 +357,14 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         let (address, boot_ms) = (v.address, v.boot_ms.unwrap_or(0.0));
         // Where a start's time went: the host's part, then what the VMM says of its own.
         let phases = if fresh {
-            let (network, spawn) = v.setup;
-            self.stats.host.observe((network + spawn).as_secs_f64());
+            let StartCost {
+                network,
+                ref network_steps,
+                spawn,
+                daemon,
+                daemon_cpu,
+            } = v.setup;
+            self.stats.host.observe(daemon.as_secs_f64());
             if v.process.pooled() {
                 self.stats.pooled_starts += 1;
             }
@@ -362,10 +381,15 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                     start.saturating_duration_since(at).as_secs_f64() * 1e3,
                 )
             });
+            let steps = v.process.spawn_steps().map(|s| format!(" ({s})"));
             format!(
-                ": network {:.2} ms, spawn {:.2} ms{}{}{}",
+                ": daemon {:.2} ms, daemon CPU {:.2} ms, network {:.2} ms{}, spawn {:.2} ms{}{}{}{}",
+                daemon.as_secs_f64() * 1e3,
+                daemon_cpu.as_secs_f64() * 1e3,
                 network.as_secs_f64() * 1e3,
+                network_steps.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
                 spawn.as_secs_f64() * 1e3,
+                steps.unwrap_or_default(),
                 vmm.unwrap_or_default(),
                 line.unwrap_or_default(),
                 change.unwrap_or_default()

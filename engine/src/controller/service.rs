@@ -17,6 +17,23 @@ use crate::supervise::console::ConsoleRing;
 
 use super::host::VmProcess;
 
+/// What a start cost the daemon, for its log line and the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct StartCost {
+    /// The tap and its wiring (or a kept tap opened again).
+    pub network: std::time::Duration,
+    /// Its steps, when a tap was set up.
+    pub network_steps: Option<String>,
+    /// The launcher's spawn: a warm-pool hand-off, or fork and exec.
+    pub spawn: std::time::Duration,
+    /// All of the daemon's part: the two above, the state directory, the VM's record and
+    /// its watchers.
+    pub daemon: std::time::Duration,
+    /// The CPU time the daemon's thread spent on it (wall time less what it waited for or
+    /// lost to other processes).
+    pub daemon_cpu: std::time::Duration,
+}
+
 /// One VM instance of a service.
 pub struct Vm<P: VmProcess> {
     /// Unique in this daemon: events name the instance they are about, so a late event
@@ -30,8 +47,8 @@ pub struct Vm<P: VmProcess> {
     pub started: Instant,
     pub started_unix_ms: u64,
     pub boot_ms: Option<f64>,
-    /// Before the spawn: network setup, then the spawn itself (zero for an adopted VM).
-    pub setup: (std::time::Duration, std::time::Duration),
+    /// What its start cost the daemon (zero for an adopted VM).
+    pub setup: StartCost,
     /// When the declaration change that started it was noticed, if one did.
     pub noticed: Option<Instant>,
     /// Exit watcher and readiness probe: they end with the VM (aborted on drop).

@@ -23,7 +23,7 @@ pub struct Stats {
     pub boots: Histogram,
     /// Wake requested -> serving of every VM resumed from standby.
     pub wakes: Histogram,
-    /// The host's part of every start and wake: network setup and the spawn.
+    /// The daemon's part of every start and wake: network setup, the spawn, the VM's record.
     pub host: Histogram,
     /// Starts and wakes that took a VMM from the warm pool.
     pub pooled_starts: u64,
@@ -142,7 +142,7 @@ pub fn render(snapshot: &Snapshot, stats: &Stats, daemon: Process, vm_memory: &[
     stats.host.render(
         &mut out,
         "unikerneld_start_host_seconds",
-        "The host's part of every start and wake: network setup and the VMM's spawn.",
+        "The daemon's part of every start and wake: network setup, the VMM's spawn and its record.",
     );
 
     let services = || snapshot.services.iter();

@@ -20,6 +20,7 @@ use super::uids::{UidLease, UidPool};
 use super::warm::{Shape, WarmPool};
 use crate::controller::host::{BoxFuture, Exit, LaunchRequest, Launcher, Liveness, Readiness, Signal, VmProcess};
 use crate::state_dir::{ConsoleReadTo, StateDir, VmRecord};
+use crate::steps::Steps;
 use crate::systemd::scope::Scopes;
 use std::sync::Arc;
 
@@ -97,6 +98,7 @@ impl VmmLauncher {
             scopes: self.scopes.clone(),
             _uid: uid,
             from_pool: false,
+            spawn_steps: None,
         }
     }
 }
@@ -160,6 +162,8 @@ pub struct Vmm {
     _uid: Option<UidLease>,
     /// Taken from the warm pool (its VM was created before the start).
     from_pool: bool,
+    /// Where its spawn's time went (none for an adopted VMM).
+    spawn_steps: Option<Steps>,
 }
 
 /// How much of the end of the VMM's stderr is searched for its error line (and of its
@@ -184,7 +188,9 @@ impl Launcher for VmmLauncher {
     fn spawn(&mut self, request: LaunchRequest<'_>) -> Result<Vmm, String> {
         let name = request.name;
         let spec = request.spec;
+        let mut steps = Steps::new();
         let stderr = std::fs::File::create(self.state.vmm_log(name)).map_err(|e| format!("state directory: {e}"))?;
+        steps.done("log file");
         let cmdline = spec.guest_cmdline(request.net.as_ref().map(|a| a.guest_net()).as_ref());
         let tap = request.net.map(|a| (a.tap_fd, a.mac));
         let uid = self.uids.as_ref().map(|pool| pool.lease()).transpose()?;
@@ -198,6 +204,7 @@ impl Launcher for VmmLauncher {
                 Some(raw)
             }
         };
+        steps.done("command line");
         // Bound here, so that a ping can connect from the moment of the spawn (a wake's
         // readiness is the first answer) rather than poll for the VMM's path to appear.
         let control: OwnedFd = contract::control::bind(&self.state.control_socket(name))
@@ -205,6 +212,7 @@ impl Launcher for VmmLauncher {
             .into();
         let control_fd = control.as_raw_fd();
         inherit.push(control);
+        steps.done("control socket");
         // The VMM's end of its console feed; the daemon keeps no descriptor for it.
         let (first_line_tx, first_line) = oneshot::channel();
         let (feed_fd, feed) = self
@@ -213,6 +221,7 @@ impl Launcher for VmmLauncher {
             .map_err(|e| format!("console feed: {e}"))?;
         let console_feed_fd = feed_fd.as_raw_fd();
         inherit.push(feed_fd);
+        steps.done("console feed");
         let mut args = VmmArgs {
             initrd: spec.initrd.clone(),
             cmdline_fd,
@@ -274,17 +283,25 @@ impl Launcher for VmmLauncher {
         }
         let from_pool = pooled.is_some();
         let process = match pooled {
-            Some(process) => process,
-            None => Process::spawn(Launch {
-                vmm: self.vmm.clone(),
-                args: args.to_argv(),
-                inherit,
-                stderr: Some(stderr),
-            })
-            .map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?,
+            Some(process) => {
+                steps.done("hand-off");
+                process
+            }
+            None => {
+                let process = Process::spawn(Launch {
+                    vmm: self.vmm.clone(),
+                    args: args.to_argv(),
+                    inherit,
+                    stderr: Some(stderr),
+                })
+                .map_err(|e| format!("cannot run {}: {e}", self.vmm.display()))?;
+                steps.done("fork and exec");
+                process
+            }
         };
         if let Some(scopes) = &self.scopes {
             scopes.place(name, process.pid, spec.limits);
+            steps.done("scope");
         }
         let mut vmm = self.vmm(
             name,
@@ -295,6 +312,7 @@ impl Launcher for VmmLauncher {
             request.restore.is_some(),
         );
         vmm.from_pool = from_pool;
+        vmm.spawn_steps = Some(steps);
         Ok(vmm)
     }
 
@@ -462,6 +480,10 @@ impl VmProcess for Vmm {
 
     fn pooled(&self) -> bool {
         self.from_pool
+    }
+
+    fn spawn_steps(&self) -> Option<String> {
+        self.spawn_steps.as_ref().map(Steps::to_string)
     }
 
     fn start_phases(&self) -> Option<String> {
