@@ -55,22 +55,24 @@ struct Stamp {
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
+    std::fs::metadata(path).ok().map(|m| stamp_of(&m))
+}
+
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
+    Stamp {
         len: m.len(),
         modified: m.modified().ok(),
         changed: (m.ctime(), m.ctime_nsec()),
         inode: m.ino(),
-    })
+    }
 }
 
-/// The text of `path`, read into a buffer sized from the stat just taken: open, read,
-/// read (the end), close. `fs::read_to_string` also asks for the size (statx) and the
-/// position (lseek), two more syscalls per file of a cold load of 10,000.
-fn read_text(path: &Path, len: Option<u64>) -> std::io::Result<String> {
+/// The text of `file`, read into a buffer sized from the stat just taken: plain reads
+/// until the end. `fs::read_to_string` also asks for the size (statx) and the position
+/// (lseek), two more syscalls per file of a cold load of 10,000.
+fn read_text(mut file: std::fs::File, len: Option<u64>) -> std::io::Result<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
     // One more byte than the file holds: the read that finds the end needs no growth.
     let room = len.and_then(|l| usize::try_from(l).ok()).unwrap_or(0).saturating_add(1);
     let mut bytes = Vec::with_capacity(room.min(1 << 20));
@@ -83,6 +85,30 @@ fn read_text(path: &Path, len: Option<u64>) -> std::io::Result<String> {
             format!("it is not UTF-8 text (byte {at} is not); save it as UTF-8"),
         )
     })
+}
+
+/// Opens `path` and reads it, with its stamp. A file seen before is stamped first (by
+/// path) and not opened at all when its stamp is unchanged; a file never seen (every file
+/// of a cold load) is opened first and stamped through its descriptor, which walks no
+/// path. `Ok(None)`: unchanged.
+fn read_if_changed(path: &Path, seen: Option<&Stamp>) -> std::io::Result<Option<(Option<Stamp>, String)>> {
+    let before = match seen {
+        Some(seen) => {
+            let now = stamp(path);
+            if now.as_ref() == Some(seen) {
+                return Ok(None);
+            }
+            Some(now)
+        }
+        None => None,
+    };
+    let file = std::fs::File::open(path)?;
+    let now = match before {
+        Some(now) => now,
+        None => file.metadata().ok().map(|m| stamp_of(&m)),
+    };
+    let text = read_text(file, now.as_ref().map(|s| s.len))?;
+    Ok(Some((now, text)))
 }
 
 /// Below this many files to read, a load reads them on its own thread.
@@ -316,12 +342,9 @@ impl Loader {
 
     /// What `path` holds now, compared with what was last seen of it.
     fn look(&self, path: &Path) -> Look {
-        let now = stamp(path);
-        if now.is_some() && now.as_ref() == self.seen.get(path) {
-            return Look::Unchanged;
-        }
-        let text = match read_text(path, now.as_ref().map(|s| s.len)) {
-            Ok(t) => t,
+        let (now, text) = match read_if_changed(path, self.seen.get(path)) {
+            Ok(Some(read)) => read,
+            Ok(None) => return Look::Unchanged,
             Err(e) => {
                 let r = Reporter::new(path, Arc::new(String::new()));
                 return Look::Unreadable(r.error(
@@ -441,7 +464,8 @@ mod tests {
         // Longer than its stamp said by the time it is read: all of it is read.
         let text = format!("{}// {}\n", decl("b", "16M"), "x".repeat(10_000));
         std::fs::write(dir.join("b.kdl"), &text).unwrap();
-        assert_eq!(read_text(&dir.join("b.kdl"), Some(3)).unwrap(), text);
+        let file = std::fs::File::open(dir.join("b.kdl")).unwrap();
+        assert_eq!(read_text(file, Some(3)).unwrap(), text);
         let loaded = Loader::default().load_dir(dir);
         assert_eq!(names(&loaded), ["b"]);
         let said: Vec<String> = loaded.diagnostics.iter().map(|d| d.one_line()).collect();
