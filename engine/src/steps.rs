@@ -2,6 +2,7 @@
 //! lines that say what a start cost (and a slow one, where it went).
 use std::time::{Duration, Instant};
 
+#[derive(Clone, Debug)]
 pub struct Steps {
     at: Instant,
     took: Vec<(&'static str, Duration)>,
@@ -20,6 +21,11 @@ impl Steps {
         let now = Instant::now();
         self.took.push((step, now - self.at));
         self.at = now;
+    }
+
+    /// What follows until the next step is not one of them (it is timed elsewhere).
+    pub fn skip(&mut self) {
+        self.at = Instant::now();
     }
 
     pub fn total(&self) -> Duration {
@@ -69,7 +75,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         s.done("first");
         s.done("second");
+        std::thread::sleep(Duration::from_millis(5));
+        s.skip();
         let text = s.to_string();
+        assert!(
+            s.total() < Duration::from_millis(5) + Duration::from_millis(4),
+            "{text}"
+        );
         assert!(text.starts_with("first "), "{text}");
         assert!(text.contains(" ms, second "), "{text}");
         assert!(s.total() >= Duration::from_millis(2));

@@ -10,7 +10,7 @@ use super::host::{HostNet, LaunchRequest, Launcher, Readiness, Signal, VmProcess
 use super::service::{Service, StartCost, Vm};
 use super::{Controller, Event, OperatorError, STOP_GRACE};
 use crate::status::State;
-use crate::steps::thread_cpu;
+use crate::steps::{thread_cpu, Steps};
 use crate::supervise::backoff::{self, Decision};
 use crate::supervise::process::Ended;
 use contract::exit::ExitStatus;
@@ -72,9 +72,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             (None, None) => None,
         };
         let t_net = t0.elapsed();
+        let mut rest = Steps::new();
         if let Err(e) = self.state_dir.prepare(name) {
             return self.start_failed(name, format!("state directory: {e}"));
         }
+        rest.done("state directory");
         let Some(svc) = self.services.get_mut(name) else { return };
         let net = attachment.as_ref().map(|a| (a.address, a.tap_name.clone()));
         let network_steps = attachment.as_mut().and_then(|a| a.steps.take());
@@ -91,10 +93,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Ok(p) => p,
             Err(reason) => return self.start_failed(name, reason),
         };
+        let spawned = t_spawn.elapsed();
         let mut setup = StartCost {
             network: t_net,
             network_steps,
-            spawn: t_spawn.elapsed(),
+            spawn: spawned,
+            rest: Steps::new(),
             daemon: Duration::ZERO,
             daemon_cpu: Duration::ZERO,
         };
@@ -121,6 +125,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             setup: StartCost::default(),
             noticed: self.noticed,
         };
+        rest.skip();
         if let Err(e) = self.state_dir.write_record(name, &vm.record()) {
             // A VM nothing records would be found by no later daemon (it would run twice,
             // or hold its tap): it does not run. Its end is handled like a quick crash.
@@ -128,7 +133,10 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             let _ = vm.process.signal(Signal::Kill);
             vm.unrecorded = Some(format!("cannot record the VM in the state directory: {e}"));
         }
+        rest.done("record");
         self.watch_vm(name, &mut vm);
+        rest.done("watchers");
+        setup.rest = rest;
         setup.daemon = t0.elapsed();
         setup.daemon_cpu = thread_cpu().saturating_sub(cpu0);
         info!(
@@ -361,6 +369,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
                 network,
                 ref network_steps,
                 spawn,
+                ref rest,
                 daemon,
                 daemon_cpu,
             } = v.setup;
@@ -383,7 +392,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             });
             let steps = v.process.spawn_steps().map(|s| format!(" ({s})"));
             format!(
-                ": daemon {:.2} ms, daemon CPU {:.2} ms, network {:.2} ms{}, spawn {:.2} ms{}{}{}{}",
+                ": daemon {:.2} ms, daemon CPU {:.2} ms, network {:.2} ms{}, spawn {:.2} ms{}, {rest}{}{}{}",
                 daemon.as_secs_f64() * 1e3,
                 daemon_cpu.as_secs_f64() * 1e3,
                 network.as_secs_f64() * 1e3,

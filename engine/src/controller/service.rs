@@ -26,6 +26,8 @@ pub struct StartCost {
     pub network_steps: Option<String>,
     /// The launcher's spawn: a warm-pool hand-off, or fork and exec.
     pub spawn: std::time::Duration,
+    /// The rest of it: the state directory, the VM's record, its watchers.
+    pub rest: crate::steps::Steps,
     /// All of the daemon's part: the two above, the state directory, the VM's record and
     /// its watchers.
     pub daemon: std::time::Duration,

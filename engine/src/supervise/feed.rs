@@ -20,6 +20,7 @@ use contract::console::{FeedFrame, FeedKind, FEED_MAX};
 use tokio::sync::oneshot;
 
 use super::console::{ConsoleRing, LineSink, MAX_LINE};
+use super::inbox::Inbox;
 
 /// The daemon's end of every console feed.
 #[derive(Clone)]
@@ -43,10 +44,13 @@ struct Shared {
 /// more than pinging every VMM cost). A VM's last lines are read at its end, unpaused.
 const READ_BATCH: Duration = Duration::from_millis(100);
 
+/// Frames read per syscall.
+const READ_AT_ONCE: usize = 16;
+
 struct Routes {
     by_sender: HashMap<Box<[u8]>, Route>,
-    /// One frame at a time.
-    buf: Vec<u8>,
+    /// Up to [`READ_AT_ONCE`] frames at a time.
+    inbox: Inbox,
     /// What heartbeat times count from.
     epoch: Instant,
     /// Routes whose first line someone waits for.
@@ -175,31 +179,42 @@ fn lock(m: &Mutex<Routes>) -> MutexGuard<'_, Routes> {
 impl Routes {
     /// Reads every frame waiting on `socket` into its route.
     fn drain(&mut self, socket: &UnixDatagram) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let Routes {
+            by_sender,
+            inbox,
+            epoch,
+            awaiting,
+        } = self;
         loop {
-            match socket.recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    let name = std::os::linux::net::SocketAddrExt::as_abstract_name(&from);
-                    let (Some(name), Some(frame)) = (name, FeedFrame::parse(&self.buf[..n])) else {
-                        continue;
-                    };
-                    // A frame of a VM whose end was already read has nowhere to go.
-                    let Some(route) = self.by_sender.get_mut(name) else {
-                        continue;
-                    };
-                    if frame.kind == FeedKind::Heartbeat {
-                        let at = self.epoch.elapsed().as_millis() as u64 + 1;
-                        route.heard.store(at, Ordering::Relaxed);
-                    } else {
-                        let awaited = route.lines.awaits_first_line();
-                        route.lines.take(frame);
-                        if awaited && !route.lines.awaits_first_line() {
-                            self.awaiting -= 1;
-                        }
+            let n = match inbox.receive(socket.as_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for (name, bytes) in inbox.datagrams() {
+                let (Some(name), Some(frame)) = (name, FeedFrame::parse(bytes)) else {
+                    continue;
+                };
+                // A frame of a VM whose end was already read has nowhere to go.
+                let Some(route) = by_sender.get_mut(name) else {
+                    continue;
+                };
+                if frame.kind == FeedKind::Heartbeat {
+                    let at = epoch.elapsed().as_millis() as u64 + 1;
+                    route.heard.store(at, Ordering::Relaxed);
+                } else {
+                    let awaited = route.lines.awaits_first_line();
+                    route.lines.take(frame);
+                    if awaited && !route.lines.awaits_first_line() {
+                        *awaiting -= 1;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            }
+            // Fewer than it could take: the queue was empty (what comes later is a new
+            // edge for the reactor, or the next batch's).
+            if n < inbox.slots() {
+                return Ok(());
             }
         }
     }
@@ -247,7 +262,7 @@ impl ConsoleHub {
             path: path.to_path_buf(),
             routes: Mutex::new(Routes {
                 by_sender: HashMap::new(),
-                buf: vec![0; FEED_MAX],
+                inbox: Inbox::new(READ_AT_ONCE, FEED_MAX),
                 epoch,
                 awaiting: 0,
             }),
@@ -330,14 +345,28 @@ fn autobind(socket: &UnixDatagram) -> io::Result<()> {
     }
 }
 
-/// Reads the hub on `socket` (`reader` is a dup of it): at once while a first line is
-/// awaited, else in batches at most every [`READ_BATCH`], the socket out of the reactor in
-/// between. Epoll reports every datagram as a new edge, so a socket left registered wakes
-/// the daemon per datagram whether or not anyone reads it.
+/// Reads the hub: in batches at most every [`READ_BATCH`] (on the dup `reader`, the
+/// socket out of the reactor), and while a first line is awaited at once, with `socket`
+/// in the reactor. Epoll reports every datagram as a new edge, so a socket left
+/// registered wakes the daemon per datagram whether or not anyone reads it.
 async fn read(shared: Arc<Shared>, socket: UnixDatagram) {
     use tokio::io::unix::AsyncFd;
     let mut socket = socket;
     loop {
+        let awaiting = {
+            let mut routes = lock(&shared.routes);
+            if let Err(e) = routes.drain(&shared.reader) {
+                tracing::warn!("console hub: {e}");
+            }
+            routes.awaiting
+        };
+        if awaiting == 0 {
+            tokio::select! {
+                () = tokio::time::sleep(READ_BATCH) => {}
+                () = shared.attached.notified() => {}
+            }
+            continue;
+        }
         // SAFETY: a UnixDatagram owns its fd, open and the same until it is dropped, which
         // is after `into_inner` (or with the AsyncFd).
         let registered = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
@@ -360,7 +389,7 @@ async fn read(shared: Arc<Shared>, socket: UnixDatagram) {
                 }
             };
             let drained = lock(&shared.routes).drain(&shared.reader);
-            // Read to EAGAIN: anything newer is a new edge, not lost.
+            // Read until the queue was found empty: anything newer is a new edge.
             ready.clear_ready();
             if let Err(e) = drained {
                 tracing::warn!("console hub: {e}");
@@ -371,10 +400,6 @@ async fn read(shared: Arc<Shared>, socket: UnixDatagram) {
             }
         }
         socket = watched.into_inner();
-        tokio::select! {
-            () = tokio::time::sleep(READ_BATCH) => {}
-            () = shared.attached.notified() => {}
-        }
     }
 }
 

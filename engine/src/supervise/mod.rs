@@ -3,6 +3,7 @@ pub mod backoff;
 pub mod console;
 pub mod control;
 pub mod feed;
+pub mod inbox;
 pub mod launcher;
 pub mod probe;
 pub mod process;
