@@ -329,6 +329,8 @@ pub async fn serve<L: Launcher, N: HostNet>(
         }
     };
     publish_now(&mut ctl);
+    // status.json says what runs before READY=1 does.
+    ctl.flush_status();
     // Metrics are opt-in and never worth the daemon: a port in use is reported, not fatal.
     let metrics_task = match metrics {
         Some(endpoint) => match crate::metrics::server::serve(endpoint.clone(), shared.clone()).await {
@@ -473,6 +475,7 @@ pub async fn serve<L: Launcher, N: HostNet>(
                     // publish just before would otherwise hold this one back a period).
                     grow(ctl.service_count());
                     publish_now(&mut ctl);
+                    ctl.flush_status();
                     published_at = tokio::time::Instant::now();
                     let _ = done.send(());
                 }

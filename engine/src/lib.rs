@@ -18,6 +18,7 @@ pub mod single_flight;
 pub mod source;
 pub mod state_dir;
 pub mod status;
+pub mod status_file;
 pub mod steps;
 pub mod supervise;
 pub mod systemd;

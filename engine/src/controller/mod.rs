@@ -26,6 +26,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -33,7 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::decl::{Loader, Spec};
 use crate::plan::{plan, Action, Observed, Plan};
-use crate::state_dir::{write_atomic, StateDir};
+use crate::state_dir::StateDir;
 use crate::status::{DeclarationError, Snapshot, State};
 use crate::supervise::console::ConsoleRing;
 use host::{Exit, HostNet, Launcher, VmProcess};
@@ -161,8 +162,8 @@ pub struct Controller<L: Launcher, N: HostNet> {
     start_queue: std::collections::VecDeque<String>,
     inline_starts_left: usize,
     status_dirty: bool,
-    /// Why status.json could not be written last time, if it could not.
-    status_error: Option<String>,
+    /// status.json, written off the control loop (and before the lock goes).
+    status_file: crate::status_file::StatusFile,
     /// While a reload that inotify prompted applies: when its first change was seen (the
     /// VMs it starts count their start from there, for the log).
     noticed: Option<tokio::time::Instant>,
@@ -187,6 +188,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         // A file that fails to parse now keeps what it declared before the restart.
         let mut loader = Loader::default();
         loader.seed(&config_dir, state_dir.declarations());
+        let status_file = crate::status_file::StatusFile::new(state_dir.status_file());
         Controller {
             config_dir,
             loader,
@@ -204,7 +206,7 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             start_queue: Default::default(),
             inline_starts_left: 0,
             status_dirty: true,
-            status_error: None,
+            status_file,
             noticed: None,
             pings: std::sync::Arc::new(tokio::sync::Semaphore::new(repair::PINGS_AT_ONCE)),
             unchecked_warned: None,
@@ -633,37 +635,21 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         self.services.len()
     }
 
-    /// Writes `status.json` and the sd_notify status line, if anything changed; returns
-    /// the new status then.
-    pub fn publish(&mut self) -> Option<Snapshot> {
+    /// Writes `status.json` (on its own thread) and the sd_notify status line, if anything
+    /// changed; returns the new status then.
+    pub fn publish(&mut self) -> Option<Arc<Snapshot>> {
         if !self.status_dirty {
             return None;
         }
         self.status_dirty = false;
-        let snap = self.snapshot();
+        let snap = Arc::new(self.snapshot());
         crate::systemd::status(&snap.summary());
-        match serde_json::to_vec_pretty(&snap) {
-            Ok(json) => {
-                match write_atomic(&self.state_dir.status_file(), &json) {
-                    Ok(()) => {
-                        if self.status_error.take().is_some() {
-                            info!("{} is written again", self.state_dir.status_file().display());
-                        }
-                    }
-                    Err(e) => {
-                        // Tried again at the next publish: a full disk or fd table must
-                        // not leave a stale status behind once there is room. Said once.
-                        let msg = format!("cannot write {}: {e}", self.state_dir.status_file().display());
-                        if self.status_error.as_ref() != Some(&msg) {
-                            warn!("{msg} (trying again)");
-                            self.status_error = Some(msg);
-                        }
-                        self.status_dirty = true;
-                    }
-                }
-            }
-            Err(e) => warn!("cannot encode the status: {e}"),
-        }
+        self.status_file.write(snap.clone());
         Some(snap)
+    }
+
+    /// Waits until the last published status is in `status.json` (what a `sync` promises).
+    pub fn flush_status(&self) {
+        self.status_file.flush();
     }
 }

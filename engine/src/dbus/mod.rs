@@ -25,7 +25,7 @@ pub const BUS_NAME: &str = "org.unikerneld1";
 /// What the engine published last: what properties and read-only methods answer from.
 #[derive(Default)]
 pub struct Published {
-    pub snapshot: Snapshot,
+    pub snapshot: std::sync::Arc<Snapshot>,
     pub consoles: BTreeMap<String, ConsoleRing>,
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,

@@ -4,6 +4,7 @@
 //! `gdbus monitor` follow a service live.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -67,10 +68,10 @@ pub async fn run(
     conn: Connection,
     shared: Shared,
     requests: mpsc::UnboundedSender<Request>,
-    mut snapshots: mpsc::UnboundedReceiver<(Snapshot, Transitions)>,
+    mut snapshots: mpsc::UnboundedReceiver<(Arc<Snapshot>, Transitions)>,
 ) {
     let mut mirror = Mirror::default();
-    let mut latest = Snapshot::default();
+    let mut latest = Arc::new(Snapshot::default());
     let mut transitions = Transitions::new();
     let mut failing = false;
     loop {
