@@ -118,7 +118,11 @@ fn write_loop(shared: &Shared) {
         if slot.next.is_some() {
             let failed = write_next(shared, slot);
             slot = lock(&shared.slot);
-            if failed && slot.next.is_some() && !slot.closing {
+            if failed && slot.closing {
+                // The last try at the end failed (and was said): nothing waits for more.
+                return;
+            }
+            if failed && slot.next.is_some() {
                 // Tried again after a while, or at once for a newer one.
                 slot = shared
                     .wake
@@ -281,6 +285,11 @@ mod tests {
         file.write(snapshot(&["d"]));
         drop(file);
         assert_eq!(read(&path), ["d"], "written before the thread ended");
+        // A write that fails at the end does not hold the end up.
+        let file = StatusFile::new(path.clone());
         std::fs::remove_dir_all(&dir).unwrap();
+        file.write(snapshot(&["e"]));
+        drop(file);
+        assert!(!path.exists());
     }
 }
