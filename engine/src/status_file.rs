@@ -178,34 +178,51 @@ fn write_next(shared: &Shared, mut slot: MutexGuard<'_, Slot>) -> bool {
     failed
 }
 
-/// Encodes snapshots as JSON (compact, as `serde_json::to_vec` would), keeping each
-/// service's encoding for the next snapshot: only a status that differs is encoded again.
+/// Encodes snapshots as JSON (pretty, as `serde_json::to_vec_pretty` would, byte for
+/// byte), keeping each service's encoding for the next snapshot: only a status that
+/// differs is encoded again.
 #[derive(Default)]
 struct Encoder {
     services: HashMap<String, (Status, Vec<u8>)>,
 }
 
+/// `value` pretty-printed as it would be `depth` levels deep: a JSON string holds no raw
+/// newline, so every newline of the encoding is one of the layout's.
+fn pretty_at<T: serde::Serialize>(value: &T, depth: usize) -> serde_json::Result<Vec<u8>> {
+    let flat = serde_json::to_vec_pretty(value)?;
+    let indent = b"  ".repeat(depth);
+    let mut out = Vec::with_capacity(flat.len() + flat.len() / 8);
+    for &b in &flat {
+        out.push(b);
+        if b == b'\n' {
+            out.extend_from_slice(&indent);
+        }
+    }
+    Ok(out)
+}
+
 impl Encoder {
     fn encode(&mut self, snapshot: &Snapshot) -> serde_json::Result<Vec<u8>> {
         let mut kept = HashMap::with_capacity(snapshot.services.len());
-        let mut out = Vec::with_capacity(self.services.values().map(|(_, b)| b.len() + 1).sum::<usize>() + 256);
-        out.extend_from_slice(b"{\"services\":[");
+        let mut out = Vec::with_capacity(self.services.values().map(|(_, b)| b.len() + 6).sum::<usize>() + 256);
+        out.extend_from_slice(b"{\n  \"services\": [");
         for (i, status) in snapshot.services.iter().enumerate() {
             let bytes = match self.services.remove(&status.name) {
                 Some((last, bytes)) if last == *status => bytes,
-                _ => serde_json::to_vec(status)?,
+                _ => pretty_at(status, 2)?,
             };
-            if i > 0 {
-                out.push(b',');
-            }
+            out.extend_from_slice(if i > 0 { b",\n    " } else { b"\n    " });
             out.extend_from_slice(&bytes);
             kept.insert(status.name.clone(), (status.clone(), bytes));
         }
-        out.extend_from_slice(b"],\"declaration_errors\":");
-        serde_json::to_writer(&mut out, &snapshot.declaration_errors)?;
-        out.extend_from_slice(b",\"source\":");
-        serde_json::to_writer(&mut out, &snapshot.source)?;
-        out.push(b'}');
+        if !snapshot.services.is_empty() {
+            out.extend_from_slice(b"\n  ");
+        }
+        out.extend_from_slice(b"],\n  \"declaration_errors\": ");
+        out.extend_from_slice(&pretty_at(&snapshot.declaration_errors, 1)?);
+        out.extend_from_slice(b",\n  \"source\": ");
+        out.extend_from_slice(&pretty_at(&snapshot.source, 1)?);
+        out.extend_from_slice(b"\n}");
         self.services = kept;
         Ok(out)
     }
@@ -248,13 +265,16 @@ mod tests {
         };
         let mut encoder = Encoder::default();
         let mut snap = Snapshot::clone(&snapshot(&["broken"]));
+        let pretty = |snap: &Snapshot| String::from_utf8(serde_json::to_vec_pretty(snap).unwrap()).unwrap();
+        let ours = |encoder: &mut Encoder, snap: &Snapshot| String::from_utf8(encoder.encode(snap).unwrap()).unwrap();
+        assert_eq!(ours(&mut encoder, &snap), pretty(&snap), "no services");
         snap.services = vec![status("a", 0), status("b", 0), status("c", 0)];
-        assert_eq!(encoder.encode(&snap).unwrap(), serde_json::to_vec(&snap).unwrap());
+        assert_eq!(ours(&mut encoder, &snap), pretty(&snap));
         // One changes, one goes, one comes, the order changes: still serde_json's.
         snap.services = vec![status("d", 0), status("c", 0), status("a", 3)];
         snap.declaration_errors.clear();
         let json = encoder.encode(&snap).unwrap();
-        assert_eq!(json, serde_json::to_vec(&snap).unwrap());
+        assert_eq!(String::from_utf8(json.clone()).unwrap(), pretty(&snap));
         assert_eq!(encoder.services.len(), 3, "b is forgotten");
         let back: Snapshot = serde_json::from_slice(&json).unwrap();
         assert_eq!(back.services, snap.services);
