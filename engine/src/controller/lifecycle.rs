@@ -94,14 +94,6 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             Err(reason) => return self.start_failed(name, reason),
         };
         let spawned = t_spawn.elapsed();
-        let mut setup = StartCost {
-            network: t_net,
-            network_steps,
-            spawn: spawned,
-            rest: Steps::new(),
-            daemon: Duration::ZERO,
-            daemon_cpu: Duration::ZERO,
-        };
         if restore {
             // The address goes out when the VM runs: by then the reopened tap must carry
             // frames, or the first connection's ARP request is lost and retried after 1 s.
@@ -136,19 +128,23 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
         rest.done("record");
         self.watch_vm(name, &mut vm);
         rest.done("watchers");
-        setup.rest = rest;
-        setup.daemon = t0.elapsed();
-        setup.daemon_cpu = thread_cpu().saturating_sub(cpu0);
+        vm.setup = StartCost {
+            network: t_net,
+            network_steps,
+            spawn: spawned,
+            rest,
+            daemon: t0.elapsed(),
+            daemon_cpu: thread_cpu().saturating_sub(cpu0),
+        };
         info!(
             UNIKERNEL = %name,
             "{} VM pid {} (network {:.1} ms, spawn {:.1} ms, daemon {:.1} ms)",
             if restore { "resuming" } else { "booting" },
             vm.process.pid(),
             t_net.as_secs_f64() * 1e3,
-            setup.spawn.as_secs_f64() * 1e3,
-            setup.daemon.as_secs_f64() * 1e3,
+            spawned.as_secs_f64() * 1e3,
+            vm.setup.daemon.as_secs_f64() * 1e3,
         );
-        vm.setup = setup;
         if let Some(svc) = self.services.get_mut(name) {
             svc.vm = Some(vm);
         }

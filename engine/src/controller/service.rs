@@ -23,13 +23,12 @@ pub struct StartCost {
     /// The tap and its wiring (or a kept tap opened again).
     pub network: std::time::Duration,
     /// Its steps, when a tap was set up.
-    pub network_steps: Option<String>,
+    pub network_steps: Option<crate::steps::Steps>,
     /// The launcher's spawn: a warm-pool hand-off, or fork and exec.
     pub spawn: std::time::Duration,
     /// The rest of it: the state directory, the VM's record, its watchers.
     pub rest: crate::steps::Steps,
-    /// All of the daemon's part: the two above, the state directory, the VM's record and
-    /// its watchers.
+    /// All of the daemon's part: the network, the spawn and the rest.
     pub daemon: std::time::Duration,
     /// The CPU time the daemon's thread spent on it (wall time less what it waited for or
     /// lost to other processes).

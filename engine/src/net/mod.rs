@@ -75,9 +75,8 @@ pub struct Attachment {
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
-    /// Where setting it up spent its time ("tap 0.21 ms, ..."); `None` for a kept tap
-    /// opened again.
-    pub steps: Option<String>,
+    /// Where setting it up spent its time; `None` for a kept tap opened again.
+    pub steps: Option<Steps>,
 }
 
 impl Attachment {
@@ -206,7 +205,7 @@ impl HostNetwork {
             address,
             prefix: self.pool.prefix(),
             gateway: self.pool.gateway(),
-            steps: Some(steps.to_string()),
+            steps: Some(steps),
         })
     }
 
