@@ -61,6 +61,10 @@ pub const WARNING_PREFIX: &str = "unikernel-vmm: warning: ";
 /// With `--trace-boot`, the line printed as the guest is entered: where the VMM's own
 /// start went, phase by phase (the daemon logs it with the service's start).
 pub const STARTED_PREFIX: &str = "unikernel-vmm: boot trace: started ";
+/// With `--trace-boot`, the line printed as the guest ends its first console line, before
+/// the line goes to the console feed: "<ms> ms" from the VMM's start. Beside the started
+/// line it tells a slow guest from a slow receiver.
+pub const FIRST_LINE_PREFIX: &str = "unikernel-vmm: boot trace: first line at ";
 
 /// The line the VMM prints when it stops with an error.
 pub fn error_line(message: &dyn std::fmt::Display) -> String {

@@ -54,6 +54,7 @@ fn add_edit_remove_converge_and_untouched_services_keep_their_vm() {
         "vcpus ",
         "jail ",
         "in the guest at ",
+        "guest's first line at ",
     ] {
         assert!(started.contains(phase), "{phase:?} missing from: {started}");
     }

@@ -119,6 +119,11 @@ impl BootTrace {
         }
     }
 
+    /// When the VMM started: what every phase is measured from.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     pub fn mark(&mut self, phase: &'static str) {
         self.marks.push((phase, Instant::now()));
     }
@@ -648,6 +653,9 @@ impl Machine {
         self.trace.mark("enter");
         if self.announce_start {
             eprintln!("{}{}", contract::exit::STARTED_PREFIX, self.trace.phases());
+            if let Some(console) = &self.console {
+                console.trace_first_line(self.trace.start());
+            }
         }
         let outcome = boot.run(&self.pio, &self.mmio, &self.exit);
         self.trace.mark("stopped");

@@ -496,10 +496,19 @@ impl VmProcess for Vmm {
             .take(LOG_TAIL)
             .read_to_end(&mut head)
             .ok()?;
-        let phases = String::from_utf8_lossy(&head)
+        let head = String::from_utf8_lossy(&head);
+        let mut phases = head
             .lines()
             .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))
             .map(str::to_string)?;
+        // When the guest ended its first line, as the VMM saw it: the time from there to
+        // "running" is the receiving end's (or, with a port, the guest's until it serves).
+        if let Some(at) = head
+            .lines()
+            .find_map(|l| l.strip_prefix(contract::exit::FIRST_LINE_PREFIX))
+        {
+            phases = format!("{phases}, guest's first line at {at}");
+        }
         Some(match self.from_pool {
             true => format!("from the warm pool, {phases}"),
             false => phases,

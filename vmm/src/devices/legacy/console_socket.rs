@@ -31,6 +31,8 @@ struct Hub {
     written: u64,
     client: Option<UnixStream>,
     feed: Option<Feed>,
+    /// The VMM's start, while the guest's first line is still to be traced.
+    trace_first_line: Option<std::time::Instant>,
 }
 
 /// Output on its way to the console feed.
@@ -205,9 +207,24 @@ impl ConsoleSocket {
     }
 }
 
+impl ConsoleSocket {
+    /// Prints `contract::exit::FIRST_LINE_PREFIX` when the guest ends its first line.
+    pub fn trace_first_line(&self, start: std::time::Instant) {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if hub.written == 0 {
+            hub.trace_first_line = Some(start);
+        }
+    }
+}
+
 impl Write for ConsoleSocket {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(start) = hub.trace_first_line.filter(|_| data.contains(&b'\n')) {
+            hub.trace_first_line = None;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            eprintln!("{}{ms:.2} ms", contract::exit::FIRST_LINE_PREFIX);
+        }
         hub.push(data);
         hub.send(data);
         let written = hub.written;
