@@ -58,7 +58,7 @@ fn write_to_running(s: &Status, written_ms: f64) -> f64 {
     s.started_unix_ms.unwrap() as f64 + s.boot_ms.unwrap() - written_ms
 }
 
-fn running(d: &Daemon, n: usize, limit: Duration) -> Vec<Status> {
+fn running(d: &Daemon, n: usize, limit: Duration) -> Vec<std::sync::Arc<Status>> {
     d.wait_for(&format!("{n} running"), limit, |s| {
         s.services.len() == n && s.services.iter().all(|x| x.state == State::Running)
     })

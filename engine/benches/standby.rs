@@ -33,7 +33,7 @@ fn status(d: &Daemon, name: &str, state: State) -> Status {
     let s = d.wait_for(&format!("{name} {state}"), Duration::from_secs(60), |s| {
         s.services.iter().any(|x| x.name == name && x.state == state)
     });
-    s.services.into_iter().find(|x| x.name == name).unwrap()
+    std::sync::Arc::unwrap_or_clone(s.services.into_iter().find(|x| x.name == name).unwrap())
 }
 
 /// connect -> first byte of the response, and the whole response, in ms.

@@ -319,7 +319,6 @@ pub async fn serve<L: Launcher, N: HostNet>(
             let mut p = shared.write().unwrap_or_else(|p| p.into_inner());
             *p = Published {
                 snapshot: snap.clone(),
-                consoles: ctl.consoles(),
                 config_dir: config_dir.clone(),
                 state_dir: state_dir.clone(),
                 stats: ctl.stats().clone(),
@@ -446,6 +445,9 @@ pub async fn serve<L: Launcher, N: HostNet>(
                 }
                 Request::Restart(name, tx) => {
                     let _ = tx.send(ctl.operator_restart(&name).await);
+                }
+                Request::Console(name, tx) => {
+                    let _ = tx.send(ctl.console(&name));
                 }
             },
             _ = resync.tick() => {

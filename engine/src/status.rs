@@ -2,6 +2,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -170,7 +171,10 @@ impl fmt::Display for DeclarationError {
 /// The daemon's whole status, as written to `<state>/status.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
-    pub services: Vec<Status>,
+    /// Shared with the snapshots before and after it where a service's status did not
+    /// change: a publish at 10,000 services copies pointers, not statuses, and whoever
+    /// compares two snapshots (the status file, the bus) can skip what is the same one.
+    pub services: Vec<Arc<Status>>,
     /// Every declaration error in force.
     pub declaration_errors: Vec<DeclarationError>,
     /// Which revision of the declarations is in force, and the last one refused.
@@ -255,9 +259,9 @@ mod tests {
         let mut s = Snapshot::default();
         assert_eq!(s.summary(), "0 running");
         s.services = vec![
-            status("a", State::Running),
-            status("b", State::Running),
-            status("c", State::Failed),
+            Arc::new(status("a", State::Running)),
+            Arc::new(status("b", State::Running)),
+            Arc::new(status("c", State::Failed)),
         ];
         s.declaration_errors = vec![DeclarationError {
             file: "/a.kdl".into(),

@@ -183,7 +183,7 @@ fn write_next(shared: &Shared, mut slot: MutexGuard<'_, Slot>) -> bool {
 /// differs is encoded again.
 #[derive(Default)]
 struct Encoder {
-    services: HashMap<String, (Status, Vec<u8>)>,
+    services: HashMap<String, (Arc<Status>, Vec<u8>)>,
 }
 
 /// `value` pretty-printed as it would be `depth` levels deep: a JSON string holds no raw
@@ -207,13 +207,14 @@ impl Encoder {
         let mut out = Vec::with_capacity(self.services.values().map(|(_, b)| b.len() + 6).sum::<usize>() + 256);
         out.extend_from_slice(b"{\n  \"services\": [");
         for (i, status) in snapshot.services.iter().enumerate() {
-            let bytes = match self.services.remove(&status.name) {
-                Some((last, bytes)) if last == *status => bytes,
-                _ => pretty_at(status, 2)?,
+            // The same status is mostly the same `Arc` (see `Service::published`).
+            let (name, bytes) = match self.services.remove_entry(&status.name) {
+                Some((name, (last, bytes))) if Arc::ptr_eq(&last, status) || last == *status => (name, bytes),
+                _ => (status.name.clone(), pretty_at(status, 2)?),
             };
             out.extend_from_slice(if i > 0 { b",\n    " } else { b"\n    " });
             out.extend_from_slice(&bytes);
-            kept.insert(status.name.clone(), (status.clone(), bytes));
+            kept.insert(name, (status.clone(), bytes));
         }
         if !snapshot.services.is_empty() {
             out.extend_from_slice(b"\n  ");
@@ -268,10 +269,16 @@ mod tests {
         let pretty = |snap: &Snapshot| String::from_utf8(serde_json::to_vec_pretty(snap).unwrap()).unwrap();
         let ours = |encoder: &mut Encoder, snap: &Snapshot| String::from_utf8(encoder.encode(snap).unwrap()).unwrap();
         assert_eq!(ours(&mut encoder, &snap), pretty(&snap), "no services");
-        snap.services = vec![status("a", 0), status("b", 0), status("c", 0)];
+        snap.services = vec![status("a", 0), status("b", 0), status("c", 0)]
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         assert_eq!(ours(&mut encoder, &snap), pretty(&snap));
         // One changes, one goes, one comes, the order changes: still serde_json's.
-        snap.services = vec![status("d", 0), status("c", 0), status("a", 3)];
+        snap.services = vec![status("d", 0), status("c", 0), status("a", 3)]
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         snap.declaration_errors.clear();
         let json = encoder.encode(&snap).unwrap();
         assert_eq!(String::from_utf8(json.clone()).unwrap(), pretty(&snap));

@@ -20,7 +20,7 @@ fn on_standby(d: &Daemon, name: &str) -> Status {
     let s = d.wait_for(&format!("{name} on standby"), LONG, |s| {
         s.services.iter().any(|x| x.name == name && x.state == State::Standby)
     });
-    s.services.into_iter().find(|x| x.name == name).unwrap()
+    std::sync::Arc::unwrap_or_clone(s.services.into_iter().find(|x| x.name == name).unwrap())
 }
 
 fn body(d: &Daemon, port: u16) -> String {

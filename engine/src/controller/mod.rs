@@ -532,16 +532,15 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
     }
 
     /// The console ring of each service (shared, read by the D-Bus API).
-    pub fn consoles(&self) -> BTreeMap<String, ConsoleRing> {
-        self.services
-            .iter()
-            .map(|(k, s)| (k.clone(), s.console.clone()))
-            .collect()
+    /// A service's console ring (shared: the caller reads it as lines come in).
+    pub fn console(&self, name: &str) -> Option<ConsoleRing> {
+        self.services.get(name).map(|s| s.console.clone())
     }
 
+    /// The status now, built afresh (publishing reuses what did not change).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            services: self.services.iter().map(|(k, s)| s.status(k)).collect(),
+            services: self.services.iter().map(|(k, s)| Arc::new(s.status(k))).collect(),
             declaration_errors: self.decl_errors.clone(),
             source: self.source.clone(),
         }
@@ -642,7 +641,11 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             return None;
         }
         self.status_dirty = false;
-        let snap = Arc::new(self.snapshot());
+        let snap = Arc::new(Snapshot {
+            services: self.services.iter_mut().map(|(k, s)| s.published(k)).collect(),
+            declaration_errors: self.decl_errors.clone(),
+            source: self.source.clone(),
+        });
         crate::systemd::status(&snap.summary());
         self.status_file.write(snap.clone());
         Some(snap)

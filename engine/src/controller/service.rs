@@ -110,6 +110,8 @@ pub struct Service<P: VmProcess> {
     /// Traffic through its host ports (the idle clock of `standby`).
     pub activity: Arc<Activity>,
     pub standby: Standby,
+    /// The status last published, shared by every snapshot since (see [`Service::published`]).
+    published: Option<Arc<Status>>,
 }
 
 /// What a host-port listener was opened with: guest port, bind address, limits. A
@@ -161,6 +163,7 @@ impl<P: VmProcess> Service<P> {
             listeners: BTreeMap::new(),
             activity: Arc::new(Activity::default()),
             standby: Standby::default(),
+            published: None,
         }
     }
 
@@ -212,6 +215,88 @@ impl<P: VmProcess> Service<P> {
             open_connections: self.activity.open() as u64,
         }
     }
+}
+
+impl<P: VmProcess> Service<P> {
+    /// Its status for a snapshot: the one published last when nothing in it changed, so
+    /// that a publish at 10,000 services allocates only for the services that did.
+    pub fn published(&mut self, name: &str) -> Arc<Status> {
+        match &self.published {
+            Some(last) if self.status_is(name, last) => last.clone(),
+            _ => self.published.insert(Arc::new(self.status(name))).clone(),
+        }
+    }
+
+    /// Whether [`Service::status`] would be `s`, found without building it. Every field
+    /// is named: a field added to `Status` does not compile here until it is compared.
+    fn status_is(&self, name: &str, s: &Status) -> bool {
+        let Status {
+            name: s_name,
+            state,
+            pid,
+            address,
+            started_unix_ms,
+            boot_ms,
+            restarts,
+            last_error,
+            source_file,
+            source_line,
+            spec_hash,
+            exposed,
+            memory_bytes,
+            held,
+            standby,
+            wakes,
+            last_wake_ms,
+            snapshot_bytes,
+            open_connections,
+        } = s;
+        let vm = self.vm.as_ref();
+        s_name == name
+            && *state == self.state
+            && *pid == vm.map(|v| v.process.pid())
+            && *address == vm.and_then(|v| v.address)
+            && *started_unix_ms == vm.map(|v| v.started_unix_ms)
+            && *boot_ms == vm.and_then(|v| v.boot_ms)
+            && *restarts == self.restarts
+            && *last_error == self.last_error
+            && *source_file == self.spec.source.file
+            && *source_line == self.spec.source.line
+            && *spec_hash == self.hash
+            && exposed
+                .iter()
+                .copied()
+                .eq(self.spec.exposed().map(|e| (e.host, e.guest)))
+            && *memory_bytes == self.spec.memory_bytes
+            && *held == self.held
+            && match (standby, &self.spec.standby) {
+                (Some(text), Some(spec)) => displays_as(spec, text),
+                (None, None) => true,
+                _ => false,
+            }
+            && *wakes == self.standby.wakes
+            && *last_wake_ms == self.standby.last_wake_ms
+            && *snapshot_bytes == self.standby.snapshot_bytes
+            && *open_connections == self.activity.open() as u64
+    }
+}
+
+/// Whether `value` displays as `text`, without formatting it into a string.
+fn displays_as(value: &impl std::fmt::Display, text: &str) -> bool {
+    struct Matcher<'a>(&'a str);
+    impl std::fmt::Write for Matcher<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            match self.0.strip_prefix(s) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                None => Err(std::fmt::Error),
+            }
+        }
+    }
+    let mut m = Matcher(text);
+    std::fmt::write(&mut m, format_args!("{value}")).is_ok() && m.0.is_empty()
 }
 
 impl<P: VmProcess> Drop for Service<P> {

@@ -9,7 +9,6 @@ pub mod properties;
 pub mod server;
 pub mod unikernel;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -26,7 +25,6 @@ pub const BUS_NAME: &str = "org.unikerneld1";
 #[derive(Default)]
 pub struct Published {
     pub snapshot: std::sync::Arc<Snapshot>,
-    pub consoles: BTreeMap<String, ConsoleRing>,
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
     /// Boot and wake histograms, for the metrics endpoint.
@@ -49,6 +47,8 @@ pub enum Request {
     Wake(String, oneshot::Sender<Result<(), OperatorError>>),
     /// Fetch the followed git remote now.
     Sync(oneshot::Sender<SyncReply>),
+    /// A service's console lines, read by the caller (not copied into every publish).
+    Console(String, oneshot::Sender<Option<ConsoleRing>>),
 }
 
 /// What a sync did: ("applied" | "unchanged" | "refused", commit, the refused revision's

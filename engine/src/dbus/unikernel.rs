@@ -31,6 +31,12 @@ impl Unikernel {
             .unwrap_or_default()
     }
 
+    /// The service's console ring, from the engine loop (none once the service is gone).
+    async fn console(&self) -> Result<Option<crate::supervise::console::ConsoleRing>, Error> {
+        let name = self.name.clone();
+        ask(&self.requests, |tx| Request::Console(name, tx)).await
+    }
+
     async fn operate(
         &self,
         make: impl FnOnce(String, tokio::sync::oneshot::Sender<Result<(), crate::controller::OperatorError>>) -> Request,
@@ -72,24 +78,16 @@ impl Unikernel {
     }
 
     /// The last `lines` console lines (at most 200 are kept), oldest first.
-    async fn logs(&self, lines: u32) -> Vec<String> {
-        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        published
-            .consoles
-            .get(&self.name)
-            .map(|r| r.tail(lines as usize))
-            .unwrap_or_default()
+    async fn logs(&self, lines: u32) -> Result<Vec<String>, Error> {
+        let ring = self.console().await?;
+        Ok(ring.map(|r| r.tail(lines as usize)).unwrap_or_default())
     }
 
     /// Console lines from `cursor` on (0: all that are kept), and the cursor to pass next
     /// time: how `unikernelctl logs -f` follows.
-    async fn logs_since(&self, cursor: u64) -> (Vec<String>, u64) {
-        let published = self.shared.read().unwrap_or_else(|p| p.into_inner());
-        published
-            .consoles
-            .get(&self.name)
-            .map(|r| r.since(cursor))
-            .unwrap_or_default()
+    async fn logs_since(&self, cursor: u64) -> Result<(Vec<String>, u64), Error> {
+        let ring = self.console().await?;
+        Ok(ring.map(|r| r.since(cursor)).unwrap_or_default())
     }
 
     /// The service name, as declared.

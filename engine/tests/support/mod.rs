@@ -207,7 +207,11 @@ impl Daemon {
     }
 
     pub fn service(&self, name: &str) -> Option<Status> {
-        self.snapshot()?.services.into_iter().find(|s| s.name == name)
+        self.snapshot()?
+            .services
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(std::sync::Arc::unwrap_or_clone)
     }
 
     /// Waits until `name` is running and returns its status.
@@ -215,7 +219,7 @@ impl Daemon {
         let s = self.wait_for(&format!("{name} running"), Duration::from_secs(20), |s| {
             s.services.iter().any(|x| x.name == name && x.state == State::Running)
         });
-        s.services.into_iter().find(|x| x.name == name).unwrap()
+        std::sync::Arc::unwrap_or_clone(s.services.into_iter().find(|x| x.name == name).unwrap())
     }
 
     /// Writes a declaration file atomically, as an editor would (temp file + rename).

@@ -114,7 +114,7 @@ impl Harness {
 
     fn status(&self, name: &str) -> crate::status::Status {
         let snap = self.ctl.as_ref().unwrap().snapshot();
-        snap.services.into_iter().find(|s| s.name == name).unwrap()
+        (*snap.services.into_iter().find(|s| s.name == name).unwrap()).clone()
     }
 }
 
@@ -702,4 +702,44 @@ async fn a_host_out_of_resources_is_retried_every_second_and_never_failed() {
     h.host.behave("web", Behaviour::default());
     h.run_for(Duration::from_millis(1100)).await;
     assert_eq!(h.state("web"), Some(State::Running));
+}
+
+/// A publish reuses the status of every service that did not change (the very same
+/// `Arc`, which the status file and the bus skip), and publishes what a fresh snapshot
+/// says, field for field.
+#[tokio::test(start_paused = true)]
+async fn a_publish_shares_unchanged_statuses_and_equals_a_fresh_snapshot() {
+    use std::sync::Arc;
+    let mut h = Harness::new("publish").await;
+    h.write(
+        "web.kdl",
+        &decl("web", "net { expose 8080 guest=80 }\nstandby idle=\"1m\"\n"),
+    );
+    h.write("api.kdl", &decl("api", ""));
+    h.ctl().reload().await;
+    h.run_for(Duration::from_millis(10)).await;
+    let publish = |h: &mut Harness| {
+        h.ctl().status_dirty = true;
+        h.ctl().publish().unwrap()
+    };
+    let by = |s: &crate::status::Snapshot, name: &str| s.services.iter().find(|x| x.name == name).unwrap().clone();
+    let first = publish(&mut h);
+    let fresh = h.ctl.as_ref().unwrap().snapshot();
+    assert_eq!(first.services.len(), 2);
+    for (published, now) in first.services.iter().zip(&fresh.services) {
+        assert_eq!(**published, **now);
+    }
+    assert!(by(&first, "web").standby.is_some());
+    let second = publish(&mut h);
+    for (a, b) in first.services.iter().zip(&second.services) {
+        assert!(Arc::ptr_eq(a, b), "{} built again though unchanged", a.name);
+    }
+    // api crashes and waits to restart: only its status is new.
+    h.host.kill(h.pid("api").unwrap(), Ended::Exited(1));
+    h.run_for(Duration::from_millis(5)).await;
+    let third = publish(&mut h);
+    assert!(Arc::ptr_eq(&by(&first, "web"), &by(&third, "web")));
+    assert!(!Arc::ptr_eq(&by(&first, "api"), &by(&third, "api")));
+    assert_ne!(by(&third, "api").state, State::Running, "it waits to restart");
+    assert_eq!(*by(&third, "api"), *by(&h.ctl.as_ref().unwrap().snapshot(), "api"));
 }
