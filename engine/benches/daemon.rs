@@ -88,10 +88,15 @@ fn phases(log: &str, tag: &str) -> Vec<(String, Vec<f64>)> {
         };
         let text = &line[line.find("running (booted in").unwrap() + "running (".len()..at];
         for piece in text.split([',', ';', ':', '(', ')']) {
-            let Some(rest) = piece.trim().strip_suffix(" ms") else {
-                continue;
-            };
-            let Some((name, value)) = rest.rsplit_once(' ') else {
+            let piece = piece.trim();
+            // "12.3 ms after the change was noticed, 2.10 ms of it before the start".
+            let named = [
+                (" ms after the change was noticed", "change noticed -> running"),
+                (" ms of it before the start", "change noticed -> start"),
+            ]
+            .into_iter()
+            .find_map(|(tail, name)| piece.strip_suffix(tail).map(|v| (name, v)));
+            let Some((name, value)) = named.or_else(|| piece.strip_suffix(" ms")?.rsplit_once(' ')) else {
                 continue;
             };
             let Ok(value) = value.parse::<f64>() else { continue };

@@ -112,9 +112,11 @@ impl Merged {
                 s.source.offset,
             )
         });
-        let mut by_name: BTreeMap<&str, (&Spec, &Arc<String>)> = BTreeMap::new();
+        // Hashed while deciding, sorted once at the end: at 10,000 services an ordered
+        // map's string compares on every insert were a fifth of a cold load's merge.
+        let mut by_name: HashMap<&str, (&Spec, &Arc<String>)> = HashMap::with_capacity(candidates.len());
         let mut by_address = HashMap::new();
-        let mut by_port = HashMap::new();
+        let mut by_port = HashMap::with_capacity(candidates.len());
         let mut errors = Vec::new();
         'next: for (spec, text) in candidates {
             let mut clash = |what: String, first: (&Spec, &Arc<String>)| {
@@ -157,12 +159,13 @@ impl Merged {
         }
         self.addresses.clear();
         self.ports.clear();
-        let mut specs = BTreeMap::new();
-        for (name, (spec, _)) in by_name {
+        let mut winners: Vec<&Spec> = by_name.into_values().map(|(spec, _)| spec).collect();
+        winners.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        for spec in &winners {
             remember(&mut self.addresses, &mut self.ports, spec);
-            specs.insert(name.to_string(), spec.clone());
         }
-        self.specs = Arc::new(specs);
+        // In key order: the map is built in bulk, not insert by insert.
+        self.specs = Arc::new(winners.into_iter().map(|s| (s.name.clone(), s.clone())).collect());
         self.clashed = !errors.is_empty();
         self.stale = false;
         errors
