@@ -133,7 +133,8 @@ pub trait VmProcess: 'static {
         None
     }
     /// Where the VMM's own start went, phase by phase (`--trace-boot`'s "started" line),
-    /// once it entered the guest; `None` when it does not say.
+    /// once it entered the guest, and whether it came from the warm pool; `None` when
+    /// there is nothing to say.
     fn start_phases(&self) -> Option<String> {
         None
     }

@@ -487,20 +487,16 @@ impl VmProcess for Vmm {
     }
 
     fn start_phases(&self) -> Option<String> {
-        // Printed as the guest is entered: near the start of the log, whatever the guest
-        // makes the VMM warn about later.
-        use std::io::Read;
-        let mut head = Vec::new();
-        std::fs::File::open(&self.log)
-            .ok()?
-            .take(LOG_TAIL)
-            .read_to_end(&mut head)
-            .ok()?;
-        let head = String::from_utf8_lossy(&head);
-        let mut phases = head
+        // Where the VMM came from is known here whatever its log says.
+        let pool = self.from_pool.then(|| "from the warm pool".to_string());
+        let Some(head) = log_head(&self.log) else { return pool };
+        let Some(phases) = head
             .lines()
             .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))
-            .map(str::to_string)?;
+        else {
+            return pool;
+        };
+        let mut phases = phases.to_string();
         // When the guest ended its first line, as the VMM saw it: the time from there to
         // "running" is the receiving end's (or, with a port, the guest's until it serves).
         if let Some(at) = head
@@ -552,8 +548,17 @@ impl VmProcess for Vmm {
             // The guest was serving when it was saved: it serves once its vCPUs run, which
             // is when the VMM's event loop answers on the control socket.
             let control = self.control.clone();
+            let log = self.log.clone();
             return Box::pin(async move {
                 super::control::until_running(&control).await;
+                // The VMM answers on its control socket a moment before it prints its
+                // started line: wait for the line (briefly) so the wake's log line has it.
+                for _ in 0..STARTED_LINE_WAIT_MS {
+                    if log_head(&log).is_some_and(|h| h.contains(contract::exit::STARTED_PREFIX)) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 Readiness::default()
             });
         }
@@ -584,6 +589,22 @@ impl VmProcess for Vmm {
             }
         })
     }
+}
+
+/// How long a restored VM's readiness waits for the VMM's started line, at most.
+const STARTED_LINE_WAIT_MS: u32 = 20;
+
+/// The start of the VMM's log, where it prints its started line as the guest is entered
+/// (whatever the guest makes it warn about later comes after).
+fn log_head(log: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(log)
+        .ok()?
+        .take(LOG_TAIL)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 #[cfg(test)]
