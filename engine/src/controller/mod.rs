@@ -531,7 +531,6 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             .collect()
     }
 
-    /// The console ring of each service (shared, read by the D-Bus API).
     /// A service's console ring (shared: the caller reads it as lines come in).
     pub fn console(&self, name: &str) -> Option<ConsoleRing> {
         self.services.get(name).map(|s| s.console.clone())
@@ -539,8 +538,12 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
 
     /// The status now, built afresh (publishing reuses what did not change).
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_of(self.services.iter().map(|(k, s)| Arc::new(s.status(k))).collect())
+    }
+
+    fn snapshot_of(&self, services: Vec<Arc<crate::status::Status>>) -> Snapshot {
         Snapshot {
-            services: self.services.iter().map(|(k, s)| Arc::new(s.status(k))).collect(),
+            services,
             declaration_errors: self.decl_errors.clone(),
             source: self.source.clone(),
         }
@@ -641,11 +644,8 @@ impl<L: Launcher, N: HostNet> Controller<L, N> {
             return None;
         }
         self.status_dirty = false;
-        let snap = Arc::new(Snapshot {
-            services: self.services.iter_mut().map(|(k, s)| s.published(k)).collect(),
-            declaration_errors: self.decl_errors.clone(),
-            source: self.source.clone(),
-        });
+        let services = self.services.iter_mut().map(|(k, s)| s.published(k)).collect();
+        let snap = Arc::new(self.snapshot_of(services));
         crate::systemd::status(&snap.summary());
         self.status_file.write(snap.clone());
         Some(snap)

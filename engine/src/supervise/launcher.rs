@@ -487,28 +487,28 @@ impl VmProcess for Vmm {
     }
 
     fn start_phases(&self) -> Option<String> {
-        // Where the VMM came from is known here whatever its log says.
-        let pool = self.from_pool.then(|| "from the warm pool".to_string());
-        let Some(head) = log_head(&self.log) else { return pool };
-        let Some(phases) = head
-            .lines()
-            .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))
-        else {
-            return pool;
-        };
-        let mut phases = phases.to_string();
-        // When the guest ended its first line, as the VMM saw it: the time from there to
-        // "running" is the receiving end's (or, with a port, the guest's until it serves).
-        if let Some(at) = head
-            .lines()
-            .find_map(|l| l.strip_prefix(contract::exit::FIRST_LINE_PREFIX))
-        {
-            phases = format!("{phases}, guest's first line at {at}");
+        let phases = log_head(&self.log).and_then(|head| {
+            let started = head
+                .lines()
+                .find_map(|l| l.strip_prefix(contract::exit::STARTED_PREFIX))?;
+            // When the guest ended its first line, as the VMM saw it: the time from there
+            // to "running" is the receiving end's (or, with a port, the guest's until it
+            // serves).
+            let first_line = head
+                .lines()
+                .find_map(|l| l.strip_prefix(contract::exit::FIRST_LINE_PREFIX));
+            Some(match first_line {
+                Some(at) => format!("{started}, guest's first line at {at}"),
+                None => started.to_string(),
+            })
+        });
+        // Where the VMM came from is known here, whether its log says anything yet or not
+        // (a restored VM answers its control socket a moment before it prints its line).
+        match (self.from_pool, phases) {
+            (true, Some(phases)) => Some(format!("from the warm pool, {phases}")),
+            (true, None) => Some("from the warm pool".to_string()),
+            (false, phases) => phases,
         }
-        Some(match self.from_pool {
-            true => format!("from the warm pool, {phases}"),
-            false => phases,
-        })
     }
 
     fn signal(&self, signal: Signal) -> std::io::Result<()> {
@@ -548,17 +548,8 @@ impl VmProcess for Vmm {
             // The guest was serving when it was saved: it serves once its vCPUs run, which
             // is when the VMM's event loop answers on the control socket.
             let control = self.control.clone();
-            let log = self.log.clone();
             return Box::pin(async move {
                 super::control::until_running(&control).await;
-                // The VMM answers on its control socket a moment before it prints its
-                // started line: wait for the line (briefly) so the wake's log line has it.
-                for _ in 0..STARTED_LINE_WAIT_MS {
-                    if log_head(&log).is_some_and(|h| h.contains(contract::exit::STARTED_PREFIX)) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
                 Readiness::default()
             });
         }
@@ -590,9 +581,6 @@ impl VmProcess for Vmm {
         })
     }
 }
-
-/// How long a restored VM's readiness waits for the VMM's started line, at most.
-const STARTED_LINE_WAIT_MS: u32 = 20;
 
 /// The start of the VMM's log, where it prints its started line as the guest is entered
 /// (whatever the guest makes it warn about later comes after).
